@@ -1,0 +1,177 @@
+"""`llama-export`: turn a checkpoint into artifacts, and look inside models.
+
+Exit status 0 on success, 1 with a one-line error on failure (traceback with --debug).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edge.errors import EdgeError
+
+
+def _report_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, debug: bool = False, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; the previous output (if any) is untouched", err=True)
+            sys.exit(130)
+        except MemoryError:
+            if debug:
+                raise
+            click.echo("error: out of memory while exporting", err=True)
+            sys.exit(1)
+    return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
+
+
+def _csv(ctx, param, value):
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llama-edge")
+def main():
+    """llama-export: load, quantize and lower Llama checkpoints for on-device use."""
+
+
+@main.command("export")
+@click.argument("checkpoint")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Output directory (written atomically).")
+@click.option("--recipe", default="none", show_default=True,
+              help="Quantization recipe: none.")
+@click.option("--target", "targets", default="hf", show_default=True, callback=_csv,
+              help="Comma-separated targets: hf (a normalized Hugging Face checkpoint).")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
+              show_default=True, help="Weight dtype of the hf target (auto keeps the source "
+              "precision).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin pickles (loaded "
+              "with weights_only=True).")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+@_report_errors
+def export_cmd(checkpoint, out, recipe, targets, dtype, force, allow_pickle, as_json):
+    """Export CHECKPOINT (HF dir, Meta dir, .gguf, known model name, or preset:NAME)."""
+    from .pipeline import ExportConfig, run_export
+
+    cfg = ExportConfig(checkpoint=checkpoint, out=out, recipe=recipe, targets=targets,
+                       dtype=dtype, force=force, allow_pickle=allow_pickle)
+    st = run_export(cfg, log=lambda s: click.echo(s, err=True))
+    if as_json:
+        click.echo(json.dumps(st.report, indent=2))
+    else:
+        for name, info in st.report.get("artifacts", {}).items():
+            click.echo(f"{name:8} {out / info['path']}  {info['bytes'] / 1e6:8.1f} MB  "
+                       f"{info['dtype']}  top-1 agreement {info['top1_agreement']:.1%}  "
+                       f"max |dlogit| {info['max_abs_logit_diff']:.2e}")
+        click.echo(f"report: {out / 'export_report.json'}")
+
+
+@main.command("eval")
+@click.argument("model")
+@click.option("--text", "text", required=True, type=click.Path(path_type=Path),
+              help="UTF-8 text to score (tokenized without BOS).")
+@click.option("--recipe", default=None, help="Quantize MODEL in memory with this recipe "
+              "(preset name or .json file) before scoring.")
+@click.option("--reference", default=None, help="Reference checkpoint (default: MODEL "
+              "unquantized).")
+@click.option("--ctx", type=int, default=512, show_default=True, help="Window length.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Calibration text for GPTQ/AWQ recipes (default: the packaged text).")
+@click.option("--json", "as_json", is_flag=True)
+@_report_errors
+def eval_cmd(model, text, recipe, reference, ctx, calib, as_json):
+    """Perplexity, mean KL divergence and same-top-token rate of MODEL against a reference."""
+    from tqdm import tqdm
+
+    from .evaluate import evaluate
+
+    bar = tqdm(desc="scoring", unit="window", file=sys.stderr, disable=None)
+
+    def progress(i, n):
+        bar.total = n
+        bar.update(i - bar.n)
+
+    try:
+        r = evaluate(model, text, recipe, reference, ctx, calib, progress)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    rows = [("perplexity", f"{r['ppl']:.4f}"), ("reference perplexity", f"{r['ref_ppl']:.4f}"),
+            ("mean KLD", f"{r['kld_mean']:.5f}"), ("99th pct KLD", f"{r['kld_p99']:.5f}"),
+            ("same top token", f"{100 * r['top1_agreement']:.2f} %"),
+            ("tokens scored", f"{r['tokens']} ({r['windows']} windows of {r['ctx']})")]
+    q = r.get("quantization")
+    if q:
+        rows.append(("bits per weight", f"{q['bits_per_weight']}"))
+        rows += [(f"bytes {k}", f"{v / 1e6:.2f} MB") for k, v in q["bytes_by_scheme"].items()]
+    w = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        click.echo(f"{a:<{w}}  {b}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True)
+@_report_errors
+def inspect(model, as_json):
+    """Describe MODEL: format, config, parameters, dtypes, tokenizer and chat format."""
+    from edge.chat import detect_chat_format
+
+    from .loaders import load_checkpoint
+
+    ck = load_checkpoint(model)
+    cfg = ck.config
+    dtypes = {}
+    for t in ck.tensors.values():
+        dtypes[str(t.dtype).removeprefix("torch.")] = dtypes.get(
+            str(t.dtype).removeprefix("torch."), 0) + 1
+    info = {
+        "path": str(ck.path), "format": ck.format, "name": cfg.name,
+        "parameters": cfg.num_parameters(), "bytes_in_memory": ck.nbytes(),
+        "dtypes": dtypes, "config": cfg.to_hf_dict(), "notes": ck.notes,
+    }
+    if ck.tokenizer is not None:
+        tok = ck.tokenizer
+        info["tokenizer"] = {"vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
+                             "eos_ids": list(tok.eos_ids),
+                             "chat_format": detect_chat_format(tok)}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{info['path']}  ({ck.format})")
+    click.echo(f"  name            {cfg.name}")
+    click.echo(f"  parameters      {info['parameters'] / 1e6:.1f} M "
+               f"({info['bytes_in_memory'] / 1e6:.1f} MB in memory, {dtypes})")
+    click.echo(f"  layers          {cfg.num_layers}, hidden {cfg.hidden_size}, FFN "
+               f"{cfg.intermediate_size}, heads {cfg.num_heads} (KV {cfg.num_kv_heads}) x "
+               f"{cfg.head_dim}")
+    rs = (f", llama3 scaling x{cfg.rope_scaling.factor:g}" if cfg.rope_scaling else "")
+    click.echo(f"  rope            theta {cfg.rope_theta:g}{rs}; max positions "
+               f"{cfg.max_position_embeddings}")
+    click.echo(f"  vocab           {cfg.vocab_size}, tied embeddings: "
+               f"{cfg.tie_word_embeddings}")
+    if "tokenizer" in info:
+        t = info["tokenizer"]
+        click.echo(f"  tokenizer       {t['vocab_size']} tokens, bos {t['bos_id']}, eos "
+                   f"{t['eos_ids']}, chat format {t['chat_format']}")
+    for n in ck.notes:
+        click.echo(f"  note            {n}")
+
+
+if __name__ == "__main__":
+    main()

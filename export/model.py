@@ -1,0 +1,207 @@
+"""The one torch Llama definition every target starts from.
+
+Llama 3.x / SmolLM2: RMSNorm, GQA attention with RoPE (llama3 scaling), SwiGLU MLP, tied or
+separate output layer, and a preallocated KV cache. Parameter names follow the Hugging Face
+layout (`model.layers.N.self_attn.q_proj.weight`, Q/K rows in rotate-half order), which is the
+canonical in-memory form of every loader.
+
+Call convention (the ExecuTorch LLM-runner contract): `forward(tokens, input_pos)` with tokens
+(B, T) int64 and input_pos the absolute position of tokens[:, 0]; returns logits (B, T, vocab).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.config import LlamaConfig, rope_inv_freq
+
+
+def rope_tables(cfg: LlamaConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos / sin tables (n, head_dim) float32 in rotate-half layout, always on the CPU (even
+    while the module itself is being built on the meta device)."""
+    inv = torch.from_numpy(rope_inv_freq(cfg))
+    ang = torch.outer(torch.arange(n, dtype=torch.float64, device="cpu"), inv)
+    ang = torch.cat((ang, ang), dim=-1)
+    return ang.cos().float(), ang.sin().float()
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class KVCache(nn.Module):
+    """Preallocated cache; written in place, never grown."""
+
+    def __init__(self, batch: int, n_kv_heads: int, max_seq: int, head_dim: int, dtype):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_seq, head_dim)  # (B, n_kv_heads, max_seq, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor):
+        t = k.shape[2]
+        self.k[:, :, pos:pos + t] = k
+        self.v[:, :, pos:pos + t] = v
+        return self.k[:, :, :pos + t], self.v[:, :, :pos + t]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        h = cfg.hidden_size
+        self.q_proj = nn.Linear(h, cfg.q_dim, bias=False)
+        self.k_proj = nn.Linear(h, cfg.kv_dim, bias=False)
+        self.v_proj = nn.Linear(h, cfg.kv_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.q_dim, h, bias=False)
+        self.cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, pos: int, mask):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin  # cos/sin: (t, head_dim)
+        k = k * cos + rotate_half(k) * sin
+        if self.cache is not None:
+            k, v = self.cache.update(pos, k.to(self.cache.k.dtype), v.to(self.cache.v.dtype))
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           enable_gqa=self.n_kv != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, ffn: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, ffn, bias=False)
+        self.up_proj = nn.Linear(hidden, ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg.hidden_size, cfg.ffn_size(layer))
+
+    def forward(self, x, cos, sin, pos, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Body(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: LlamaConfig, max_seq_len: int | None = None):
+        super().__init__()
+        self.config = cfg
+        self.max_seq_len = min(max_seq_len or cfg.max_position_embeddings,
+                               cfg.max_position_embeddings)
+        self.model = Body(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rope_tables(cfg, self.max_seq_len)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq, head_dim)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    # ------------------------------------------------------------------ cache
+    def setup_cache(self, batch: int = 1, max_seq_len: int | None = None, dtype=torch.float32):
+        """Preallocate the KV cache: (B, n_kv_heads, max_seq, head_dim) per layer."""
+        n = min(max_seq_len or self.max_seq_len, self.max_seq_len)
+        cfg = self.config
+        for layer in self.model.layers:
+            layer.self_attn.cache = KVCache(batch, cfg.num_kv_heads, n, cfg.head_dim, dtype)
+        self.cache_len = n
+
+    def clear_cache(self):
+        for layer in self.model.layers:
+            layer.self_attn.cache = None
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, tokens: torch.Tensor, input_pos: int = 0) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(tokens, input_pos))
+
+    def hidden_states(self, tokens: torch.Tensor, input_pos: int = 0) -> torch.Tensor:
+        """Final-normed hidden states (B, T, hidden)."""
+        b, t = tokens.shape
+        pos = int(input_pos)
+        cached = self.model.layers[0].self_attn.cache is not None
+        limit = self.cache_len if cached else self.max_seq_len
+        if pos + t > limit:
+            raise ValueError(f"positions {pos}..{pos + t} exceed the context of {limit}")
+        x = self.model.embed_tokens(tokens)
+        cos = self.rope_cos[pos:pos + t].to(x.dtype)
+        sin = self.rope_sin[pos:pos + t].to(x.dtype)
+        # Query i (absolute pos+i) may attend keys 0..pos+i.
+        kv_len = pos + t if cached else t
+        q_abs = torch.arange(pos, pos + t).unsqueeze(1)
+        k_abs = torch.arange(kv_len).unsqueeze(0) + (0 if cached else pos)
+        mask = k_abs <= q_abs  # (t, kv_len) bool
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, pos, mask)
+        return self.model.norm(x)
+
+    # ------------------------------------------------------------------ weights
+    @classmethod
+    def from_state_dict(cls, cfg: LlamaConfig, tensors: dict, dtype=torch.float32,
+                        max_seq_len: int | None = None) -> "LlamaModel":
+        """Build on the meta device and assign the given tensors (no second copy when the
+        dtype already matches)."""
+        with torch.device("meta"):
+            model = cls(cfg, max_seq_len)
+        sd = {k: (v if v.dtype == dtype else v.to(dtype)) for k, v in tensors.items()}
+        if cfg.tie_word_embeddings:
+            sd.pop("lm_head.weight", None)
+        missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+        missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
+        if missing or unexpected:
+            raise ValueError(f"state dict mismatch: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}")
+        if cfg.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        return model.eval()
+
+
+def random_state_dict(cfg: LlamaConfig, seed: int = 0, dtype=torch.bfloat16) -> dict:
+    """Random weights at a config's exact shapes (for speed / memory / export-limit work).
+
+    Scaled like a trained model's (std ~ 1/sqrt(fan_in), norms at 1) so activations stay in a
+    realistic range through all layers.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in cfg.expected_shapes().items():
+        if len(shape) == 1:
+            out[name] = torch.ones(shape, dtype=dtype)
+        else:
+            std = 0.02 if "embed" in name or "lm_head" in name else shape[1] ** -0.5
+            out[name] = (torch.randn(shape, generator=g) * std).to(dtype)
+    return out

@@ -1,0 +1,1 @@
+"""Quantization as a library: schemes, algorithms, recipes. Knows nothing of loaders or targets."""

@@ -1,0 +1,115 @@
+"""GPTQ: quantize a weight matrix column by column, pushing each column's rounding error onto
+the columns not yet quantized, weighted by the inverse Hessian of the layer's inputs
+(H = X^T X over calibration tokens). Groups get their scales from the error-updated weights
+when the first column of the group is reached, as in the original method; optionally columns
+are processed in order of decreasing H diagonal ("act order") with scales fixed up front
+("static groups") so the group layout stays contiguous for the kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..schemes import FP8Weight, IntWeight, QuantizedTensor
+from ..schemes.base import QuantError
+
+# Dampening added to H's diagonal, as a fraction of its mean: keeps the Cholesky factorisation
+# stable when some input channels are (nearly) constant on the calibration text.
+DAMP = 0.01
+BLOCK = 128
+
+
+def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
+    """Upper Cholesky factor of H^-1 (float64 for stability)."""
+    h = h.double().clone()
+    n = h.shape[0]
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    damp = DAMP * torch.mean(torch.diag(h))
+    for attempt in range(6):
+        try:
+            hd = h + torch.eye(n, dtype=h.dtype) * damp * (10 ** attempt)
+            l = torch.linalg.cholesky(hd)
+            hinv = torch.cholesky_inverse(l)
+            return torch.linalg.cholesky(hinv, upper=True)
+        except RuntimeError:
+            continue
+    raise QuantError("GPTQ: the calibration Hessian is not positive definite even with "
+                     "strong dampening; use more or more varied calibration text")
+
+
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weight,
+                  name: str = "weight", act_order: bool = False) -> QuantizedTensor:
+    """w (out, in) float, h (in, in) = sum of x x^T over calibration tokens."""
+    w = w.float().clone()
+    out, n = w.shape
+    g = scheme.group_for(n)
+    if n % g:
+        raise QuantError(f"tensor '{name}': group size {g} does not divide {n}")
+    dead = torch.diag(h) == 0
+    w[:, dead] = 0
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(h), descending=True)
+        # static groups: scales from the original weights, in the natural column layout
+        scale_all, zp_all = scheme.choose_qparams(w, name)
+        w, h = w[:, perm], h[perm][:, perm]
+    u = _inverse_cholesky(h).float()
+    q_cols = torch.zeros_like(w)
+    scales, zps = [], []
+    scale = zp = None
+    for b0 in range(0, n, BLOCK):
+        b1 = min(b0 + BLOCK, n)
+        wb = w[:, b0:b1].clone()
+        err = torch.zeros_like(wb)
+        ub = u[b0:b1, b0:b1]
+        for j in range(b1 - b0):
+            col = b0 + j
+            orig = int(perm[col]) if perm is not None else col
+            if perm is None and col % g == 0:
+                s, z = scheme.choose_qparams(torch.cat([wb[:, j:], w[:, b1:]], 1)[:, :g], name)
+                scale, zp = s[:, 0], (z[:, 0] if z is not None else None)
+                scales.append(scale)
+                if zp is not None:
+                    zps.append(zp)
+            elif perm is not None:
+                gi = orig // g
+                scale = scale_all[:, gi]
+                zp = zp_all[:, gi] if zp_all is not None else None
+            x = wb[:, j]
+            q = _quant_col(scheme, x, scale, zp)
+            q_cols[:, col] = q
+            deq = _dequant_col(scheme, q, scale, zp)
+            e = (x - deq) / ub[j, j]
+            wb[:, j:] -= e.unsqueeze(1) * ub[j, j:].unsqueeze(0)
+            err[:, j] = e
+        w[:, b1:] -= err @ u[b0:b1, b1:]
+    if perm is not None:
+        inv = torch.argsort(perm)
+        q_cols = q_cols[:, inv]
+        scale_t, zp_t = scale_all, zp_all
+    else:
+        scale_t = torch.stack(scales, 1)
+        zp_t = torch.stack(zps, 1) if zps else None
+    if isinstance(scheme, FP8Weight):
+        qdata = q_cols.to(torch.float8_e4m3fn)
+    else:
+        qdata = q_cols.to(torch.int8 if scheme.symmetric else torch.uint8)
+    return QuantizedTensor(scheme.name, qdata, scale_t, zp_t, g, 8 if isinstance(
+        scheme, FP8Weight) else scheme.bits)
+
+
+def _quant_col(scheme, x, scale, zp):
+    if isinstance(scheme, FP8Weight):
+        return (x / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).float()
+    qmin, qmax = scheme.qrange()
+    q = torch.round(x / scale)
+    if zp is not None:
+        q = q + zp.float()
+    return q.clamp(qmin, qmax)
+
+
+def _dequant_col(scheme, q, scale, zp):
+    if zp is not None:
+        q = q - zp.float()
+    return q * scale

@@ -1,0 +1,258 @@
+"""quantize(model, recipe): replace a torch model's linear and embedding layers by quantized
+ones, choosing the integer values with the recipe's algorithm.
+
+Works on any torch model: modules are found by name. Algorithms that calibrate (GPTQ, AWQ) run
+block by block: the caller names the repeated blocks (e.g. a transformer's decoder layers) and,
+for AWQ, which operation feeds which linears inside a block, so scales can be folded there. The
+quantized modules compute in float with dequantized weights (and fake-quantized activations for
+8da schemes): this is the reference every integer kernel is compared with.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .algorithms.awq import search_scales
+from .algorithms.gptq import gptq_quantize
+from .recipes import QuantConfig, Recipe
+from .schemes import DynamicInt8Act, QuantError, QuantizedTensor
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, qt: QuantizedTensor, act: DynamicInt8Act | None, config: QuantConfig):
+        super().__init__()
+        self.qt, self.act, self.config = qt, act, config
+        self.register_buffer("weight", qt.dequantize(), persistent=False)  # (out, in) fp32
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    def forward(self, x):
+        if self.act is not None:
+            x = self.act.fake_quantize(x)
+        return F.linear(x.to(self.weight.dtype), self.weight)
+
+
+class QuantEmbedding(nn.Module):
+    def __init__(self, qt: QuantizedTensor, config: QuantConfig):
+        super().__init__()
+        self.qt, self.config = qt, config
+        self.register_buffer("weight", qt.dequantize(), persistent=False)  # (vocab, dim) fp32
+
+    def forward(self, ids):
+        return F.embedding(ids, self.weight)
+
+
+@dataclass
+class QuantReport:
+    recipe: str
+    modules: dict = field(default_factory=dict)  # name -> {scheme, bytes, bpw, algorithm, ...}
+    seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+    def totals(self, float_bytes_per_param: float = 2.0, params: dict | None = None) -> dict:
+        by_scheme: dict[str, int] = {}
+        for m in self.modules.values():
+            by_scheme[m["scheme"]] = by_scheme.get(m["scheme"], 0) + m["bytes"]
+        q_bytes = sum(by_scheme.values())
+        q_params = sum(m["params"] for m in self.modules.values())
+        return {"bytes_by_scheme": by_scheme, "quantized_bytes": q_bytes,
+                "quantized_params": q_params,
+                "bits_per_weight": round(8 * q_bytes / q_params, 4) if q_params else None}
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module):
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def _rtn(cfg: QuantConfig, w: torch.Tensor, name: str) -> QuantizedTensor:
+    return cfg.weight.quantize_tensor(w.detach().float(), name)
+
+
+@torch.no_grad()
+def quantize(model: nn.Module, recipe: Recipe, calib: torch.Tensor | None = None,
+             blocks: nn.ModuleList | None = None, awq_map: list | None = None,
+             progress=None) -> QuantReport:
+    """Quantize `model` in place.
+
+    calib: (n, seq) token ids for calibrating algorithms; blocks: the repeated blocks run one at
+    a time; awq_map: [(producer name in block, [consumer linear names])], producers being a norm
+    (with .weight) or a linear whose output rows feed the consumers.
+    """
+    t0 = time.perf_counter()
+    rep = QuantReport(recipe.name)
+    names = dict(model.named_modules())
+    targets = {n: recipe.config_for(n) for n, m in names.items()
+               if isinstance(m, (nn.Linear, nn.Embedding))}
+    targets = {n: c for n, c in targets.items() if c is not None}
+    for n, c in targets.items():
+        if getattr(names[n], "bias", None) is not None:
+            raise QuantError(f"module '{n}': linear layers with a bias are not supported")
+    # Tied weights: the embedding's quantization is shared by the layer tied to it.
+    tied = {}
+    embs = {id(m.weight): n for n, m in names.items() if isinstance(m, nn.Embedding)}
+    for n, m in names.items():
+        if isinstance(m, nn.Linear) and id(m.weight) in embs:
+            tied[n] = embs[id(m.weight)]
+    needs_calib = any(c.algorithm != "rtn" for c in targets.values())
+    done: dict[str, QuantizedTensor] = {}
+    if needs_calib:
+        if calib is None or blocks is None:
+            raise QuantError(f"recipe '{recipe.name}' uses a calibrating algorithm (GPTQ/AWQ) "
+                             "and needs calibration text")
+        block_names = _block_prefixes(model, blocks)
+        _calibrated(model, blocks, block_names, targets, calib, awq_map or [], done, rep,
+                    progress)
+    for n, c in targets.items():
+        if n in done or n in tied:
+            continue
+        done[n] = _rtn(c, names[n].weight, n)
+        rep.modules[n] = {"algorithm": "rtn"}
+    for n, src in tied.items():
+        if n in targets and src in done:
+            c = targets[n]
+            if c.weight != targets[src].weight:
+                rep.notes.append(f"'{n}' is tied to '{src}' and shares its {targets[src].weight.name}"
+                                 f" weights (its own rule asked for {c.weight.name})")
+            done[n] = done[src]
+            rep.modules[n] = {"algorithm": "tied", "tied_to": src}
+    for n, qt in done.items():
+        c = targets[n]
+        m = names[n]
+        if isinstance(m, nn.Embedding):
+            new = QuantEmbedding(qt, c)
+        else:
+            act = c.act
+            new = QuantLinear(qt, act, c)
+        _set_module(model, n, new)
+        info = rep.modules.setdefault(n, {})
+        info.update(scheme=c.name, params=qt.qdata.numel(),
+                    bytes=0 if info.get("algorithm") == "tied" else qt.nbytes(),
+                    bpw=round(qt.bits_per_weight(), 4))
+        if info.get("algorithm") == "tied":
+            info["params"] = 0
+    # Re-tie: the tied linear and the embedding now share one QuantizedTensor / buffer.
+    for n, src in tied.items():
+        if n in done and src in done:
+            model.get_submodule(n).weight = model.get_submodule(src).weight
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+def _block_prefixes(model, blocks) -> list[str]:
+    ids = {id(b): i for i, b in enumerate(blocks)}
+    out = [None] * len(blocks)
+    for n, m in model.named_modules():
+        if id(m) in ids:
+            out[ids[id(m)]] = n
+    return out
+
+
+class _Stop(Exception):
+    pass
+
+
+def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, progress):
+    """Run calibration block by block; quantize each block's targets; feed the quantized block's
+    outputs to the next block."""
+    # 1. capture the first block's inputs (args/kwargs are shared by all blocks)
+    captured = []
+
+    def grab(mod, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Stop
+
+    h = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for row in calib:
+            try:
+                model(row.unsqueeze(0))
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    xs = [a[0] for a, _ in captured]
+    rest = [(a[1:], k) for a, k in captured]
+    for bi, block in enumerate(blocks):
+        prefix = block_names[bi] + "."
+        mine = {n[len(prefix):]: c for n, c in targets.items() if n.startswith(prefix)}
+        if not mine:
+            xs = [block(x, *a, **k) for x, (a, k) in zip(xs, rest)]
+            continue
+        stats = _collect(block, mine, xs, rest)
+        # AWQ: scale, fold, and transform the collected Hessians accordingly
+        for producer, consumers in awq_map:
+            cs = [c for c in consumers if c in mine and "awq" in mine[c].algorithm]
+            if not cs or len(cs) != len(consumers):
+                continue
+            cfg = mine[cs[0]]
+            ws = [block.get_submodule(c).weight for c in cs]
+            sample = stats[cs[0]]["sample"]
+            s, alpha, e0, e1 = search_scales(
+                ws, sample, lambda w: cfg.weight.quantize_tensor(w).dequantize(), cfg.act)
+            prod = block.get_submodule(producer)
+            if isinstance(prod, nn.Linear):
+                prod.weight.div_(s.unsqueeze(1).to(prod.weight.dtype))
+            else:
+                prod.weight.div_(s.to(prod.weight.dtype))
+            for c in cs:
+                block.get_submodule(c).weight.mul_(s.unsqueeze(0).to(ws[0].dtype))
+                st = stats[c]
+                st["h"] = st["h"] / s.unsqueeze(0).double() / s.unsqueeze(1).double()
+                st["sample"] = st["sample"] / s
+                rep.modules[prefix + c] = {"awq_alpha": alpha,
+                                           "awq_rel_err": [round(e0, 6), round(e1, 6)]}
+        for n, c in mine.items():
+            w = block.get_submodule(n).weight
+            full = prefix + n
+            if "gptq" in c.algorithm:
+                qt = gptq_quantize(w, stats[n]["h"], c.weight, full)
+            else:
+                qt = _rtn(c, w, full)
+            done[full] = qt
+            rep.modules.setdefault(full, {})["algorithm"] = c.algorithm
+            _set_module(block, n, QuantLinear(qt, c.act, c))
+        xs = [block(x, *a, **k) for x, (a, k) in zip(xs, rest)]
+        if progress:
+            progress(bi + 1, len(blocks))
+
+
+# Activations kept per linear for AWQ's search (a random subset of calibration tokens).
+AWQ_SAMPLE_TOKENS = 2048
+
+
+def _collect(block, mine, xs, rest):
+    """Per target linear: H = sum x x^T (float64) and a sample of its inputs."""
+    stats = {n: {"h": None, "n": 0, "rows": []} for n in mine}
+    hooks = []
+    for n in mine:
+        mod = block.get_submodule(n)
+
+        def hook(mod, args, n=n):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            st = stats[n]
+            st["h"] = x.t() @ x if st["h"] is None else st["h"] + x.t() @ x
+            st["n"] += x.shape[0]
+            st["rows"].append(x[:: max(1, x.shape[0] // 256)].float())
+
+        hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        for x, (a, k) in zip(xs, rest):
+            block(x, *a, **k)
+    finally:
+        for h in hooks:
+            h.remove()
+    g = torch.Generator().manual_seed(0)
+    for st in stats.values():
+        rows = torch.cat(st.pop("rows"))
+        if rows.shape[0] > AWQ_SAMPLE_TOKENS:
+            rows = rows[torch.randperm(rows.shape[0], generator=g)[:AWQ_SAMPLE_TOKENS]]
+        st["sample"] = rows
+    return stats

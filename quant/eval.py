@@ -1,0 +1,68 @@
+"""Quality of a quantized model against its unquantized reference on a text.
+
+Scored the way llama.cpp's perplexity tool can be made to compare: the text is tokenized
+without BOS, cut into non-overlapping windows of `ctx` tokens (a trailing partial window is
+dropped), and every position after the first of each window is scored: perplexity of the
+model, perplexity of the reference, mean KL(reference || model) of the next-token
+distributions, and how often both pick the same top token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class EvalResult:
+    ppl: float
+    ref_ppl: float
+    kld_mean: float
+    kld_p99: float
+    top1_agreement: float  # 0..1
+    tokens: int  # scored positions
+    ctx: int
+    windows: int
+
+    def to_json(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def windows(ids: list[int], ctx: int) -> torch.Tensor:
+    n = len(ids) // ctx
+    if n == 0:
+        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of {ctx}; "
+                         "use a longer text or a smaller --ctx")
+    return torch.tensor(ids[: n * ctx], dtype=torch.long).view(n, ctx)
+
+
+@torch.inference_mode()
+def compare(model_logits: Callable[[torch.Tensor], torch.Tensor],
+            ref_logits: Callable[[torch.Tensor], torch.Tensor] | None,
+            ids: list[int], ctx: int = 512, progress=None) -> EvalResult:
+    """model_logits / ref_logits: (1, ctx) ids -> (ctx, vocab) logits. ref None: the model is
+    its own reference (KLD 0)."""
+    wins = windows(ids, ctx)
+    nll = ref_nll = 0.0
+    klds, agree, count = [], 0, 0
+    for i, w in enumerate(wins):
+        target = w[1:]
+        lq = torch.log_softmax(model_logits(w.unsqueeze(0)).float()[:-1], -1)
+        lr = lq if ref_logits is None else torch.log_softmax(
+            ref_logits(w.unsqueeze(0)).float()[:-1], -1)
+        if not (torch.isfinite(lq).all() and torch.isfinite(lr).all()):
+            raise ValueError(f"non-finite logits in window {i}")
+        nll -= float(lq.gather(1, target[:, None]).sum())
+        ref_nll -= float(lr.gather(1, target[:, None]).sum())
+        klds.append((lr.exp() * (lr - lq)).sum(-1).clamp(min=0))
+        agree += int((lq.argmax(-1) == lr.argmax(-1)).sum())
+        count += target.numel()
+        if progress:
+            progress(i + 1, len(wins))
+    k = torch.cat(klds).double()
+    return EvalResult(ppl=math.exp(nll / count), ref_ppl=math.exp(ref_nll / count),
+                      kld_mean=float(k.mean()), kld_p99=float(torch.quantile(k.float(), 0.99)),
+                      top1_agreement=agree / count, tokens=count, ctx=ctx, windows=len(wins))

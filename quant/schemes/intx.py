@@ -1,0 +1,79 @@
+"""Integer weight schemes: int8 and int4, per output channel or groupwise along the input
+dimension, symmetric or asymmetric. The readable reference every kernel is tested against.
+
+symmetric:  q = clamp(round(w / s), -2^(b-1), 2^(b-1) - 1),  s = max|w| / (2^(b-1) - 1)
+            (int4 uses s = max|w| / 8 on the signed side with -8 reachable, as Q4_0 does, so
+            the full 16 levels are used)
+asymmetric: q = clamp(round(w / s) + z, 0, 2^b - 1),  s = (max - min) / (2^b - 1),
+            z = round(-min / s)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import QuantizedTensor, fp16_scale, grouped
+
+
+@dataclass(frozen=True)
+class IntWeight:
+    bits: int = 4  # 4 or 8
+    group_size: int | None = 32  # None: one group per output row (per channel)
+    symmetric: bool = True
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise ValueError(f"IntWeight.bits must be 4 or 8, got {self.bits}")
+        if self.group_size is not None and self.group_size <= 0:
+            raise ValueError(f"IntWeight.group_size must be positive, got {self.group_size}")
+
+    @property
+    def name(self) -> str:
+        g = "pc" if self.group_size is None else f"g{self.group_size}"
+        return f"int{self.bits}_{g}_{'sym' if self.symmetric else 'asym'}"
+
+    def qrange(self) -> tuple[int, int]:
+        if self.symmetric:
+            return -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
+        return 0, (1 << self.bits) - 1
+
+    def group_for(self, in_features: int) -> int:
+        return in_features if self.group_size is None else self.group_size
+
+    # -------------------------------------------------------------- reference
+    def choose_qparams(self, w: torch.Tensor, name: str = "weight"):
+        """scale (out, groups) float32 > 0 [, zero point (out, groups) uint8]."""
+        g = grouped(w, self.group_for(w.shape[1]), name)
+        qmin, qmax = self.qrange()
+        if self.symmetric:
+            if self.bits == 8:  # max|w| -> 127, as Q8_0 (an extra level is worth ~nothing)
+                return fp16_scale(g.abs().amax(-1) / qmax), None
+            # 4-bit: the group's largest-magnitude value lands exactly on a grid end: on -8
+            # when it is negative (all 16 levels used, as Q4_0 does), on 7 otherwise, so
+            # nothing is clipped and no scale is negative.
+            idx = g.abs().argmax(-1, keepdim=True)
+            extreme = torch.gather(g, -1, idx).squeeze(-1)
+            div = torch.where(extreme < 0, float(-qmin), float(qmax))
+            return fp16_scale(extreme.abs() / div), None
+        lo = g.amin(-1).clamp(max=0.0)
+        hi = g.amax(-1).clamp(min=0.0)
+        scale = fp16_scale((hi - lo) / (qmax - qmin))
+        zp = torch.clamp(torch.round(-lo / scale), qmin, qmax).to(torch.uint8)
+        return scale, zp
+
+    def quantize(self, w: torch.Tensor, scale, zero_point=None, name: str = "weight"):
+        """(out, in) -> (out, in) integer values (int8, or uint8 for asymmetric)."""
+        g = grouped(w, self.group_for(w.shape[1]), name)
+        qmin, qmax = self.qrange()
+        q = torch.round(g / scale.unsqueeze(-1))
+        if zero_point is not None:
+            q = q + zero_point.float().unsqueeze(-1)
+        q = torch.clamp(q, qmin, qmax).reshape(w.shape)
+        return q.to(torch.int8 if self.symmetric else torch.uint8)
+
+    def quantize_tensor(self, w: torch.Tensor, name: str = "weight") -> QuantizedTensor:
+        scale, zp = self.choose_qparams(w, name)
+        q = self.quantize(w, scale, zp, name)
+        return QuantizedTensor(self.name, q, scale, zp, self.group_for(w.shape[1]), self.bits)

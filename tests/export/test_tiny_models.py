@@ -1,0 +1,111 @@
+"""Config formats at small scale: llama3 rope scaling, GQA and untied heads against
+transformers, with random weights (fast; no real model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edge.config import LlamaConfig, RopeScaling
+from export.loaders import load_checkpoint
+from export.loaders.common import Checkpoint
+from export.model import LlamaModel, random_state_dict
+from export.writers import write_hf
+
+LOGIT_ATOL = 1e-3  # fp32, two implementations of the same math
+
+TINY = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=160, num_layers=3,
+                   num_heads=8, num_kv_heads=2, head_dim=8, rope_theta=10000.0,
+                   rope_scaling=RopeScaling(factor=8.0, low_freq_factor=1.0,
+                                            high_freq_factor=4.0,
+                                            original_max_position_embeddings=32),
+                   max_position_embeddings=512, tie_word_embeddings=False,
+                   bos_token_id=1, eos_token_ids=(2, 3))
+
+
+def _ck(cfg, seed=0):
+    sd = {k: v.float() * (4.0 if v.dim() == 2 else 1.0)
+          for k, v in random_state_dict(cfg, seed, torch.float32).items()}
+    return Checkpoint(path="mem", format="random", config=cfg, tensors=sd)
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY.replace(rope_scaling=None, tie_word_embeddings=True),
+                                 TINY.replace(num_kv_heads=8, head_dim=16, hidden_size=128)])
+@torch.inference_mode()
+def test_tiny_matches_transformers(cfg, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    ck = _ck(cfg)
+    write_hf(ck, tmp_path / "m", dtype=torch.float32)
+    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "m",
+                                                        dtype=torch.float32).eval()
+    # Long enough that positions pass original_max_position_embeddings several times over.
+    ids = torch.randint(0, cfg.vocab_size, (1, 300), generator=torch.Generator().manual_seed(1))
+    ours = LlamaModel.from_state_dict(cfg, ck.tensors)(ids)
+    diff = (ours - ref(ids).logits).abs().max().item()
+    assert diff < LOGIT_ATOL
+
+
+def test_config_roundtrip_through_hf_dir(tmp_path):
+    ck = _ck(TINY)
+    write_hf(ck, tmp_path / "m", dtype=torch.bfloat16)
+    back = load_checkpoint(tmp_path / "m", load_tokenizer=False)
+    assert back.config == TINY
+    assert back.tensors["model.embed_tokens.weight"].dtype == torch.bfloat16  # kept as bf16
+    d = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert d["rope_scaling"]["rope_type"] == "llama3"
+
+
+def test_newer_rope_parameters_key():
+    d = TINY.to_hf_dict()
+    rs = d.pop("rope_scaling")
+    d.pop("rope_theta")
+    d["rope_parameters"] = {**rs, "rope_theta": 10000.0}
+    assert LlamaConfig.from_hf_dict(d) == TINY
+
+
+def test_sharded_checkpoint_loads(tmp_path):
+    ck = _ck(TINY)
+    write_hf(ck, tmp_path / "m", dtype=torch.float32, max_shard_bytes=40_000)
+    assert len(list((tmp_path / "m").glob("model-*.safetensors"))) > 2
+    back = load_checkpoint(tmp_path / "m", load_tokenizer=False)
+    for k, v in ck.tensors.items():
+        assert torch.equal(back.tensors[k], v), k
+
+
+def test_writer_is_deterministic(tmp_path):
+    ck = _ck(TINY)
+    write_hf(ck, tmp_path / "a", dtype=torch.bfloat16)
+    write_hf(ck, tmp_path / "b", dtype=torch.bfloat16)
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_writer_refuses_existing_and_keeps_it(tmp_path):
+    from edge.errors import EdgeError
+
+    ck = _ck(TINY)
+    out = write_hf(ck, tmp_path / "m", dtype=torch.float32)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(EdgeError, match="--force"):
+        write_hf(ck, out, dtype=torch.bfloat16)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp dirs left behind
+
+
+def test_interrupted_write_leaves_previous_output(tmp_path, monkeypatch):
+    import export.writers as w
+
+    ck = _ck(TINY)
+    out = write_hf(ck, tmp_path / "m", dtype=torch.float32)
+    before = (out / "model.safetensors").read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(w, "write_safetensors", boom)
+    with pytest.raises(KeyboardInterrupt):
+        w.write_hf(ck, out, dtype=torch.bfloat16, force=True)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
