@@ -57,6 +57,9 @@ def configs() -> dict[str, Recipe]:
         "int4_g32_gptq": _r("int4_g32_gptq", QuantConfig(i4, algorithm="gptq")),
         "int4_g32_awq": _r("int4_g32_awq", QuantConfig(i4, algorithm="awq")),
         "int4_g32_awq+gptq": _r("int4_g32_awq+gptq", QuantConfig(i4, algorithm="awq+gptq")),
+        "int4_g32_all_rtn": _r("int4_g32_all_rtn", QuantConfig(i4), QuantConfig(i4)),
+        "int4_g32_all_awq": _r("int4_g32_all_awq", QuantConfig(i4, algorithm="awq"),
+                               QuantConfig(i4)),
         "8da4w_g32_rtn": _r("8da4w_g32_rtn", QuantConfig(i4, act)),
         "8da4w_g32_gptq": _r("8da4w_g32_gptq", QuantConfig(i4, act, "gptq")),
     }
@@ -148,11 +151,14 @@ def main():
     names = a.configs.split(",") if a.configs else list(allc)
     for name in names:
         t0 = time.perf_counter()
-        model, rep = quantized_model(ck, allc[name], a.calib, max_seq_len=a.ctx)
+        recipe = name if name.startswith("auto") else allc[name]
+        model, rep = quantized_model(ck, recipe, a.calib, max_seq_len=a.ctx)
         r = score(lambda w: model(w[None])[0], ref)
         tot = rep.totals()
         r.update(bpw=tot["bits_per_weight"], quant_mb=round(tot["quantized_bytes"] / 1e6, 2),
                  seconds=round(time.perf_counter() - t0, 1))
+        if getattr(rep, "auto", None):
+            r["auto"] = rep.auto
         rows[name] = r
         print(f"{name:22} KLD {r['kld_mean']:.5f}  top1 {100 * r['top1_agreement']:.2f}%  "
               f"ppl {r['ppl']:.3f} (ref {r['ref_ppl']:.3f})  bpw {r['bpw']}  {r['seconds']} s",

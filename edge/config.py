@@ -16,6 +16,12 @@ import numpy as np
 from .errors import ConfigError
 
 ROPE_TYPES = ("default", "llama3")
+# Optional config.json fields and their JSON types, checked before use so that a wrong type is
+# reported by field name.
+_HF_FIELD_TYPES = {"rms_norm_eps": (int, float), "rope_theta": (int, float),
+                   "max_position_embeddings": int, "bos_token_id": int,
+                   "eos_token_id": (int, list), "rope_scaling": dict, "rope_parameters": dict,
+                   "layer_intermediate_sizes": list}
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,11 @@ class LlamaConfig:
         rope_parameters)."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a JSON object")
+        for key, types in _HF_FIELD_TYPES.items():
+            v = d.get(key)
+            if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
+                raise ConfigError(f"{source}: field '{key}' has the wrong type "
+                                  f"({type(v).__name__} {v!r:.60})")
         arch = d.get("architectures") or []
         mtype = d.get("model_type")
         if mtype not in (None, "llama") or (arch and "LlamaForCausalLM" not in arch):

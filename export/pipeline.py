@@ -1,8 +1,8 @@
 """The export pipeline: a list of named stages, each a function from state to state, each
 logged with its wall time and the process's peak memory so far.
 
-This version has the stages load -> lower (hf) -> verify -> report; pruning, quantization and
-the device targets are further stages of the same list.
+Stages: load -> lower (one per target) -> verify (reload each artifact, compare logits with the
+source) -> quality (PPL / KLD / same-top-token on the packaged evaluation text) -> report.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ TARGETS = ("hf",)
 RECIPES = ("none",)
 # Verification: greedy tokens compared over this many steps on a fixed probe text, and logits
 # within this absolute tolerance when the written dtype can hold the source exactly.
-VERIFY_STEPS = 16
 VERIFY_LOGIT_ATOL_EXACT = 1e-3
+# The quality stage scores every artifact against the source on the packaged evaluation text
+# (written for the project, independent of the calibration text) in windows of this length.
+QUALITY_CTX = 256
+QUALITY_TEXT = Path(__file__).resolve().parents[1] / "quant" / "data" / "eval.txt"
 PROBE_TEXT = ("The library opens at nine in the morning and closes at six. On Saturdays it "
               "closes early, at one, and it is closed on Sundays and public holidays.")
 
@@ -112,6 +115,29 @@ def stage_verify(st: ExportState) -> ExportState:
     return st
 
 
+@torch.inference_mode()
+def stage_quality(st: ExportState) -> ExportState:
+    """PPL, mean KLD and same-top-token rate of every artifact against the source."""
+    from quant.eval import compare
+
+    from .evaluate import read_text
+    from .model import LlamaModel
+
+    ck = st.checkpoint
+    if ck.tokenizer is None:
+        st.report["quality"] = "skipped: the checkpoint has no tokenizer"
+        return st
+    ids = ck.tokenizer.encode(read_text(QUALITY_TEXT))
+    ref = LlamaModel.from_state_dict(ck.config, ck.tensors, max_seq_len=QUALITY_CTX)
+    ref_fn = lambda w: ref(w)[0]  # noqa: E731
+    for name, path in st.artifacts.items():
+        art = load_checkpoint(path)
+        m = LlamaModel.from_state_dict(art.config, art.tensors, max_seq_len=QUALITY_CTX)
+        r = compare(lambda w: m(w)[0], ref_fn, ids, QUALITY_CTX)
+        st.report["artifacts"][name]["quality"] = {**r.to_json(), "text": QUALITY_TEXT.name}
+    return st
+
+
 def stage_report(st: ExportState) -> ExportState:
     (st.workdir / "export_report.json").write_text(json.dumps(st.report, indent=2) + "\n")
     return st
@@ -126,7 +152,7 @@ def build_stages(cfg: ExportConfig) -> list[tuple[str, Callable[[ExportState], E
     stages = [("load", stage_load)]
     if "hf" in cfg.targets:
         stages.append(("lower:hf", stage_lower_hf))
-    stages += [("verify", stage_verify), ("report", stage_report)]
+    stages += [("verify", stage_verify), ("quality", stage_quality), ("report", stage_report)]
     return stages
 
 

@@ -40,17 +40,49 @@ def calibration_ids(tokenizer, path: Path | None, windows: int, seq_len: int) ->
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 
+# Sensitivity for `auto` is measured on this many calibration windows.
+AUTO_MEASURE_WINDOWS = 2
+AUTO_DEFAULT_BPW = 4.5
+
+
+def parse_auto(spec: str, n_params: int) -> float | None:
+    """'auto' | 'auto:4.5' (bits per weight) | 'auto:60MB' -> target bits per weight."""
+    if spec != "auto" and not spec.startswith("auto:"):
+        return None
+    arg = spec.partition(":")[2].strip().lower()
+    try:
+        if not arg:
+            return AUTO_DEFAULT_BPW
+        if arg.endswith("mb"):
+            return float(arg[:-2]) * 8e6 / n_params
+        return float(arg.removesuffix("bpw"))
+    except ValueError:
+        raise EdgeError(f"--recipe {spec}: give a size as auto:BITS (e.g. auto:4.5) or "
+                        "auto:SIZEMB (e.g. auto:80MB)") from None
+
+
 def quantized_model(ck: Checkpoint, recipe: Recipe | str, calib: Path | None = None,
                     progress=None, max_seq_len: int = 2048) -> tuple[LlamaModel, QuantReport]:
     """An fp32 LlamaModel of `ck`, quantized in place with `recipe` (fake-quant reference)."""
-    if isinstance(recipe, str):
-        recipe = load_recipe(recipe)
     model = LlamaModel.from_state_dict(ck.config, {k: v.float().clone() for k, v in
                                                    ck.tensors.items()},
                                        max_seq_len=max_seq_len)
+    auto_report = None
+    if isinstance(recipe, str):
+        target = parse_auto(recipe, ck.config.num_parameters())
+        if target is not None:
+            from quant.auto import auto_recipe
+
+            ids = calibration_ids(ck.tokenizer, calib, AUTO_MEASURE_WINDOWS, 512)
+            recipe, auto_report = auto_recipe(model, ids, target, progress=progress)
+        else:
+            recipe = load_recipe(recipe)
     ids = None
     if recipe.needs_calibration():
         ids = calibration_ids(ck.tokenizer, calib, recipe.calib_windows, recipe.calib_seq_len)
     rep = quantize(model, recipe, ids, blocks=model.model.layers, awq_map=LLAMA_AWQ_MAP,
                    progress=progress)
+    if auto_report is not None:
+        rep.notes.append(f"auto: {auto_report}")
+        rep.auto = auto_report
     return model, rep

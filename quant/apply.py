@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .algorithms.awq import search_scales
+from .algorithms.awq import search_clip, search_scales
 from .algorithms.gptq import gptq_quantize
 from .recipes import QuantConfig, Recipe
-from .schemes import DynamicInt8Act, QuantError, QuantizedTensor
+from .schemes import DynamicInt8Act, IntWeight, QuantError, QuantizedTensor
 
 
 class QuantLinear(nn.Module):
@@ -212,6 +212,8 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
         for n, c in mine.items():
             w = block.get_submodule(n).weight
             full = prefix + n
+            if "awq" in c.algorithm and isinstance(c.weight, IntWeight) and c.weight.bits == 4:
+                w = search_clip(w, stats[n]["sample"], c.weight)
             if "gptq" in c.algorithm:
                 qt = gptq_quantize(w, stats[n]["h"], c.weight, full)
             else:

@@ -44,3 +44,38 @@ def search_scales(weights: list[torch.Tensor], x: torch.Tensor, quantize, act=No
         if err < best[2]:
             best = (s, alpha, err)
     return best[0], best[1], base_err, best[2]
+
+
+CLIP_GRID = 20  # clip ratios 1.0, 0.975, ..., 0.525
+CLIP_MIN = 0.5
+CLIP_TOKENS = 512  # calibration tokens used by the clipping search
+CLIP_ROWS = 256  # output rows processed at once (bounds memory: rows x tokens x groups)
+
+
+@torch.no_grad()
+def search_clip(w: torch.Tensor, x: torch.Tensor, scheme) -> torch.Tensor:
+    """Per (output row, group): the clipping ratio r of the group's max |w| that minimises the
+    group's contribution to the output error on calibration inputs. Returns w clamped to
+    +-r max|w| per group; quantizing it gives scales from the clipped range."""
+    w = w.float()
+    out, n = w.shape
+    g = scheme.group_for(n)
+    ng = n // g
+    xs = x[:CLIP_TOKENS].float().reshape(-1, ng, g)  # (t, groups, g)
+    result = w.clone()
+    for r0 in range(0, out, CLIP_ROWS):
+        wb = w[r0:r0 + CLIP_ROWS].reshape(-1, ng, g)  # (rows, groups, g)
+        amax = wb.abs().amax(-1, keepdim=True)
+        best_err = torch.full(wb.shape[:2], float("inf"))
+        best = wb.clone()
+        for i in range(CLIP_GRID):
+            r = 1.0 - i * (1.0 - CLIP_MIN) / CLIP_GRID
+            wc = torch.maximum(torch.minimum(wb, amax * r), -amax * r)
+            deq = scheme.quantize_tensor(wc.reshape(-1, n)).dequantize().reshape(wb.shape)
+            # per (row, group) output error: sum over tokens of (delta_g . x_g)^2
+            err = torch.einsum("ogk,tgk->otg", deq - wb, xs).pow(2).sum(1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better.unsqueeze(-1), wc, best)
+        result[r0:r0 + CLIP_ROWS] = best.reshape(-1, n)
+    return result

@@ -13,9 +13,16 @@ import torch
 from ..schemes import FP8Weight, IntWeight, QuantizedTensor
 from ..schemes.base import QuantError
 
-# Dampening added to H's diagonal, as a fraction of its mean: keeps the Cholesky factorisation
+# Dampening added to H's diagonal, as a fraction of its median (not its mean: a few massive
+# activation channels, common in small LLMs, would make a mean-based damp swamp every other
+# channel and reduce GPTQ to rounding): keeps the Cholesky factorisation
 # stable when some input channels are (nearly) constant on the calibration text.
 DAMP = 0.01
+# Shrinkage of H towards its diagonal (H + SHRINK diag(H)). With a few thousand calibration
+# tokens in 500-2000 input dimensions the off-diagonal estimate is noisy, and plain GPTQ fits
+# that noise: on SmolLM2 it halved the layer error on calibration text but not on other text.
+# Shrinking by 0.3 made the held-out layer error lower than RTN's on every layer probed.
+SHRINK = 0.3
 BLOCK = 128
 
 
@@ -23,9 +30,10 @@ def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor of H^-1 (float64 for stability)."""
     h = h.double().clone()
     n = h.shape[0]
+    h += SHRINK * torch.diag(torch.diag(h))
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    damp = DAMP * torch.mean(torch.diag(h))
+    damp = DAMP * torch.median(torch.diag(h))
     for attempt in range(6):
         try:
             hd = h + torch.eye(n, dtype=h.dtype) * damp * (10 ** attempt)

@@ -1,0 +1,172 @@
+"""`auto`: choose per-unit precision for a size budget from measured sensitivity.
+
+A unit is a group of modules quantized together: each block's attention linears, each block's
+MLP linears, and the embedding (with the output layer when tied). For every unit and every
+candidate scheme, the unit alone is quantized (RTN) and the mean KL divergence of the model's
+next-token distributions to the float model is measured on calibration windows. Assuming the
+increments add up, the assignment that minimises the summed KLD under the bit budget is found
+greedily: start every unit at its cheapest candidate, then repeatedly take the upgrade with the
+best KLD saved per extra bit that still fits.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .recipes import QuantConfig, Recipe, RecipeError, Rule
+from .schemes import DynamicInt8Act, IntWeight
+
+# Candidate schemes, cheapest first. 4-bit candidates use AWQ in the final recipe (the best
+# 4-bit algorithm measured); 8-bit ones are near-lossless with RTN.
+def default_candidates(act: DynamicInt8Act | None = None) -> list[QuantConfig]:
+    return [QuantConfig(IntWeight(4, 128), act, "awq"), QuantConfig(IntWeight(4, 64), act, "awq"),
+            QuantConfig(IntWeight(4, 32), act, "awq"), QuantConfig(IntWeight(8, None), act),
+            QuantConfig(IntWeight(8, 32), act)]
+
+
+def embedding_candidates() -> list[QuantConfig]:
+    return [QuantConfig(IntWeight(4, 32)), QuantConfig(IntWeight(8, None))]
+
+
+@dataclass
+class Unit:
+    name: str  # glob pattern that selects its modules
+    modules: list[str]
+    params: int
+
+
+def units_of(model: nn.Module) -> list[Unit]:
+    mods = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+    emb_ids = {id(m.weight) for m in mods.values() if isinstance(m, nn.Embedding)}
+    groups: dict[str, list[str]] = {}
+    for n, m in mods.items():
+        if isinstance(m, nn.Embedding) or id(m.weight) in emb_ids:
+            key = "embedding"
+        elif "." in n:
+            key = n.rsplit(".", 1)[0] + ".*"  # e.g. model.layers.3.self_attn.*
+        else:
+            key = n
+        groups.setdefault(key, []).append(n)
+    out = []
+    for key, names in groups.items():
+        seen, p = set(), 0
+        for n in names:
+            w = mods[n].weight
+            if id(w) not in seen:
+                seen.add(id(w))
+                p += w.numel()
+        out.append(Unit(key, names, p))
+    return out
+
+
+def _bits(cfg: QuantConfig, shape) -> float:
+    out, n = shape
+    g = cfg.weight.group_for(n)
+    return out * n * cfg.weight.bits + out * (n // g) * 16 + (
+        out * (n // g) * 8 if not getattr(cfg.weight, "symmetric", True) else 0)
+
+
+@torch.no_grad()
+def measure(model: nn.Module, calib: torch.Tensor, units: list[Unit],
+            candidates: dict[str, list[QuantConfig]], progress=None) -> dict:
+    """KLD (float model -> model with one unit quantized) per unit and candidate."""
+    mods = dict(model.named_modules())
+    ref = [torch.log_softmax(model(w[None])[0].float(), -1) for w in calib]
+    table = {}
+    total = sum(len(candidates[u.name]) for u in units)
+    done = 0
+    for u in units:
+        weights = {}
+        for n in u.modules:
+            w = mods[n].weight
+            weights.setdefault(id(w), (w, w.detach().clone()))
+        for cfg in candidates[u.name]:
+            for w, orig in weights.values():
+                w.data.copy_(cfg.weight.quantize_tensor(orig.float(), u.name).dequantize())
+            kl = 0.0
+            for w_ids, lr in zip(calib, ref):
+                lq = torch.log_softmax(model(w_ids[None])[0].float(), -1)
+                kl += float((lr.exp() * (lr - lq)).sum(-1).mean())
+            table[(u.name, cfg)] = kl / len(calib)
+            for w, orig in weights.values():
+                w.data.copy_(orig)
+            done += 1
+            if progress:
+                progress(done, total)
+    return table
+
+
+def allocate(units: list[Unit], shapes: dict[str, list[tuple]],
+             candidates: dict[str, list[QuantConfig]], table: dict, budget_bits: float):
+    """Greedy KLD-per-bit allocation under a total bit budget."""
+    cost = {(u.name, c): sum(_bits(c, s) for s in shapes[u.name]) for u in units
+            for c in candidates[u.name]}
+    choice = {u.name: 0 for u in units}
+    used = sum(cost[(u.name, candidates[u.name][0])] for u in units)
+    if used > budget_bits:
+        raise RecipeError(f"the size budget is below the smallest candidate assignment "
+                          f"({used / 8e6:.1f} MB); raise the target")
+    while True:
+        best = None
+        for u in units:
+            cs = candidates[u.name]
+            i = choice[u.name]
+            cur_k, cur_b = table[(u.name, cs[i])], cost[(u.name, cs[i])]
+            for j in range(i + 1, len(cs)):
+                dk = cur_k - table[(u.name, cs[j])]
+                db = cost[(u.name, cs[j])] - cur_b
+                if dk <= 0 or used + db > budget_bits:
+                    continue
+                gain = dk / max(db, 1.0)
+                if best is None or gain > best[0]:
+                    best = (gain, u.name, j, db)
+        if best is None:
+            break
+        _, name, j, db = best
+        choice[name] = j
+        used += db
+    return choice, used
+
+
+def auto_recipe(model: nn.Module, calib: torch.Tensor, target_bpw: float,
+                act: DynamicInt8Act | None = None, progress=None) -> tuple[Recipe, dict]:
+    """A recipe whose weights average at most `target_bpw` bits over every quantized
+    parameter (scales included), chosen to minimise measured KLD."""
+    units = units_of(model)
+    mods = dict(model.named_modules())
+    cands = {u.name: embedding_candidates() if u.name == "embedding" else
+             default_candidates(act) for u in units}
+    shapes = {}
+    for u in units:
+        seen, ss = set(), []
+        for n in u.modules:
+            w = mods[n].weight
+            if id(w) not in seen:
+                seen.add(id(w))
+                ss.append(tuple(w.shape))
+        shapes[u.name] = ss
+        for c in list(cands[u.name]):
+            if any(s[1] % c.weight.group_for(s[1]) for s in ss):
+                cands[u.name].remove(c)
+    table = measure(model, calib, units, cands, progress)
+    total_params = sum(u.params for u in units)
+    choice, used = allocate(units, shapes, cands, table, target_bpw * total_params)
+    rules = []
+    for u in units:
+        cfg = cands[u.name][choice[u.name]]
+        pats = u.modules if u.name == "embedding" else [u.name]
+        rules += [Rule(p, cfg) for p in pats]
+    report = {"target_bpw": target_bpw, "bpw": round(used / total_params, 4),
+              "predicted_kld_sum": round(sum(table[(u.name, cands[u.name][choice[u.name]])]
+                                             for u in units), 6),
+              "choice": {u.name: cands[u.name][choice[u.name]].name for u in units}}
+    return Recipe(f"auto-{target_bpw:g}bpw", tuple(rules), description="chosen by measured "
+                  "sensitivity"), report
+
+
+def matches(recipe: Recipe, name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, r.pattern) for r in recipe.rules)

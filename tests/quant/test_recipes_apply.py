@@ -1,0 +1,143 @@
+"""Recipes (rules, presets, round trips) and quantize(model, recipe) on a tiny Llama."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tiny_llama import tiny_model
+from quant.algorithms.awq import search_scales
+from quant.algorithms.gptq import gptq_quantize
+from quant.apply import QuantEmbedding, QuantLinear, quantize
+from quant.eval import compare
+from quant.recipes import QuantConfig, Recipe, RecipeError, Rule, load_recipe, presets
+from quant.schemes import DynamicInt8Act, FP8Weight, IntWeight, QuantError
+
+AWQ_MAP = [("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+           ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"]),
+           ("mlp.up_proj", ["mlp.down_proj"])]
+# GPTQ must beat RTN's output error on correlated inputs by at least this factor.
+GPTQ_MIN_GAIN = 1.3
+
+
+def test_presets_exist_and_round_trip():
+    assert {"none", "mobile", "int4-g128", "int8", "fp8"} <= set(presets())
+    for p in presets():
+        r = load_recipe(p)
+        assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_mobile_is_metas_recipe():
+    r = load_recipe("mobile")
+    lin = r.config_for("model.layers.7.mlp.down_proj")
+    assert lin.weight == IntWeight(4, 32, True) and lin.act == DynamicInt8Act(False)
+    assert r.config_for("model.embed_tokens").weight == IntWeight(8, None)
+    assert r.config_for("lm_head").weight == IntWeight(8, None)
+
+
+def test_first_match_wins_and_none_keeps_float():
+    r = Recipe("t", (Rule("model.layers.0.*", None),
+                     Rule("model.layers.*", QuantConfig(IntWeight(4, 32)))))
+    assert r.config_for("model.layers.0.mlp.up_proj") is None
+    assert r.config_for("model.layers.1.mlp.up_proj").weight.bits == 4
+    assert r.config_for("lm_head") is None
+
+
+def test_bad_recipes_are_named(tmp_path):
+    with pytest.raises(RecipeError, match="unknown recipe 'int3'"):
+        load_recipe("int3")
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"rules": [{"pattern": "*", "config": {"weight": {"bits": 3}}}]}))
+    with pytest.raises(RecipeError, match="rule 0"):
+        load_recipe(str(f))
+    f.write_text("{not json")
+    with pytest.raises(RecipeError, match="r.json"):
+        load_recipe(str(f))
+
+
+@torch.inference_mode()
+def test_quantize_replaces_modules_and_shares_tied_weights():
+    m = tiny_model()
+    rep = quantize(m, load_recipe("int8"))
+    assert isinstance(m.model.embed_tokens, QuantEmbedding)
+    assert isinstance(m.model.layers[1].mlp.down_proj, QuantLinear)
+    assert m.lm_head.weight is m.model.embed_tokens.weight  # tied: quantized once
+    assert rep.modules["lm_head"]["algorithm"] == "tied"
+    tot = rep.totals()
+    assert tot["bits_per_weight"] == pytest.approx(8.5)  # int8 + one fp16 scale per 32
+
+
+@torch.inference_mode()
+def test_quantized_model_is_close_and_deterministic():
+    ids = torch.randint(0, 128, (1, 48), generator=torch.Generator().manual_seed(0))
+    ref = tiny_model()
+    outs = []
+    for _ in range(2):
+        m = tiny_model()
+        quantize(m, load_recipe("mobile").with_algorithm("rtn"))
+        outs.append(m(ids))
+        qts = [mod.qt for mod in m.modules() if isinstance(mod, QuantLinear)]
+    assert torch.equal(outs[0], outs[1])
+    assert all(q.qdata.dtype == torch.int8 for q in qts)
+    m8 = tiny_model()
+    quantize(m8, load_recipe("int8"))
+    r = compare(lambda w: m8(w)[0], lambda w: ref(w)[0], ids[0].tolist(), 16)
+    assert r.top1_agreement > 0.95 and r.kld_mean < 0.005
+
+
+@torch.inference_mode()
+def test_calibrated_algorithms_run_and_need_calibration():
+    calib = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(1))
+    for alg in ("gptq", "awq", "awq+gptq"):
+        m = tiny_model()
+        r = load_recipe("int4-g32").with_algorithm(alg)
+        with pytest.raises(QuantError, match="calibration"):
+            quantize(tiny_model(), r)
+        rep = quantize(m, r, calib, blocks=m.model.layers, awq_map=AWQ_MAP)
+        assert rep.modules["model.layers.0.mlp.up_proj"]["algorithm"] == alg
+        assert torch.isfinite(m(calib[:1])).all()
+
+
+def test_gptq_beats_rtn_on_correlated_inputs():
+    g = torch.Generator().manual_seed(0)
+    n, o, t = 128, 64, 2048
+    x = torch.randn(t, n, generator=g) @ (torch.randn(n, n, generator=g) * 0.3 + torch.eye(n))
+    w = torch.randn(o, n, generator=g)
+    h = x.double().t() @ x.double()
+    for s in (IntWeight(4, 32), IntWeight(8, None), FP8Weight(None)):
+        e_rtn = float(((x @ (s.quantize_tensor(w).dequantize() - w).t()) ** 2).mean())
+        e_gptq = float(((x @ (gptq_quantize(w, h, s).dequantize() - w).t()) ** 2).mean())
+        assert e_gptq * GPTQ_MIN_GAIN < e_rtn, s.name
+
+
+def test_gptq_act_order_static_groups():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1024, 64, generator=g) * torch.linspace(0.1, 5, 64)
+    w = torch.randn(16, 64, generator=g)
+    h = x.double().t() @ x.double()
+    qa = gptq_quantize(w, h, IntWeight(4, 32), act_order=True)
+    e = lambda q: float(((x @ (q.dequantize() - w).t()) ** 2).mean())  # noqa: E731
+    assert e(qa) < e(IntWeight(4, 32).quantize_tensor(w))
+
+
+def test_awq_search_never_worse_than_no_scaling():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(512, 64, generator=g) * torch.cat([torch.full((4,), 30.0), torch.ones(60)])
+    w = torch.randn(32, 64, generator=g)
+    s, alpha, e0, e1 = search_scales([w], x, lambda v: IntWeight(4, 32).quantize_tensor(
+        v).dequantize())
+    assert e1 <= e0 and s.shape == (64,) and bool((s > 0).all())
+
+
+@torch.inference_mode()
+def test_eval_identity_has_zero_kld_and_matches_manual_ppl():
+    m = tiny_model()
+    ids = torch.randint(0, 128, (100,), generator=torch.Generator().manual_seed(4)).tolist()
+    r = compare(lambda w: m(w)[0], None, ids, 32)
+    assert r.kld_mean == 0 and r.top1_agreement == 1.0
+    assert r.tokens == 3 * 31 and r.windows == 3  # partial trailing window dropped
+    lp = torch.cat([torch.log_softmax(m(torch.tensor([ids[i:i + 32]]))[0, :-1], -1)
+                    .gather(1, torch.tensor(ids[i + 1:i + 32])[:, None]) for i in (0, 32, 64)])
+    assert r.ppl == pytest.approx(float(torch.exp(-lp.mean())), rel=1e-5)
