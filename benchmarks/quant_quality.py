@@ -153,7 +153,7 @@ def main():
         t0 = time.perf_counter()
         recipe = name if name.startswith("auto") else allc[name]
         model, rep = quantized_model(ck, recipe, a.calib, max_seq_len=a.ctx)
-        r = score(lambda w: model(w[None])[0], ref)
+        r = score(lambda w, m=model: m(w[None])[0], ref)
         tot = rep.totals()
         r.update(bpw=tot["bits_per_weight"], quant_mb=round(tot["quantized_bytes"] / 1e6, 2),
                  seconds=round(time.perf_counter() - t0, 1))

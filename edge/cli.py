@@ -7,36 +7,15 @@ finish reason and timings.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
 
 import click
 
+from .cliutil import report_errors
 from .errors import EdgeError, GenerationError
 from .sampling import SamplingParams
-
-
-def _report_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, debug: bool = False, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except EdgeError as e:
-            if debug:
-                raise
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except MemoryError:
-            if debug:
-                raise
-            click.echo("error: out of memory; try a smaller --ctx or a smaller model", err=True)
-            sys.exit(1)
-    return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
 
 
 def _gen_options(fn):
@@ -125,7 +104,7 @@ def main():
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, without the chat "
               "format.")
 @click.option("--system", default=None, help="System message (chat format only).")
-@_report_errors
+@report_errors(oom="out of memory; try a smaller --ctx or a smaller model")
 def run(prompt, raw, system, **kw):
     """Generate a reply to a prompt (one user turn in the model's chat format)."""
     if prompt is None:
@@ -145,7 +124,7 @@ def run(prompt, raw, system, **kw):
 @main.command()
 @_gen_options
 @click.argument("file")
-@_report_errors
+@report_errors(oom="out of memory; try a smaller --ctx or a smaller model")
 def summarize(file, **kw):
     """Summarize a UTF-8 text FILE ('-' for stdin)."""
     from .tasks import read_input, summarize_messages
@@ -158,7 +137,7 @@ def summarize(file, **kw):
 @click.argument("file")
 @click.option("--style", required=True, help="formal, casual, concise, simple, bullet, or "
               "any short description.")
-@_report_errors
+@report_errors(oom="out of memory; try a smaller --ctx or a smaller model")
 def rewrite(file, style, **kw):
     """Rewrite a UTF-8 text FILE ('-' for stdin) in another style."""
     from .tasks import read_input, rewrite_messages

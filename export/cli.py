@@ -5,35 +5,13 @@ Exit status 0 on success, 1 with a one-line error on failure (traceback with --d
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from edge.errors import EdgeError
-
-
-def _report_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, debug: bool = False, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except EdgeError as e:
-            if debug:
-                raise
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted; the previous output (if any) is untouched", err=True)
-            sys.exit(130)
-        except MemoryError:
-            if debug:
-                raise
-            click.echo("error: out of memory while exporting", err=True)
-            sys.exit(1)
-    return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
+from edge.cliutil import report_errors
 
 
 def _csv(ctx, param, value):
@@ -61,7 +39,7 @@ def main():
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin pickles (loaded "
               "with weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-@_report_errors
+@report_errors(interrupted="interrupted; the previous output (if any) is untouched", oom="out of memory while exporting")
 def export_cmd(checkpoint, out, recipe, targets, dtype, force, allow_pickle, as_json):
     """Export CHECKPOINT (HF dir, Meta dir, .gguf, known model name, or preset:NAME)."""
     from .pipeline import ExportConfig, run_export
@@ -91,7 +69,7 @@ def export_cmd(checkpoint, out, recipe, targets, dtype, force, allow_pickle, as_
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Calibration text for GPTQ/AWQ recipes (default: the packaged text).")
 @click.option("--json", "as_json", is_flag=True)
-@_report_errors
+@report_errors(interrupted="interrupted; the previous output (if any) is untouched", oom="out of memory while exporting")
 def eval_cmd(model, text, recipe, reference, ctx, calib, as_json):
     """Perplexity, mean KL divergence and same-top-token rate of MODEL against a reference."""
     from tqdm import tqdm
@@ -127,7 +105,7 @@ def eval_cmd(model, text, recipe, reference, ctx, calib, as_json):
 @main.command()
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True)
-@_report_errors
+@report_errors(interrupted="interrupted; the previous output (if any) is untouched", oom="out of memory while exporting")
 def inspect(model, as_json):
     """Describe MODEL: format, config, parameters, dtypes, tokenizer and chat format."""
     from edge.chat import detect_chat_format

