@@ -17,6 +17,8 @@ from .cliutil import report_errors
 from .errors import EdgeError, GenerationError
 from .sampling import SamplingParams
 
+_errors = report_errors(oom="out of memory; try a smaller --ctx or a smaller model")
+
 
 def _gen_options(fn):
     opts = [
@@ -104,7 +106,7 @@ def main():
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, without the chat "
               "format.")
 @click.option("--system", default=None, help="System message (chat format only).")
-@report_errors(oom="out of memory; try a smaller --ctx or a smaller model")
+@_errors
 def run(prompt, raw, system, **kw):
     """Generate a reply to a prompt (one user turn in the model's chat format)."""
     if prompt is None:
@@ -124,7 +126,7 @@ def run(prompt, raw, system, **kw):
 @main.command()
 @_gen_options
 @click.argument("file")
-@report_errors(oom="out of memory; try a smaller --ctx or a smaller model")
+@_errors
 def summarize(file, **kw):
     """Summarize a UTF-8 text FILE ('-' for stdin)."""
     from .tasks import read_input, summarize_messages
@@ -137,7 +139,7 @@ def summarize(file, **kw):
 @click.argument("file")
 @click.option("--style", required=True, help="formal, casual, concise, simple, bullet, or "
               "any short description.")
-@report_errors(oom="out of memory; try a smaller --ctx or a smaller model")
+@_errors
 def rewrite(file, style, **kw):
     """Rewrite a UTF-8 text FILE ('-' for stdin) in another style."""
     from .tasks import read_input, rewrite_messages

@@ -13,6 +13,9 @@ import click
 
 from edge.cliutil import report_errors
 
+_errors = report_errors(interrupted="interrupted; the previous output (if any) is "
+                        "untouched", oom="out of memory while exporting")
+
 
 def _csv(ctx, param, value):
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
@@ -39,7 +42,7 @@ def main():
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin pickles (loaded "
               "with weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-@report_errors(interrupted="interrupted; the previous output (if any) is untouched", oom="out of memory while exporting")
+@_errors
 def export_cmd(checkpoint, out, recipe, targets, dtype, force, allow_pickle, as_json):
     """Export CHECKPOINT (HF dir, Meta dir, .gguf, known model name, or preset:NAME)."""
     from .pipeline import ExportConfig, run_export
@@ -69,7 +72,7 @@ def export_cmd(checkpoint, out, recipe, targets, dtype, force, allow_pickle, as_
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Calibration text for GPTQ/AWQ recipes (default: the packaged text).")
 @click.option("--json", "as_json", is_flag=True)
-@report_errors(interrupted="interrupted; the previous output (if any) is untouched", oom="out of memory while exporting")
+@_errors
 def eval_cmd(model, text, recipe, reference, ctx, calib, as_json):
     """Perplexity, mean KL divergence and same-top-token rate of MODEL against a reference."""
     from tqdm import tqdm
@@ -105,7 +108,7 @@ def eval_cmd(model, text, recipe, reference, ctx, calib, as_json):
 @main.command()
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True)
-@report_errors(interrupted="interrupted; the previous output (if any) is untouched", oom="out of memory while exporting")
+@_errors
 def inspect(model, as_json):
     """Describe MODEL: format, config, parameters, dtypes, tokenizer and chat format."""
     from edge.chat import detect_chat_format

@@ -67,22 +67,30 @@ def quantized_model(ck: Checkpoint, recipe: Recipe | str, calib: Path | None = N
     model = LlamaModel.from_state_dict(ck.config, {k: v.float().clone() for k, v in
                                                    ck.tensors.items()},
                                        max_seq_len=max_seq_len)
-    auto_report = None
     if isinstance(recipe, str):
         target = parse_auto(recipe, ck.config.num_parameters())
         if target is not None:
-            from quant.auto import auto_recipe
+            from quant.auto import auto_quantize
 
-            ids = calibration_ids(ck.tokenizer, calib, AUTO_MEASURE_WINDOWS, 512)
-            recipe, auto_report = auto_recipe(model, ids, target, progress=progress)
-        else:
-            recipe = load_recipe(recipe)
+            def factory():
+                m = LlamaModel.from_state_dict(
+                    ck.config, {k: v.float().clone() for k, v in ck.tensors.items()},
+                    max_seq_len=max_seq_len)
+                return m, m.model.layers
+
+            del model
+            measure = calibration_ids(ck.tokenizer, calib, AUTO_MEASURE_WINDOWS, 512)
+            algo = calibration_ids(ck.tokenizer, calib, 16, 512)
+            model, auto_report, rep = auto_quantize(factory, measure, algo, target,
+                                                    LLAMA_AWQ_MAP, progress=progress)
+            rep.recipe = f"auto:{target:g}"
+            rep.notes.append(f"auto: {auto_report}")
+            rep.auto = auto_report
+            return model, rep
+        recipe = load_recipe(recipe)
     ids = None
     if recipe.needs_calibration():
         ids = calibration_ids(ck.tokenizer, calib, recipe.calib_windows, recipe.calib_seq_len)
     rep = quantize(model, recipe, ids, blocks=model.model.layers, awq_map=LLAMA_AWQ_MAP,
                    progress=progress)
-    if auto_report is not None:
-        rep.notes.append(f"auto: {auto_report}")
-        rep.auto = auto_report
     return model, rep

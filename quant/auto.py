@@ -2,8 +2,11 @@
 
 A unit is a group of modules quantized together: each block's attention linears, each block's
 MLP linears, and the embedding (with the output layer when tied). For every unit and every
-candidate scheme, the unit alone is quantized (RTN) and the mean KL divergence of the model's
-next-token distributions to the float model is measured on calibration windows. Assuming the
+candidate scheme, the unit alone is quantized and the mean KL divergence of the model's
+next-token distributions to the float model is measured on calibration windows:
+`auto_recipe` measures with RTN (fast); `auto_quantize` (what `--recipe auto` uses) measures
+each candidate as it will finally be quantized (AWQ for 4-bit) and assembles the model from the
+chosen units. Assuming the
 increments add up, the assignment that minimises the summed KLD under the bit budget is found
 greedily: start every unit at its cheapest candidate, then repeatedly take the upgrade with the
 best KLD saved per extra bit that still fits.
@@ -24,8 +27,7 @@ from .schemes import DynamicInt8Act, IntWeight
 # 4-bit algorithm measured); 8-bit ones are near-lossless with RTN.
 def default_candidates(act: DynamicInt8Act | None = None) -> list[QuantConfig]:
     return [QuantConfig(IntWeight(4, 128), act, "awq"), QuantConfig(IntWeight(4, 64), act, "awq"),
-            QuantConfig(IntWeight(4, 32), act, "awq"), QuantConfig(IntWeight(8, None), act),
-            QuantConfig(IntWeight(8, 32), act)]
+            QuantConfig(IntWeight(4, 32), act, "awq"), QuantConfig(IntWeight(8, None), act)]
 
 
 def embedding_candidates() -> list[QuantConfig]:
@@ -170,3 +172,133 @@ def auto_recipe(model: nn.Module, calib: torch.Tensor, target_bpw: float,
 
 def matches(recipe: Recipe, name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, r.pattern) for r in recipe.rules)
+
+
+# ------------------------------------------------------------------ algorithm-aware auto
+@torch.no_grad()
+def auto_quantize(factory, calib_measure: torch.Tensor, calib_algo: torch.Tensor,
+                  target_bpw: float, awq_map: list, act: DynamicInt8Act | None = None,
+                  progress=None):
+    """Like `auto_recipe`, but each candidate is measured as it will finally be quantized.
+
+    factory() -> (fresh float model, its blocks). For every linear candidate the whole model
+    is quantized once with the candidate's algorithm (AWQ for 4-bit, which folds scales into
+    norms inside the same unit); a unit's sensitivity to a candidate is then measured by
+    swapping that unit's quantized weights (and folded norms) into the float model, so the
+    measured KLD is the one the final model gets, not RTN's. The final model is assembled
+    from the chosen units. Returns (model, QuantReport-like dict).
+    """
+    from .apply import QuantLinear, quantize
+
+    base, _ = factory()
+    units = units_of(base)
+    mods = dict(base.named_modules())
+    ins = {mods[n].weight.shape[1] for u in units if u.name != "embedding" for n in u.modules}
+    lin_cands = [c for c in default_candidates(act)
+                 if all(i % c.weight.group_for(i) == 0 for i in ins)]
+    params = dict(base.named_parameters())
+    unit_of_module = {n: u.name for u in units for n in u.modules}
+    # snapshots: candidate index -> unit -> {"linears": {name: (qt, cfg)}, "params": {...}}
+    snaps: list[dict] = []
+    for ci, cfg in enumerate(lin_cands):
+        m, blocks = factory()
+        rules = [Rule(u.name, cfg) for u in units if u.name != "embedding"]
+        rec = Recipe(f"auto-candidate-{cfg.name}", tuple(rules))
+        quantize(m, rec, calib_algo if rec.needs_calibration() else None, blocks=blocks,
+                 awq_map=awq_map)
+        snap: dict = {u.name: {"linears": {}, "params": {}} for u in units}
+        for n, mod in m.named_modules():
+            if isinstance(mod, QuantLinear) and n in unit_of_module:
+                snap[unit_of_module[n]]["linears"][n] = (mod.qt, mod.act, mod.config)
+        for pn, p in m.named_parameters():
+            if pn in params and not torch.equal(p, params[pn]):
+                owner = _fold_owner(pn, awq_map, unit_of_module)
+                if owner is not None:
+                    snap[owner]["params"][pn] = p.detach().clone()
+        snaps.append(snap)
+        del m
+        if progress:
+            progress(ci + 1, len(lin_cands) + 1)
+    emb_dim = mods[next(u for u in units if u.name == "embedding").modules[0]].weight.shape[1]
+    emb_cands = [c for c in embedding_candidates() if emb_dim % c.weight.group_for(emb_dim) == 0]
+    ref = [torch.log_softmax(base(w[None])[0].float(), -1) for w in calib_measure]
+
+    def kld():
+        k = 0.0
+        for w, lr in zip(calib_measure, ref):
+            lq = torch.log_softmax(base(w[None])[0].float(), -1)
+            k += float((lr.exp() * (lr - lq)).sum(-1).mean())
+        return k / len(calib_measure)
+
+    table, cands = {}, {}
+    for u in units:
+        if u.name == "embedding":
+            cands[u.name] = emb_cands
+            w = mods[u.modules[0]].weight
+            orig = w.detach().clone()
+            for c in emb_cands:
+                w.data.copy_(c.weight.quantize_tensor(orig.float(), u.name).dequantize())
+                table[(u.name, c)] = kld()
+            w.data.copy_(orig)
+            continue
+        cands[u.name] = lin_cands
+        for ci, c in enumerate(lin_cands):
+            s = snaps[ci][u.name]
+            saved = {}
+            for n, (qt, _, _) in s["linears"].items():
+                saved[n] = mods[n].weight.detach().clone()
+                mods[n].weight.data.copy_(qt.dequantize())
+            for pn, v in s["params"].items():
+                saved[pn] = params[pn].detach().clone()
+                params[pn].data.copy_(v)
+            # the activation quantization of 8da schemes is part of the measured error
+            acts = {n: a for n, (_, a, _) in s["linears"].items() if a is not None}
+            hooks = [mods[n].register_forward_pre_hook(
+                lambda mod, args, a=a: (a.fake_quantize(args[0]),)) for n, a in acts.items()]
+            try:
+                table[(u.name, c)] = kld()
+            finally:
+                for h in hooks:
+                    h.remove()
+            for k, v in saved.items():
+                (mods[k].weight if k in mods else params[k]).data.copy_(v)
+    shapes = {u.name: [tuple(mods[n].weight.shape) for n in dict.fromkeys(
+        n for n in u.modules if not (u.name == "embedding" and n != u.modules[0]))]
+        for u in units}
+    total = sum(u.params for u in units)
+    choice, used = allocate(units, shapes, cands, table, target_bpw * total)
+    # assemble: float model + chosen units
+    final, _ = factory()
+    fparams = dict(final.named_parameters())
+    report = {"target_bpw": target_bpw, "bpw": round(used / total, 4), "choice": {}}
+    emb_cfg = None
+    for u in units:
+        c = cands[u.name][choice[u.name]]
+        report["choice"][u.name] = c.name
+        if u.name == "embedding":
+            emb_cfg = c
+            continue
+        s = snaps[lin_cands.index(c)][u.name]
+        for n, (qt, a, cfg) in s["linears"].items():
+            parent, _, leaf = n.rpartition(".")
+            setattr(final.get_submodule(parent), leaf, QuantLinear(qt, a, cfg))
+        for pn, v in s["params"].items():
+            fparams[pn].data.copy_(v)
+    emb_unit = next(u for u in units if u.name == "embedding")
+    rep = quantize(final, Recipe("auto-embedding", tuple(Rule(n, emb_cfg)
+                                                         for n in emb_unit.modules)))
+    report["predicted_kld_sum"] = round(sum(table[(u.name, cands[u.name][choice[u.name]])]
+                                            for u in units), 6)
+    if progress:
+        progress(len(lin_cands) + 1, len(lin_cands) + 1)
+    return final, report, rep
+
+
+def _fold_owner(param_name: str, awq_map: list, unit_of_module: dict) -> str | None:
+    """The unit whose consumers a folded parameter (e.g. a norm weight) feeds."""
+    mod = param_name.rsplit(".", 1)[0]
+    for producer, consumers in awq_map:
+        if mod.endswith("." + producer):
+            prefix = mod[: -len(producer)]
+            return unit_of_module.get(prefix + consumers[0])
+    return None

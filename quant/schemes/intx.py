@@ -1,11 +1,12 @@
 """Integer weight schemes: int8 and int4, per output channel or groupwise along the input
 dimension, symmetric or asymmetric. The readable reference every kernel is tested against.
 
-symmetric:  q = clamp(round(w / s), -2^(b-1), 2^(b-1) - 1),  s = max|w| / (2^(b-1) - 1)
-            (int4 uses s = max|w| / 8 on the signed side with -8 reachable, as Q4_0 does, so
-            the full 16 levels are used)
+symmetric:  q = clamp(round(w / s), -2^(b-1), 2^(b-1) - 1)
+            int8: s = max|w| / 127 (as Q8_0)
+            int4: s = max|w| / 8 when the group's largest-magnitude value is negative (it lands
+                  on -8, all 16 levels used, as Q4_0), max|w| / 7 otherwise (nothing clipped)
 asymmetric: q = clamp(round(w / s) + z, 0, 2^b - 1),  s = (max - min) / (2^b - 1),
-            z = round(-min / s)
+            z = round(-min / s)   (min <= 0 <= max, so zero is exact)
 """
 
 from __future__ import annotations

@@ -43,3 +43,24 @@ def test_auto_recipe_meets_target():
     assert rep["bpw"] <= 5.5
     assert recipe.config_for("model.layers.0.mlp.up_proj") is not None
     assert recipe.config_for("model.embed_tokens") is not None
+
+
+@torch.no_grad()
+def test_auto_quantize_assembles_a_model_within_budget():
+    from quant.apply import QuantLinear
+    from quant.auto import auto_quantize
+
+    from test_recipes_apply import AWQ_MAP
+
+    def factory():
+        m = tiny_model()
+        return m, m.model.layers
+
+    g = torch.Generator().manual_seed(0)
+    calib = torch.randint(0, 128, (2, 32), generator=g)
+    model, rep, qrep = auto_quantize(factory, calib[:1], calib, 6.0, AWQ_MAP)
+    assert rep["bpw"] <= 6.0
+    lin = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert len(lin) == 2 * 7 + 1  # every block linear and the tied output layer
+    assert torch.isfinite(model(calib[:1])).all()
+    assert set(rep["choice"]) == {u.name for u in units_of(tiny_model())}
