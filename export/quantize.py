@@ -64,21 +64,17 @@ def parse_auto(spec: str, n_params: int) -> float | None:
 def quantized_model(ck: Checkpoint, recipe: Recipe | str, calib: Path | None = None,
                     progress=None, max_seq_len: int = 2048) -> tuple[LlamaModel, QuantReport]:
     """An fp32 LlamaModel of `ck`, quantized in place with `recipe` (fake-quant reference)."""
-    model = LlamaModel.from_state_dict(ck.config, {k: v.float().clone() for k, v in
-                                                   ck.tensors.items()},
-                                       max_seq_len=max_seq_len)
+    def factory():
+        m = LlamaModel.from_state_dict(
+            ck.config, {k: v.float().clone() for k, v in ck.tensors.items()},
+            max_seq_len=max_seq_len)
+        return m, m.model.layers
+
     if isinstance(recipe, str):
         target = parse_auto(recipe, ck.config.num_parameters())
         if target is not None:
             from quant.auto import auto_quantize
 
-            def factory():
-                m = LlamaModel.from_state_dict(
-                    ck.config, {k: v.float().clone() for k, v in ck.tensors.items()},
-                    max_seq_len=max_seq_len)
-                return m, m.model.layers
-
-            del model
             measure = calibration_ids(ck.tokenizer, calib, AUTO_MEASURE_WINDOWS, 512)
             algo = calibration_ids(ck.tokenizer, calib, 16, 512)
             model, auto_report, rep = auto_quantize(factory, measure, algo, target,
@@ -88,6 +84,7 @@ def quantized_model(ck: Checkpoint, recipe: Recipe | str, calib: Path | None = N
             rep.auto = auto_report
             return model, rep
         recipe = load_recipe(recipe)
+    model, _ = factory()
     ids = None
     if recipe.needs_calibration():
         ids = calibration_ids(ck.tokenizer, calib, recipe.calib_windows, recipe.calib_seq_len)

@@ -126,11 +126,7 @@ def quantize(model: nn.Module, recipe: Recipe, calib: torch.Tensor | None = None
     for n, qt in done.items():
         c = targets[n]
         m = names[n]
-        if isinstance(m, nn.Embedding):
-            new = QuantEmbedding(qt, c)
-        else:
-            act = c.act
-            new = QuantLinear(qt, act, c)
+        new = QuantEmbedding(qt, c) if isinstance(m, nn.Embedding) else QuantLinear(qt, c.act, c)
         _set_module(model, n, new)
         info = rep.modules.setdefault(n, {})
         info.update(scheme=c.name, params=qt.qdata.numel(),

@@ -14,7 +14,6 @@ best KLD saved per extra bit that still fits.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 
 import torch
@@ -72,12 +71,25 @@ def _bits(cfg: QuantConfig, shape) -> float:
         out * (n // g) * 8 if not getattr(cfg.weight, "symmetric", True) else 0)
 
 
+def _log_probs(model: nn.Module, calib: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.log_softmax(model(w[None])[0].float(), -1) for w in calib]
+
+
+def _mean_kld(model: nn.Module, calib: torch.Tensor, ref: list[torch.Tensor]) -> float:
+    """Mean KL(reference || model) over every position of the calibration windows."""
+    k = 0.0
+    for w, lr in zip(calib, ref):
+        lq = torch.log_softmax(model(w[None])[0].float(), -1)
+        k += float((lr.exp() * (lr - lq)).sum(-1).mean())
+    return k / len(calib)
+
+
 @torch.no_grad()
 def measure(model: nn.Module, calib: torch.Tensor, units: list[Unit],
             candidates: dict[str, list[QuantConfig]], progress=None) -> dict:
     """KLD (float model -> model with one unit quantized) per unit and candidate."""
     mods = dict(model.named_modules())
-    ref = [torch.log_softmax(model(w[None])[0].float(), -1) for w in calib]
+    ref = _log_probs(model, calib)
     table = {}
     total = sum(len(candidates[u.name]) for u in units)
     done = 0
@@ -89,11 +101,7 @@ def measure(model: nn.Module, calib: torch.Tensor, units: list[Unit],
         for cfg in candidates[u.name]:
             for w, orig in weights.values():
                 w.data.copy_(cfg.weight.quantize_tensor(orig.float(), u.name).dequantize())
-            kl = 0.0
-            for w_ids, lr in zip(calib, ref):
-                lq = torch.log_softmax(model(w_ids[None])[0].float(), -1)
-                kl += float((lr.exp() * (lr - lq)).sum(-1).mean())
-            table[(u.name, cfg)] = kl / len(calib)
+            table[(u.name, cfg)] = _mean_kld(model, calib, ref)
             for w, orig in weights.values():
                 w.data.copy_(orig)
             done += 1
@@ -170,10 +178,6 @@ def auto_recipe(model: nn.Module, calib: torch.Tensor, target_bpw: float,
                   "sensitivity"), report
 
 
-def matches(recipe: Recipe, name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, r.pattern) for r in recipe.rules)
-
-
 # ------------------------------------------------------------------ algorithm-aware auto
 @torch.no_grad()
 def auto_quantize(factory, calib_measure: torch.Tensor, calib_algo: torch.Tensor,
@@ -221,14 +225,10 @@ def auto_quantize(factory, calib_measure: torch.Tensor, calib_algo: torch.Tensor
             progress(ci + 1, len(lin_cands) + 1)
     emb_dim = mods[next(u for u in units if u.name == "embedding").modules[0]].weight.shape[1]
     emb_cands = [c for c in embedding_candidates() if emb_dim % c.weight.group_for(emb_dim) == 0]
-    ref = [torch.log_softmax(base(w[None])[0].float(), -1) for w in calib_measure]
+    ref = _log_probs(base, calib_measure)
 
     def kld():
-        k = 0.0
-        for w, lr in zip(calib_measure, ref):
-            lq = torch.log_softmax(base(w[None])[0].float(), -1)
-            k += float((lr.exp() * (lr - lq)).sum(-1).mean())
-        return k / len(calib_measure)
+        return _mean_kld(base, calib_measure, ref)
 
     table, cands = {}, {}
     for u in units:
