@@ -29,6 +29,7 @@ from export.evaluate import read_text  # noqa: E402
 from export.loaders import load_checkpoint, resolve_model  # noqa: E402
 from export.model import LlamaModel  # noqa: E402
 from export.quantize import quantized_model  # noqa: E402
+from make_gguf import requantize  # noqa: E402
 from quant.eval import windows  # noqa: E402
 from quant.recipes import QuantConfig, Recipe, Rule, load_recipe  # noqa: E402
 from quant.schemes import DynamicInt8Act, FP8Weight, IntWeight  # noqa: E402
@@ -105,13 +106,10 @@ def llama_cpp_rows(gguf_path: Path, types: list[str], ref: RefCache, threads: in
     ctx = ref.wins.shape[1]
     for t in types:
         out = tmp / f"model-{t}.gguf"
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{t}")
-        params.allow_requantize = True
-        params.nthread = threads
-        rc = llama_cpp.llama_model_quantize(str(gguf_path).encode(), str(out).encode(), params)
-        if rc != 0:
-            print(f"llama.cpp quantize to {t} failed ({rc})", file=sys.stderr)
+        try:
+            requantize(gguf_path, out, t, threads)
+        except (ValueError, RuntimeError) as e:
+            print(e, file=sys.stderr)
             continue
         llm = llama_cpp.Llama(str(out), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
                               n_threads=threads, verbose=False)

@@ -23,7 +23,9 @@ _errors = report_errors(oom="out of memory; try a smaller --ctx or a smaller mod
 def _gen_options(fn):
     opts = [
         click.option("-m", "--model", "model", required=True,
-                     help="Model: HF dir, Meta dir, .gguf, or a known model name."),
+                     help="Model: an edge artifact directory (from llama-export), or a "
+                          "checkpoint (HF dir, Meta dir, .gguf, known model name) run on the "
+                          "torch reference path."),
         click.option("--max-new-tokens", type=int, default=None,
                      help="Tokens to generate at most (default: 256 for run, task-specific "
                           "otherwise)."),
@@ -36,7 +38,10 @@ def _gen_options(fn):
         click.option("--seed", type=int, default=None),
         click.option("--stop", multiple=True, help="Stop string (repeatable)."),
         click.option("--ctx", type=int, default=None, help="Context length to allocate."),
-        click.option("--threads", type=int, default=None),
+        click.option("--threads", type=int, default=None,
+                     help="Compute threads (default: the cores this process may use)."),
+        click.option("--kv-cache", "kv", type=click.Choice(["f32", "int8"]), default="f32",
+                     show_default=True, help="KV cache precision (edge artifacts)."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
     ]
     for o in reversed(opts):
@@ -61,13 +66,13 @@ def _generate(kw, messages: list[dict] | None, raw_text: str | None, default_new
 
     params = _params(kw, default_new, default_rep)  # validate before the slow load
     t0 = time.perf_counter()
-    engine = open_model(kw["model"], max_context=kw["ctx"], threads=kw["threads"])
+    engine = open_model(kw["model"], max_context=kw["ctx"], threads=kw["threads"], kv=kw["kv"])
     load_s = time.perf_counter() - t0
     tok = engine.tokenizer
     if tok is None:
         raise EdgeError(f"{kw['model']}: has no tokenizer, so it cannot generate text")
     if messages is not None:
-        fmt = detect_chat_format(tok)
+        fmt = getattr(engine, "chat_format", None) or detect_chat_format(tok)
         ids = encode_chat(tok, messages, fmt)
     else:
         fmt = "raw"
@@ -84,7 +89,8 @@ def _generate(kw, messages: list[dict] | None, raw_text: str | None, default_new
         d = r.to_json()
         d.pop("token_ids")
         d.update(task=task, engine=engine.name, chat_format=fmt, load_s=round(load_s, 3),
-                 model=str(kw["model"]))
+                 model=str(kw["model"]), threads=getattr(engine, "threads", None),
+                 isa=getattr(engine, "isa", None))
         click.echo(json.dumps(d, ensure_ascii=False))
     else:
         click.echo("")
@@ -145,6 +151,69 @@ def rewrite(file, style, **kw):
     from .tasks import read_input, rewrite_messages
 
     _generate(kw, rewrite_messages(read_input(file), style), None, 320, 1.1, "rewrite")
+
+
+@main.command()
+@click.option("-m", "--model", "model", required=True, help="Edge artifact or checkpoint.")
+@click.option("--threads", type=int, default=None, help="Compute threads (default: all cores).")
+@click.option("--ctx", type=int, default=None, help="Context to allocate (default: 2048 or the "
+              "artifact's maximum, whichever is smaller).")
+@click.option("--repeat", type=int, default=3, show_default=True, help="Runs per figure "
+              "(median reported).")
+@click.option("--kv-cache", "kv", type=click.Choice(["f32", "int8"]), default="f32",
+              show_default=True)
+@click.option("--no-verify", is_flag=True, help="Skip the artifact's file digests at load.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_errors
+def bench(model, threads, ctx, repeat, kv, no_verify, as_json):
+    """Prompt and decode speed, time to first token, load time and peak memory of MODEL."""
+    from .bench import run_bench
+
+    if repeat < 1:
+        raise EdgeError("--repeat must be at least 1")
+    r = run_bench(model, threads=threads, ctx=ctx, repeat=repeat, kv=kv, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    for key in ("engine", "isa", "threads", "pp128_tok_s", "pp512_tok_s", "tg128_tok_s",
+                "ttft64_s", "load_s", "peak_rss_mb", "file_mb", "cpu"):
+        if r.get(key) is not None:
+            click.echo(f"{key:14} {r[key]}")
+
+
+@main.command()
+@click.argument("artifact")
+@click.option("--no-verify", is_flag=True, help="Skip the file digests.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_errors
+def info(artifact, no_verify, as_json):
+    """Describe an edge ARTIFACT: model, quantization per tensor kind, size, tokenizer, limits."""
+    from .artifact import load_artifact
+
+    a = load_artifact(artifact, verify=not no_verify)
+    c = a.config
+    kinds: dict[str, int] = {}
+    for name, e in a.manifest["tensors"].items():
+        if "tied_to" in e:
+            continue
+        key = f"{e.get('scheme')}" + (" + int8 activations" if e.get("act") else "")
+        kinds[key] = kinds.get(key, 0) + 1
+    from . import _kernels
+
+    d = {"path": str(a.path), "format_version": a.manifest["format_version"],
+         "producer": a.manifest.get("producer"), "recipe": a.manifest.get("recipe"),
+         "model": {"layers": c.num_layers, "hidden": c.hidden_size, "heads": c.num_heads,
+                   "kv_heads": c.num_kv_heads, "vocab": c.vocab_size,
+                   "parameters": c.num_parameters(), "tied_embeddings": c.tie_word_embeddings},
+         "schemes": kinds, "tied": a.tied, "file_mb": round(a.file_bytes / 1e6, 2),
+         "max_context": a.max_context, "chat_format": a.chat_format,
+         "eos_token_ids": list(a.eos_ids), "generation": a.generation,
+         "verified": not no_verify, "kernels": _kernels.best_isa()}
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    for k, v in d.items():
+        click.echo(f"{k:14} {v}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,53 @@
 """Open any MODEL the CLI accepts and return an engine with sessions.
 
-Checkpoints (HF directory, Meta directory, GGUF file, or a known model name) run on the torch
-reference path, which lives in the toolchain extra; without it the user is told which extra to
-install.
+Edge artifacts (a directory with manifest.json) run on the edge kernels. Checkpoints (HF
+directory, Meta directory, GGUF file, or a known model name) run on the torch reference path,
+which lives in the toolchain extra; without it the user is told which extra to install.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .errors import require
 
+# Context allocated when the caller does not ask for one (the artifact may allow more).
+DEFAULT_CONTEXT = 2048
 
-def open_model(path: str, max_context: int | None = None, threads: int | None = None):
+
+def open_model(path: str, max_context: int | None = None, threads: int | None = None,
+               kv: str = "f32", verify: bool = True):
+    from .artifact import is_artifact
+
+    if is_artifact(path):
+        from .artifact import load_artifact
+        from .runtime import EdgeEngine
+
+        art = load_artifact(path, verify=verify)
+        return EdgeEngine(art, max_context=max_context or min(art.max_context, DEFAULT_CONTEXT),
+                          threads=threads, kv=kv)
     require("torch", "running a checkpoint on the torch reference path", "export")
     from export.loaders import load_checkpoint
     from export.reference import TorchEngine
 
+    if kv != "f32":
+        from .errors import EdgeError
+
+        raise EdgeError("--kv-cache int8 needs an edge artifact; the torch reference keeps an "
+                        "fp32 cache")
     return TorchEngine(load_checkpoint(path), max_context=max_context, threads=threads)
+
+
+def model_bytes(path: str) -> int:
+    """Bytes on disk of a model file or directory (0 for a name that is not a path)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    try:
+        from export.loaders import resolve_model
+
+        return Path(resolve_model(path)).stat().st_size
+    except Exception:  # noqa: BLE001 - sizes are informative only
+        return 0

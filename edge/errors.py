@@ -21,6 +21,15 @@ class CheckpointError(EdgeError):
         super().__init__(f"{self.path}: {message}")
 
 
+class ArtifactError(EdgeError):
+    """An exported artifact (edge bundle, .pte, .onnx) is corrupt, incomplete, of another format
+    version, or inconsistent."""
+
+    def __init__(self, path, message: str):
+        self.path = str(path)
+        super().__init__(f"{self.path}: {message}")
+
+
 class ConfigError(EdgeError):
     """A model configuration is inconsistent or unsupported."""
 

@@ -32,23 +32,31 @@ def main():
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Output directory (written atomically).")
 @click.option("--recipe", default="none", show_default=True,
-              help="Quantization recipe: none.")
-@click.option("--target", "targets", default="hf", show_default=True, callback=_csv,
-              help="Comma-separated targets: hf (a normalized Hugging Face checkpoint).")
+              help="Quantization recipe: none, mobile (8da4w g32, int8 embedding/output), "
+              "int4-g32, int4-g128, int8, fp8, 8da4w, auto[:BITS|:SIZEMB], or a recipe .json.")
+@click.option("--target", "targets", default="edge", show_default=True, callback=_csv,
+              help="Comma-separated targets: edge (the llama-edge runtime's bundle), hf (a "
+              "normalized Hugging Face checkpoint, unquantized only).")
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
-              show_default=True, help="Weight dtype of the hf target (auto keeps the source "
+              show_default=True, help="Dtype of unquantized weights (auto keeps the source "
               "precision).")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Calibration text for GPTQ/AWQ recipes (default: the packaged text).")
+@click.option("--max-context", type=int, default=None,
+              help="Longest context the edge artifact supports (default: min(model, 4096)).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin pickles (loaded "
               "with weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 @_errors
-def export_cmd(checkpoint, out, recipe, targets, dtype, force, allow_pickle, as_json):
+def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, force, allow_pickle,
+               as_json):
     """Export CHECKPOINT (HF dir, Meta dir, .gguf, known model name, or preset:NAME)."""
     from .pipeline import ExportConfig, run_export
 
     cfg = ExportConfig(checkpoint=checkpoint, out=out, recipe=recipe, targets=targets,
-                       dtype=dtype, force=force, allow_pickle=allow_pickle)
+                       dtype=dtype, force=force, allow_pickle=allow_pickle, calib=calib,
+                       max_context=max_context)
     st = run_export(cfg, log=lambda s: click.echo(s, err=True))
     if as_json:
         click.echo(json.dumps(st.report, indent=2))

@@ -63,6 +63,7 @@ class TorchEngine:
         self.model = model or LlamaModel.from_state_dict(ck.config, ck.tensors, torch.float32,
                                                          max_seq_len=n)
         self.max_context = n
+        self.threads = torch.get_num_threads()
         self.lock = threading.Lock()
 
     def session(self) -> TorchSession:

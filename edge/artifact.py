@@ -1,0 +1,531 @@
+"""The edge artifact: a self-describing directory the runtime memory-maps and runs.
+
+    manifest.json            format name + version, model config, every tensor's kind / shape /
+                             group / zero points / scheme / activation handling, tied weights,
+                             tokenizer and chat format, special and end-of-generation ids,
+                             generation defaults, maximum context, the files with their sizes
+                             and digests, and the manifest's own digest
+    weights.safetensors      kernel-layout arrays (edge/packing.py): NAME.data, NAME.scale,
+                             NAME.zp, NAME.rowsum; norms as float32
+    tokenizer.json, tokenizer_config.json
+
+The writer writes the manifest last, inside a temporary directory that then takes the
+artifact's place in one step (swapped with the previous artifact where the system can), so an
+interrupted export never leaves something that looks complete and never destroys the previous
+artifact; what a killed writer leaves behind is removed by the next write of the same path.
+The reader validates everything it relies on before the kernels see a byte: format and
+version, manifest digest, file sizes and digests (skippable for speed with verify=False), the
+safetensors header, every tensor's presence, dtype and shape against its kind and the config
+(and no stored tensor the manifest does not describe), scales (finite, > 0), zero points in
+range, tokenizer against the embedding.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import LlamaConfig
+from .errors import ArtifactError, CheckpointError, ConfigError, TokenizerError
+from .packing import KINDS, Packed
+from .safetensors import ITEMSIZE, loads_strict, read_header
+
+FORMAT = "llama-edge"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Files are digested as the SHA-256 of the SHA-256 digests of their 64 MiB chunks, so that a
+# large file is checked by several threads at memory speed.
+DIGEST_CHUNK = 64 << 20
+DIGEST_ALGORITHM = "sha256-of-64MiB-chunk-sha256"
+ACT_INT8 = "int8_dyn_token_asym"  # the only activation quantization the kernels implement
+
+# Stored dtype of each array of a kind.
+_DTYPES = {
+    "f32": {"data": "F32"}, "f16": {"data": "F16"}, "bf16": {"data": "U16"},
+    "q8": {"data": "I8", "scale": "F16", "rowsum": "F32"},
+    "q8u": {"data": "U8", "scale": "F16", "zp": "U8", "rowsum": "F32"},
+    "q4": {"data": "U8", "scale": "F16", "zp": "U8", "rowsum": "F32"},
+    "f8": {"data": "U8", "scale": "F16"},
+}
+QUANT_KINDS = ("q8", "q8u", "q4", "f8")
+_NP = {"F32": np.float32, "F16": np.float16, "U16": np.uint16, "I8": np.int8, "U8": np.uint8}
+
+
+def file_digest(path: Path, mm=None) -> str:
+    """DIGEST_ALGORITHM over a file (or its already mapped bytes), chunks hashed in parallel."""
+    size = path.stat().st_size if mm is None else len(mm)
+    own = mm is None
+    if own:
+        if size == 0:
+            return hashlib.sha256(b"").hexdigest()
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        view = memoryview(mm)
+        chunks = [view[o:o + DIGEST_CHUNK] for o in range(0, size, DIGEST_CHUNK)]
+        workers = max(1, min(len(chunks), os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as ex:  # hashlib drops the GIL
+            parts = list(ex.map(lambda c: hashlib.sha256(c).digest(), chunks))
+        for c in chunks:
+            c.release()
+        view.release()
+    finally:
+        if own:
+            mm.close()
+    return hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------- writing
+@dataclass
+class TensorEntry:
+    """One weight of the model as the artifact stores it."""
+
+    packed: Packed | None = None  # None for a tied weight
+    scheme: str = "none"  # quant scheme name (quant/schemes) or the float kind
+    act: str | None = None  # ACT_INT8 when the runtime quantizes this linear's inputs
+    tied_to: str | None = None
+
+
+def write_artifact(dest, config: LlamaConfig, weights: dict[str, TensorEntry],
+                   norms: dict[str, np.ndarray], tokenizer, chat_format: str, max_context: int,
+                   generation: dict | None = None, recipe: str = "none", extra: dict | None = None,
+                   force: bool = False) -> Path:
+    """Write an edge artifact to `dest` atomically: the files go into a temporary directory
+    next to it, which then takes the place of `dest` in one step, so `dest` always holds either
+    the previous artifact or the complete new one."""
+    dest = Path(dest)
+    if dest.parent.is_dir():
+        _remove_stale_temporaries(dest)
+    if (dest.exists() or dest.is_symlink()) and not force:
+        raise ArtifactError(dest, "already exists; pass force=True (--force) to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
+    try:
+        write_artifact_into(tmp, config, weights, norms, tokenizer, chat_format, max_context,
+                            generation, recipe, extra)
+        if not (dest.exists() or dest.is_symlink()):
+            os.replace(tmp, dest)
+        elif dest.is_dir() and not dest.is_symlink() and _exchange(tmp, dest):
+            _remove(tmp)  # now the previous artifact
+        else:
+            _replace_in_two_steps(tmp, dest)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return dest
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or file system cannot."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+def _replace_in_two_steps(tmp: Path, dest: Path) -> None:
+    """Move the previous artifact aside, then the new one in; if the second step fails, the
+    previous artifact goes back."""
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
+    os.replace(dest, old)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        if not (dest.exists() or dest.is_symlink()):
+            os.replace(old, dest)
+        raise
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_stale_temporaries(dest: Path) -> None:
+    """Clear up after a writer of `dest` that was killed mid-way (its process is gone): its
+    temporary directories go; a previous artifact it had moved aside goes back to `dest` if
+    nothing took its place, otherwise it goes too."""
+    for prefix in (f".{dest.name}.old-", f".{dest.name}.tmp-"):
+        for p in sorted(dest.parent.glob(glob.escape(prefix) + "*")):
+            pid = p.name[len(prefix):].split("-", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if prefix.endswith(".old-") and not (dest.exists() or dest.is_symlink()):
+                os.replace(p, dest)
+            else:
+                _remove(p)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def write_artifact_into(out: Path, config: LlamaConfig, weights: dict[str, TensorEntry],
+                        norms: dict[str, np.ndarray], tokenizer, chat_format: str,
+                        max_context: int, generation: dict | None = None, recipe: str = "none",
+                        extra: dict | None = None) -> dict:
+    """Write the artifact's files into an existing empty directory; the manifest goes last."""
+    from safetensors.numpy import save_file
+
+    from . import __version__
+
+    out = Path(out)
+    arrays: dict[str, np.ndarray] = {}
+    entries: dict[str, dict] = {}
+    for name in sorted(weights):
+        e = weights[name]
+        if e.tied_to is not None:
+            entries[name] = {"tied_to": e.tied_to, "act": e.act, "scheme": e.scheme}
+            continue
+        p = e.packed
+        entries[name] = {"kind": p.kind, "shape": list(p.shape), "group": p.group,
+                         "scheme": e.scheme, "act": e.act}
+        if p.kind in QUANT_KINDS:
+            # 4-bit weights may or may not have zero points; the reader must know which
+            # rather than guess from the tensors that happen to be in the file.
+            entries[name]["zero_points"] = p.zp is not None
+        for part, arr in p.arrays().items():
+            arrays[f"{name}.{part}"] = np.ascontiguousarray(arr)
+    for name in sorted(norms):
+        entries[name] = {"kind": "f32", "shape": list(norms[name].shape), "scheme": "none"}
+        arrays[f"{name}.data"] = np.ascontiguousarray(norms[name], dtype=np.float32)
+    save_file(arrays, str(out / WEIGHTS))
+    tokenizer.save(out)
+    files = {}
+    for fname in (WEIGHTS,) + TOKENIZER_FILES:
+        path = out / fname
+        files[fname] = {"bytes": path.stat().st_size, "digest": file_digest(path)}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "producer": f"llama-edge {__version__}",
+        "recipe": recipe,
+        "config": config.to_hf_dict(),
+        "max_context": int(max_context),
+        "tensors": entries,
+        "tokenizer": {
+            "chat_format": chat_format,
+            "bos_token_id": tokenizer.bos_id,
+            "add_bos": bool(tokenizer.add_bos),
+            "eos_token_ids": sorted(set(config.eos_token_ids) | set(tokenizer.eos_ids)),
+            "vocab_size": tokenizer.vocab_size,
+        },
+        "generation": generation or {"temperature": 0.0, "top_p": 1.0, "top_k": 0,
+                                     "repetition_penalty": 1.0, "max_new_tokens": 256},
+        "files": files,
+        "digest_algorithm": DIGEST_ALGORITHM,
+        **(extra or {}),
+    }
+    manifest["digest"] = manifest_digest(manifest)
+    tmp = out / (MANIFEST + ".partial")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------- reading
+@dataclass
+class Artifact:
+    path: Path
+    manifest: dict
+    config: LlamaConfig
+    weights: dict[str, Packed]  # including norms (kind f32); tied names resolved to the source
+    acts: dict[str, str | None]  # weight name -> activation handling
+    tied: dict[str, str]
+    max_context: int
+    tokenizer: object
+    chat_format: str
+    eos_ids: tuple[int, ...]
+    generation: dict
+    file_bytes: int
+    _mm: object = field(default=None, repr=False)
+
+    def close(self):
+        """Drop this object's references to the mapping (arrays handed out keep it alive)."""
+        self.weights.clear()
+        self._mm = None
+
+
+def is_artifact(path) -> bool:
+    p = Path(path)
+    return (p / MANIFEST).is_file() or (p.name == MANIFEST and p.is_file())
+
+
+def load_artifact(path, verify: bool = True) -> Artifact:
+    """Validate and memory-map an edge artifact. verify=False skips the file digests (the
+    structure and every value the kernels rely on are still checked)."""
+    root = Path(path)
+    if root.name == MANIFEST:
+        root = root.parent
+    mpath = root / MANIFEST
+    if not root.exists():
+        raise ArtifactError(root, "no such artifact directory")
+    if not root.is_dir():
+        raise ArtifactError(root, f"is not a directory; an edge artifact is a directory holding "
+                            f"{MANIFEST}")
+    if not mpath.is_file():
+        hint = " (an interrupted export leaves no manifest; export again)" if any(root.iterdir()) else ""
+        raise ArtifactError(root, f"no {MANIFEST}: not an edge artifact{hint}")
+    m = _read_manifest(mpath)
+    # files: sizes, then digests
+    files = m["files"]
+    for fname in (WEIGHTS,) + TOKENIZER_FILES:
+        if fname not in files:
+            raise ArtifactError(mpath, f"field 'files' does not list {fname}")
+    for fname, info in files.items():
+        if not isinstance(info, dict) or not isinstance(info.get("bytes"), int) or not isinstance(
+                info.get("digest"), str):
+            raise ArtifactError(mpath, f"field 'files.{fname}' is malformed")
+        fp = root / fname
+        if Path(fname).name != fname or not fp.is_file():
+            raise ArtifactError(fp, "missing (listed in the manifest)")
+        size = fp.stat().st_size
+        if size != info["bytes"]:
+            raise ArtifactError(fp, f"is {size} bytes but the manifest says {info['bytes']}: "
+                                "truncated or replaced; export again")
+    wpath = root / WEIGHTS
+    infos, _ = read_header(wpath, ArtifactError)
+    with open(wpath, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if verify:
+        for fname, info in files.items():
+            got = file_digest(root / fname, mm if fname == WEIGHTS else None)
+            if got != info["digest"]:
+                raise ArtifactError(root / fname, "content does not match the manifest's digest: "
+                                    "the file was altered or corrupted; export again")
+    try:
+        config = LlamaConfig.from_hf_dict(m["config"], source=f"{mpath}: field 'config'")
+    except ConfigError as e:
+        raise ArtifactError(mpath, f"field 'config': {e}") from None
+    max_ctx = m["max_context"]
+    if not isinstance(max_ctx, int) or not 0 < max_ctx <= config.max_position_embeddings:
+        raise ArtifactError(mpath, f"field 'max_context' = {max_ctx!r} is not in 1.."
+                            f"{config.max_position_embeddings}")
+    weights, acts, tied = _tensors(mpath, wpath, m["tensors"], infos, mm, config)
+    tok, eos = _tokenizer(root, m, config)
+    gen = m.get("generation")
+    if not isinstance(gen, dict):
+        raise ArtifactError(mpath, "field 'generation' must be an object")
+    fmt = m["tokenizer"].get("chat_format")
+    if fmt not in ("llama3", "chatml", "raw"):
+        raise ArtifactError(mpath, f"field 'tokenizer.chat_format' = {fmt!r}: expected llama3, "
+                            "chatml or raw")
+    total = sum(i["bytes"] for i in files.values())
+    return Artifact(root, m, config, weights, acts, tied, max_ctx, tok, fmt, eos, gen, total, mm)
+
+
+def _read_manifest(mpath: Path) -> dict:
+    raw = mpath.read_bytes()
+    if len(raw) > 64 << 20:
+        raise ArtifactError(mpath, f"is {len(raw)} bytes: not a manifest")
+    try:
+        m = loads_strict(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(mpath, f"is not valid JSON ({e}); the artifact is corrupt, export "
+                            "again") from None
+    if not isinstance(m, dict):
+        raise ArtifactError(mpath, "is not a JSON object")
+    if m.get("format") != FORMAT:
+        raise ArtifactError(mpath, f"field 'format' is {m.get('format')!r}, not {FORMAT!r}")
+    v = m.get("format_version")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ArtifactError(mpath, f"field 'format_version' = {v!r} is not an integer")
+    if v > FORMAT_VERSION:
+        raise ArtifactError(mpath, f"format version {v} was written by a newer llama-edge "
+                            f"({m.get('producer', 'unknown')}); this runtime reads version "
+                            f"{FORMAT_VERSION}: upgrade llama-edge")
+    if v < FORMAT_VERSION:
+        raise ArtifactError(mpath, f"format version {v} ({m.get('producer', 'unknown')}) is older "
+                            f"than this runtime's {FORMAT_VERSION}: re-export the model with "
+                            "this version's llama-export")
+    if m.get("digest") != manifest_digest(m):
+        raise ArtifactError(mpath, "field 'digest' does not match the manifest's content: the "
+                            "manifest was edited or corrupted; export again")
+    for key, typ in (("config", dict), ("tensors", dict), ("tokenizer", dict), ("files", dict),
+                     ("max_context", int)):
+        if not isinstance(m.get(key), typ):
+            raise ArtifactError(mpath, f"field '{key}' is missing or not a {typ.__name__}")
+    return m
+
+
+def _array(wpath, infos, mm, key: str, dtype: str, shape: tuple) -> np.ndarray:
+    t = infos.get(key)
+    if t is None:
+        raise ArtifactError(wpath, f"tensor '{key}' is missing")
+    if t.dtype != dtype:
+        raise ArtifactError(wpath, f"tensor '{key}': dtype {t.dtype}, expected {dtype}")
+    if tuple(t.shape) != tuple(shape):
+        raise ArtifactError(wpath, f"tensor '{key}': shape {list(t.shape)}, expected "
+                            f"{list(shape)}")
+    n = (t.end - t.start) // ITEMSIZE[dtype]
+    return np.frombuffer(mm, dtype=_NP[dtype], count=n, offset=t.start).reshape(shape)
+
+
+def _expected(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    shapes = {k.removesuffix(".weight"): v for k, v in config.expected_shapes().items()}
+    if config.tie_word_embeddings:
+        shapes.setdefault("lm_head", (config.vocab_size, config.hidden_size))
+    return shapes
+
+
+def _tensors(mpath, wpath, entries, infos, mm, config):
+    expected = _expected(config)
+    missing = sorted(set(expected) - set(entries))
+    if missing:
+        raise ArtifactError(mpath, f"field 'tensors' lacks {missing[0]}"
+                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    extra = sorted(set(entries) - set(expected))
+    if extra:
+        raise ArtifactError(mpath, f"field 'tensors' has '{extra[0]}', which this model does not use")
+    weights, acts, tied = {}, {}, {}
+    used = set()
+    for name, e in entries.items():
+        where = f"field 'tensors.{name}'"
+        if not isinstance(e, dict):
+            raise ArtifactError(mpath, f"{where} is not an object")
+        act = e.get("act")
+        if act not in (None, ACT_INT8):
+            raise ArtifactError(mpath, f"{where}: activation handling {act!r} is not supported "
+                                f"(expected null or {ACT_INT8!r})")
+        acts[name] = act
+        if "tied_to" in e:
+            src = e["tied_to"]
+            if src not in entries or "tied_to" in entries.get(src, {}) or src == name:
+                raise ArtifactError(mpath, f"{where}: tied to {src!r}, which is not a stored tensor")
+            if tuple(expected[src]) != tuple(expected[name]):
+                raise ArtifactError(mpath, f"{where}: tied to {src!r} of another shape")
+            tied[name] = src
+            continue
+        kind, shape, group = e.get("kind"), e.get("shape"), e.get("group")
+        if kind not in KINDS:
+            raise ArtifactError(mpath, f"{where}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
+        if not isinstance(shape, list) or tuple(shape) != tuple(expected[name]):
+            raise ArtifactError(mpath, f"{where}: shape {shape!r}, the config needs "
+                                f"{list(expected[name])}")
+        if len(shape) == 1:
+            if kind != "f32":
+                raise ArtifactError(mpath, f"{where}: vectors are stored as f32, not {kind}")
+            weights[name] = Packed("f32", (shape[0], 1), 1,
+                                   _array(wpath, infos, mm, f"{name}.data", "F32", (shape[0],)))
+            used.add(f"{name}.data")
+            continue
+        n, k = shape
+        quant = kind in QUANT_KINDS
+        if quant:
+            if not isinstance(group, int) or isinstance(group, bool) or group <= 0 or k % group:
+                raise ArtifactError(mpath, f"{where}: group size {group!r} does not divide the "
+                                    f"input dimension {k}")
+            if kind == "q4" and (k % 64 or group % 32):
+                raise ArtifactError(mpath, f"{where}: 4-bit weights need rows of a multiple of 64 "
+                                    f"and groups of a multiple of 32 (rows {k}, group {group})")
+            has_zp = e.get("zero_points")
+            if has_zp is not (kind == "q8u") and not (kind == "q4" and isinstance(has_zp, bool)):
+                raise ArtifactError(mpath, f"{where}: 'zero_points' = {has_zp!r} is not valid for "
+                                    f"kind {kind} (q8u: true, q4: true or false, otherwise false); "
+                                    "export again")
+        else:
+            group, has_zp = k, False
+        if act is not None and kind not in ("q8", "q8u", "q4"):
+            raise ArtifactError(mpath, f"{where}: int8 activations need integer weights, not {kind}")
+        dts = _DTYPES[kind]
+        data_shape = (n, k // 2) if kind == "q4" else (n, k)
+        data = _array(wpath, infos, mm, f"{name}.data", dts["data"], data_shape)
+        used.add(f"{name}.data")
+        p = Packed(kind, (n, k), group, data)
+        if quant:
+            p.scale = _array(wpath, infos, mm, f"{name}.scale", "F16", (n, k // group))
+            used.add(f"{name}.scale")
+            s = p.scale
+            if not (np.isfinite(s).all() and (s > 0).all()):
+                raise ArtifactError(wpath, f"tensor '{name}.scale': scales must be finite and "
+                                    "positive (found zero, negative, NaN or Inf)")
+            if has_zp:
+                p.zp = _array(wpath, infos, mm, f"{name}.zp", "U8", (n, k // group))
+                used.add(f"{name}.zp")
+                if kind == "q4" and p.zp.size and int(p.zp.max()) > 15:
+                    raise ArtifactError(wpath, f"tensor '{name}.zp': 4-bit zero points must be "
+                                        f"<= 15, found {int(p.zp.max())}")
+        weights[name] = p
+    # row sums: every int8-activation use needs them on the stored weight
+    for name, act in acts.items():
+        if act is None:
+            continue
+        src = tied.get(name, name)
+        p = weights[src]
+        key = f"{src}.rowsum"
+        if p.rowsum is None:
+            p.rowsum = _array(wpath, infos, mm, key, "F32", (p.shape[0],))
+            used.add(key)
+            if not np.isfinite(p.rowsum).all():
+                raise ArtifactError(wpath, f"tensor '{key}': non-finite row sums")
+    unused = sorted(set(infos) - used)
+    if unused:
+        raise ArtifactError(wpath, f"tensor '{unused[0]}' is not described by the manifest")
+    for name, src in tied.items():
+        weights[name] = weights[src]
+    return weights, acts, tied
+
+
+def _tokenizer(root: Path, m: dict, config: LlamaConfig):
+    from .tokenizer import Tokenizer
+
+    try:
+        tok = Tokenizer.from_hf_dir(root)
+    except (TokenizerError, CheckpointError) as e:
+        raise ArtifactError(root, f"tokenizer: {e}") from None
+    except UnicodeDecodeError as e:  # from_hf_dir reads tokenizer.json as UTF-8 text
+        raise ArtifactError(root / "tokenizer.json", f"is not UTF-8 text ({e}); the artifact is "
+                            "corrupt, export again") from None
+    mpath = root / MANIFEST
+    if tok.vocab_size > config.vocab_size:
+        raise ArtifactError(root / "tokenizer.json", f"the tokenizer has {tok.vocab_size} tokens "
+                            f"but the embedding only {config.vocab_size} rows: tokenizer and "
+                            "model do not match")
+    eos = m["tokenizer"].get("eos_token_ids")
+    if not isinstance(eos, list) or not eos or not all(
+            isinstance(i, int) and 0 <= i < config.vocab_size for i in eos):
+        raise ArtifactError(mpath, f"field 'tokenizer.eos_token_ids' = {eos!r} must list token ids "
+                            f"below {config.vocab_size}")
+    bos = m["tokenizer"].get("bos_token_id")
+    if bos is not None and not (isinstance(bos, int) and 0 <= bos < config.vocab_size):
+        raise ArtifactError(mpath, f"field 'tokenizer.bos_token_id' = {bos!r} is outside the "
+                            "vocabulary")
+    return tok, tuple(eos)

@@ -1,0 +1,128 @@
+// Kernel interface of the edge runtime: weight views over memory-mapped artifact tensors, the
+// per-token int8 activation form, and one table of kernels per instruction set.
+//
+// Weight layouts (row-major, one row per output feature, K inputs per row):
+//   F32 / F16 / BF16   plain values
+//   Q8                 int8 values, symmetric (value = q * scale[group])
+//   Q8U                uint8 values with a zero point per group (value = (q - zp) * scale)
+//   Q4                 4-bit values u in [0, 15], value = (u - zp) * scale; zp = 8 for symmetric
+//                      weights (zp == nullptr). Packed 64 values to 32 bytes: byte j holds value
+//                      j in its low nibble and value j + 32 in its high nibble, so one 32-byte
+//                      load gives two whole runs of 32 (K must be a multiple of 64).
+//   F8                 float8 e4m3fn values times scale[group]
+// Scales are fp16, one per group of `group` consecutive inputs of a row (group == K: per
+// channel). Linears whose activations are quantized carry `rowsum`: the sum of each row's
+// dequantized weights, which turns the activation zero point into one multiply per row.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace edge {
+
+enum WKind : int { W_F32 = 0, W_F16 = 1, W_BF16 = 2, W_Q8 = 3, W_Q8U = 4, W_Q4 = 5, W_F8 = 6 };
+
+struct WeightView {
+  int kind = W_F32;
+  int64_t n = 0, k = 0;   // rows (outputs), inputs
+  int64_t group = 0;      // inputs per scale
+  const void* data = nullptr;
+  const uint16_t* scale = nullptr;  // fp16 (n, k / group); unused for float kinds
+  const uint8_t* zp = nullptr;      // (n, k / group) or nullptr
+  const float* rowsum = nullptr;    // (n) for activation-quantized use
+  int64_t row_bytes() const;
+  const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_bytes(); }
+};
+
+// Activations quantized per token, asymmetric int8 (quant/schemes/activation.py):
+//   s = (max(x,0) - min(x,0)) / 255, z = clamp(round(-128 - min/s), -128, 127),
+//   q = clamp(round(x / s) + z, -128, 127).
+// `qu` holds q + 128 as unsigned bytes (the form x86's u8 x s8 dot products want).
+struct QActs {
+  const int8_t* q = nullptr;    // (m, k)
+  const uint8_t* qu = nullptr;  // (m, k)
+  const float* scale = nullptr; // (m)
+  const int32_t* zero = nullptr;// (m)
+  int64_t m = 0, k = 0;
+};
+
+constexpr float ACT_EPS = 1e-10f;  // scale floor, as quant/schemes/activation.py
+
+struct Kernels {
+  const char* name;
+  // y[i * ldy + r] = sum_k x[i * ldx + k] * W[r][k] for i < m, r in [r0, r1).
+  // scratch: at least scratch_floats(W) floats, private to the calling thread.
+  void (*matmul_f)(const WeightView& w, const float* x, int64_t m, int64_t ldx, float* y,
+                   int64_t ldy, int64_t r0, int64_t r1, float* scratch);
+  // Same with int8 activations: y = s_x * sum_k (q_x - z_x) * W[r][k].
+  void (*matmul_q)(const WeightView& w, const QActs& a, float* y, int64_t ldy, int64_t r0,
+                   int64_t r1, float* scratch);
+  float (*dot)(const float* a, const float* b, int64_t n);
+  void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
+};
+
+constexpr int64_t GEMM_ROWS = 4;  // rows dequantized at a time by the prefill path
+inline int64_t scratch_floats(int64_t k) { return GEMM_ROWS * k + 64; }
+
+// Instruction sets, best last. `kernels_for` falls back to scalar for sets not built or not
+// present on this CPU.
+enum Isa : int { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512VNNI = 2, ISA_NEON = 3, ISA_NEON_DOT = 4 };
+const Kernels* kernels_for(int isa);  // nullptr when this CPU or build lacks it
+int best_isa();
+const char* isa_name(int isa);
+
+extern const Kernels SCALAR_KERNELS;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const Kernels AVX2_KERNELS;
+extern const Kernels AVX512VNNI_KERNELS;
+#endif
+#if defined(__aarch64__)
+extern const Kernels NEON_KERNELS;
+extern const Kernels NEON_DOT_KERNELS;
+#endif
+
+// ---------------------------------------------------------------- shared scalar helpers
+inline float fp16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalize
+      exp = 127 - 15 + 1;
+      while (!(man & 0x400)) { man <<= 1; exp--; }
+      man &= 0x3ff;
+      bits = sign | (exp << 23) | (man << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+// e4m3fn: read the 7 magnitude bits as an fp16 with exponent bias 15 instead of 7 (subnormals
+// included), then multiply by 2^8. The NaN pattern never occurs in our weights.
+constexpr float F8_SCALE = 256.0f;
+inline float fp8_to_f32(uint8_t b) {
+  uint16_t h = (uint16_t)(((b & 0x80) << 8) | ((b & 0x7f) << 7));
+  return fp16_to_f32(h) * F8_SCALE;
+}
+
+// Dequantize row r of w into out[0..k).
+void dequant_row(const WeightView& w, int64_t r, float* out);
+// Quantize m rows of x (row stride ldx) to the QActs form; buffers sized m*k / m.
+void quantize_acts(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q, uint8_t* qu,
+                   float* scale, int32_t* zero);
+// Check a view's fields; returns nullptr or a static description of what is wrong.
+const char* check_view(const WeightView& w);
+
+}  // namespace edge

@@ -1,0 +1,170 @@
+// Scalar reference kernels: the definition every SIMD kernel is tested against, and the
+// fallback on CPUs without a supported instruction set.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels.h"
+
+namespace edge {
+
+int64_t WeightView::row_bytes() const {
+  switch (kind) {
+    case W_F32: return k * 4;
+    case W_F16: case W_BF16: return k * 2;
+    case W_Q8: case W_Q8U: case W_F8: return k;
+    case W_Q4: return k / 2;
+  }
+  return 0;
+}
+
+const char* check_view(const WeightView& w) {
+  if (w.kind < W_F32 || w.kind > W_F8) return "unknown weight kind";
+  if (w.n <= 0 || w.k <= 0) return "empty weight";
+  if (!w.data) return "missing data";
+  bool quant = w.kind >= W_Q8;
+  if (quant) {
+    if (w.group <= 0 || w.k % w.group) return "group size does not divide the input dimension";
+    if (!w.scale) return "missing scales";
+    if (w.kind == W_Q8U && !w.zp) return "missing zero points";
+  }
+  if (w.kind == W_Q4) {
+    if (w.k % 64) return "4-bit rows must hold a multiple of 64 values";
+    if (w.group % 32) return "4-bit groups must be multiples of 32";
+  }
+  return nullptr;
+}
+
+// Unpacked integer value (before zero point) of element j of a Q4 row.
+static inline int q4_at(const uint8_t* row, int64_t j) {
+  int64_t blk = j / 64, off = j % 64;
+  uint8_t b = row[blk * 32 + (off % 32)];
+  return off < 32 ? (b & 0x0f) : (b >> 4);
+}
+
+void dequant_row(const WeightView& w, int64_t r, float* out) {
+  const uint8_t* row = w.row(r);
+  const int64_t k = w.k, g = w.group;
+  const uint16_t* sc = w.scale ? w.scale + r * (k / std::max<int64_t>(g, 1)) : nullptr;
+  const uint8_t* zp = w.zp ? w.zp + r * (k / std::max<int64_t>(g, 1)) : nullptr;
+  switch (w.kind) {
+    case W_F32: std::memcpy(out, row, k * 4); return;
+    case W_F16: {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(row);
+      for (int64_t j = 0; j < k; j++) out[j] = fp16_to_f32(h[j]);
+      return;
+    }
+    case W_BF16: {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(row);
+      for (int64_t j = 0; j < k; j++) out[j] = bf16_to_f32(h[j]);
+      return;
+    }
+    case W_Q8: {
+      const int8_t* q = reinterpret_cast<const int8_t*>(row);
+      for (int64_t j = 0; j < k; j++) out[j] = (float)q[j] * fp16_to_f32(sc[j / g]);
+      return;
+    }
+    case W_Q8U:
+      for (int64_t j = 0; j < k; j++)
+        out[j] = (float)((int)row[j] - (int)zp[j / g]) * fp16_to_f32(sc[j / g]);
+      return;
+    case W_Q4:
+      for (int64_t j = 0; j < k; j++) {
+        int z = zp ? zp[j / g] : 8;
+        out[j] = (float)(q4_at(row, j) - z) * fp16_to_f32(sc[j / g]);
+      }
+      return;
+    case W_F8:
+      for (int64_t j = 0; j < k; j++) out[j] = fp8_to_f32(row[j]) * fp16_to_f32(sc[j / g]);
+      return;
+  }
+}
+
+void quantize_acts(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q, uint8_t* qu,
+                   float* scale, int32_t* zero) {
+  for (int64_t i = 0; i < m; i++) {
+    const float* xi = x + i * ldx;
+    float lo = 0.f, hi = 0.f;
+    for (int64_t j = 0; j < k; j++) {
+      lo = std::min(lo, xi[j]);
+      hi = std::max(hi, xi[j]);
+    }
+    float s = (hi - lo) / 255.0f;
+    if (!(s >= ACT_EPS)) s = ACT_EPS;  // also catches NaN: the caller checks logits
+    float zf = std::nearbyint(-128.0f - lo / s);
+    int32_t z = (int32_t)std::min(127.f, std::max(-128.f, zf));
+    for (int64_t j = 0; j < k; j++) {
+      float v = std::nearbyint(xi[j] / s) + (float)z;
+      v = std::min(127.f, std::max(-128.f, v));
+      int8_t qq = (int8_t)(int)v;
+      q[i * k + j] = qq;
+      qu[i * k + j] = (uint8_t)((int)qq + 128);
+    }
+    scale[i] = s;
+    zero[i] = z;
+  }
+}
+
+static void matmul_f_scalar(const WeightView& w, const float* x, int64_t m, int64_t ldx,
+                            float* y, int64_t ldy, int64_t r0, int64_t r1, float* scratch) {
+  const int64_t k = w.k;
+  for (int64_t r = r0; r < r1; r++) {
+    const float* wr;
+    if (w.kind == W_F32) {
+      wr = reinterpret_cast<const float*>(w.row(r));
+    } else {
+      dequant_row(w, r, scratch);
+      wr = scratch;
+    }
+    for (int64_t i = 0; i < m; i++) {
+      const float* xi = x + i * ldx;
+      float acc = 0.f;
+      for (int64_t j = 0; j < k; j++) acc += xi[j] * wr[j];
+      y[i * ldy + r] = acc;
+    }
+  }
+}
+
+// Exact integer sum per group, then scaled in float: y = s_x * sum_g s_g * sum (w - zw)(q - z).
+static void matmul_q_scalar(const WeightView& w, const QActs& a, float* y, int64_t ldy,
+                            int64_t r0, int64_t r1, float*) {
+  const int64_t k = w.k, g = w.group, ng = k / g;
+  for (int64_t r = r0; r < r1; r++) {
+    const uint8_t* row = w.row(r);
+    const uint16_t* sc = w.scale + r * ng;
+    const uint8_t* zp = w.zp ? w.zp + r * ng : nullptr;
+    for (int64_t i = 0; i < a.m; i++) {
+      const int8_t* qi = a.q + i * k;
+      const int32_t z = a.zero[i];
+      float acc = 0.f;
+      for (int64_t gi = 0; gi < ng; gi++) {
+        int32_t t = 0;
+        for (int64_t j = gi * g; j < (gi + 1) * g; j++) {
+          int32_t wv;
+          switch (w.kind) {
+            case W_Q8: wv = reinterpret_cast<const int8_t*>(row)[j]; break;
+            case W_Q8U: wv = (int32_t)row[j] - zp[gi]; break;
+            default: wv = q4_at(row, j) - (zp ? zp[gi] : 8); break;
+          }
+          t += wv * ((int32_t)qi[j] - z);
+        }
+        acc += fp16_to_f32(sc[gi]) * (float)t;
+      }
+      y[i * ldy + r] = a.scale[i] * acc;
+    }
+  }
+}
+
+static float dot_scalar(const float* a, const float* b, int64_t n) {
+  float acc = 0.f;
+  for (int64_t i = 0; i < n; i++) acc += a[i] * b[i];
+  return acc;
+}
+
+static void axpy_scalar(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+const Kernels SCALAR_KERNELS = {"scalar", matmul_f_scalar, matmul_q_scalar, dot_scalar,
+                                axpy_scalar};
+
+}  // namespace edge

@@ -1,0 +1,339 @@
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace edge {
+
+// Contiguous share [a, b) of `total` items for thread `tid`, boundaries on multiples of `align`.
+static inline void split(int64_t total, int nth, int tid, int64_t align, int64_t& a, int64_t& b) {
+  int64_t blocks = (total + align - 1) / align;
+  int64_t per = blocks / nth, extra = blocks % nth;
+  int64_t b0 = tid * per + std::min<int64_t>(tid, extra);
+  int64_t b1 = b0 + per + (tid < extra ? 1 : 0);
+  a = std::min(total, b0 * align);
+  b = std::min(total, b1 * align);
+}
+
+static void rmsnorm(const float* x, const float* w, float* out, int64_t n, float eps) {
+  float ss = 0.f;
+  for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+  const float r = 1.0f / std::sqrt(ss / (float)n + eps);
+  for (int64_t i = 0; i < n; i++) out[i] = (x[i] * r) * w[i];
+}
+
+Session::Session(Model& m, int64_t max_ctx, int kv_kind) : max_ctx_(max_ctx), kv_kind_(kv_kind) {
+  const ModelConfig& c = m.config();
+  if (max_ctx <= 0 || max_ctx > c.max_ctx)
+    throw std::invalid_argument("session context " + std::to_string(max_ctx) +
+                                " is outside 1.." + std::to_string(c.max_ctx) +
+                                " (the artifact's maximum context)");
+  if (kv_kind != KV_F32 && kv_kind != KV_INT8) throw std::invalid_argument("unknown KV cache kind");
+  const size_t per = (size_t)c.kv_heads * max_ctx * c.head_dim;
+  for (int64_t l = 0; l < c.layers; l++) {
+    if (kv_kind == KV_F32) {
+      kf_.emplace_back(per, 0.f);
+      vf_.emplace_back(per, 0.f);
+    } else {
+      kq_.emplace_back(per, 0);
+      vq_.emplace_back(per, 0);
+      ks_.emplace_back((size_t)c.kv_heads * max_ctx, 0.f);
+      vs_.emplace_back((size_t)c.kv_heads * max_ctx, 0.f);
+    }
+  }
+}
+
+int64_t Session::kv_bytes() const {
+  int64_t b = 0;
+  for (auto& v : kf_) b += v.size() * 4;
+  for (auto& v : vf_) b += v.size() * 4;
+  for (auto& v : kq_) b += v.size();
+  for (auto& v : vq_) b += v.size();
+  for (auto& v : ks_) b += v.size() * 4;
+  for (auto& v : vs_) b += v.size() * 4;
+  return b;
+}
+
+Model::Model(const ModelConfig& cfg, int threads, int isa, int64_t chunk)
+    : cfg_(cfg), kern_(kernels_for(isa)), pool_(threads), chunk_(chunk) {
+  if (!kern_) throw std::invalid_argument(std::string("instruction set '") + isa_name(isa) +
+                                          "' is not available on this CPU or in this build");
+  if (cfg.hidden <= 0 || cfg.layers <= 0 || cfg.heads <= 0 || cfg.kv_heads <= 0 ||
+      cfg.head_dim <= 0 || cfg.vocab <= 0 || cfg.max_ctx <= 0 || cfg.heads % cfg.kv_heads)
+    throw std::invalid_argument("inconsistent model configuration");
+  if (chunk <= 0) throw std::invalid_argument("chunk must be positive");
+  layers_.resize(cfg.layers);
+}
+
+void Model::set_embedding(const WeightView& w) { embed_ = w; }
+void Model::set_output(const Linear& l) { output_ = l; }
+
+static void check_linear(const Linear& l, int64_t n, int64_t k, const std::string& name) {
+  if (const char* e = check_view(l.w)) throw std::invalid_argument(name + ": " + e);
+  if (l.w.n != n || l.w.k != k)
+    throw std::invalid_argument(name + ": shape (" + std::to_string(l.w.n) + ", " +
+                                std::to_string(l.w.k) + ") does not match the model (" +
+                                std::to_string(n) + ", " + std::to_string(k) + ")");
+  if (l.act_int8) {
+    if (l.w.kind != W_Q4 && l.w.kind != W_Q8 && l.w.kind != W_Q8U)
+      throw std::invalid_argument(name + ": int8 activations need integer weights");
+    if (!l.w.rowsum) throw std::invalid_argument(name + ": missing row sums");
+  }
+}
+
+void Model::finalize() {
+  const ModelConfig& c = cfg_;
+  const int64_t H = c.hidden, QD = c.heads * c.head_dim, KD = c.kv_heads * c.head_dim;
+  if (const char* e = check_view(embed_)) throw std::invalid_argument(std::string("embedding: ") + e);
+  if (embed_.n != c.vocab || embed_.k != H) throw std::invalid_argument("embedding: wrong shape");
+  check_linear(output_, c.vocab, H, "output");
+  if (!final_norm_ || !cos_ || !sin_) throw std::invalid_argument("missing final norm or rope tables");
+  int64_t maxk = std::max<int64_t>(H, QD);
+  for (int64_t i = 0; i < c.layers; i++) {
+    Layer& L = layers_[i];
+    std::string p = "layer " + std::to_string(i) + " ";
+    if (!L.attn_norm || !L.ffn_norm) throw std::invalid_argument(p + "missing norm weights");
+    int64_t F = L.gate.w.n;
+    check_linear(L.q, QD, H, p + "q_proj");
+    check_linear(L.k, KD, H, p + "k_proj");
+    check_linear(L.v, KD, H, p + "v_proj");
+    check_linear(L.o, H, QD, p + "o_proj");
+    check_linear(L.gate, F, H, p + "gate_proj");
+    check_linear(L.up, F, H, p + "up_proj");
+    check_linear(L.down, H, F, p + "down_proj");
+    max_ffn_ = std::max(max_ffn_, F);
+  }
+  maxk = std::max(maxk, max_ffn_);
+  const size_t n = (size_t)chunk_;
+  x_.assign(n * H, 0.f); xn_.assign(n * H, 0.f); tmp_.assign(n * H, 0.f);
+  q_.assign(n * QD, 0.f); att_.assign(n * QD, 0.f);
+  k_.assign(n * KD, 0.f); v_.assign(n * KD, 0.f);
+  gate_.assign(n * max_ffn_, 0.f); up_.assign(n * max_ffn_, 0.f);
+  aq_.assign(n * maxk, 0); aqu_.assign(n * maxk, 0); as_.assign(n, 0.f); az_.assign(n, 0);
+  scratch_.clear();
+  const size_t per_thread = std::max<int64_t>(scratch_floats(maxk), c.max_ctx + 2 * c.head_dim);
+  for (int t = 0; t < pool_.size(); t++) scratch_.emplace_back(per_thread, 0.f);
+  ws_bytes_ = (int64_t)((x_.size() * 3 + q_.size() * 2 + k_.size() * 2 + gate_.size() * 2) * 4 +
+                        aq_.size() * 2 + per_thread * 4 * pool_.size());
+  ready_ = true;
+}
+
+void Model::quantize_rows(const float* x, int64_t m, int64_t k, int tid) {
+  int64_t a, b;
+  split(m, pool_.size(), tid, 1, a, b);
+  if (a < b)
+    quantize_acts(x + a * k, b - a, k, k, aq_.data() + a * k, aqu_.data() + a * k, as_.data() + a,
+                  az_.data() + a);
+}
+
+// Row-parallel products sharing one input (x, or its int8 form for act_int8 linears).
+void Model::matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, const float* x,
+                    int64_t m, int64_t ldx, int tid) {
+  int64_t total = 0;
+  for (auto& op : ops) total += op.first->w.n;
+  int64_t a, b;
+  split(total, pool_.size(), tid, GEMM_ROWS, a, b);
+  int64_t base = 0;
+  float* scratch = scratch_[tid].data();
+  for (auto& op : ops) {
+    const Linear& l = *op.first;
+    int64_t lo = std::max(a, base) - base, hi = std::min(b, base + l.w.n) - base;
+    if (lo < hi) {
+      if (l.act_int8) {
+        QActs qa{aq_.data(), aqu_.data(), as_.data(), az_.data(), m, l.w.k};
+        kern_->matmul_q(l.w, qa, op.second, l.w.n, lo, hi, scratch);
+      } else {
+        kern_->matmul_f(l.w, x, m, ldx, op.second, l.w.n, lo, hi, scratch);
+      }
+    }
+    base += l.w.n;
+  }
+}
+
+void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
+  const ModelConfig& c = cfg_;
+  const int64_t D = c.head_dim, NH = c.heads, group = c.heads / c.kv_heads;
+  const int64_t QD = NH * D, ctx = s.max_ctx_;
+  const float scale = 1.0f / std::sqrt((float)D);
+  float* sc = scratch_[tid].data();
+  float* kbuf = sc + c.max_ctx;
+  float* vbuf = kbuf + D;
+  int64_t a, b;
+  split(n * NH, pool_.size(), tid, 1, a, b);
+  for (int64_t item = a; item < b; item++) {
+    const int64_t i = item / NH, h = item % NH, kvh = h / group, p = pos + i;
+    const float* q = q_.data() + i * QD + h * D;
+    float* out = att_.data() + i * QD + h * D;
+    float mx = -INFINITY;
+    for (int64_t t = 0; t <= p; t++) {
+      float d;
+      if (s.kv_kind_ == KV_F32) {
+        d = kern_->dot(q, s.kf_[li].data() + (kvh * ctx + t) * D, D);
+      } else {
+        const int8_t* kq = s.kq_[li].data() + (kvh * ctx + t) * D;
+        for (int64_t j = 0; j < D; j++) kbuf[j] = (float)kq[j];
+        d = kern_->dot(q, kbuf, D) * s.ks_[li][kvh * ctx + t];
+      }
+      sc[t] = d * scale;
+      mx = std::max(mx, sc[t]);
+    }
+    float sum = 0.f;
+    for (int64_t t = 0; t <= p; t++) {
+      sc[t] = std::exp(sc[t] - mx);
+      sum += sc[t];
+    }
+    const float inv = 1.0f / sum;
+    std::fill(out, out + D, 0.f);
+    for (int64_t t = 0; t <= p; t++) {
+      if (s.kv_kind_ == KV_F32) {
+        kern_->axpy(sc[t] * inv, s.vf_[li].data() + (kvh * ctx + t) * D, out, D);
+      } else {
+        const int8_t* vq = s.vq_[li].data() + (kvh * ctx + t) * D;
+        for (int64_t j = 0; j < D; j++) vbuf[j] = (float)vq[j];
+        kern_->axpy(sc[t] * inv * s.vs_[li][kvh * ctx + t], vbuf, out, D);
+      }
+    }
+  }
+}
+
+static void store_kv_int8(const float* x, int64_t d, int8_t* q, float* s) {
+  float amax = 0.f;
+  for (int64_t j = 0; j < d; j++) amax = std::max(amax, std::fabs(x[j]));
+  float sc = amax / 127.0f;
+  if (!(sc >= ACT_EPS)) sc = ACT_EPS;
+  for (int64_t j = 0; j < d; j++) {
+    float v = std::nearbyint(x[j] / sc);
+    q[j] = (int8_t)(int)std::min(127.f, std::max(-127.f, v));
+  }
+  *s = sc;
+}
+
+void Model::forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t pos,
+                          float* logits, int mode, int tid) {
+  const ModelConfig& c = cfg_;
+  const int64_t H = c.hidden, D = c.head_dim, NH = c.heads, NKV = c.kv_heads;
+  const int64_t QD = NH * D, KD = NKV * D, ctx = s.max_ctx_, half = D / 2;
+  const int nth = pool_.size();
+  int64_t a, b;
+
+  split(n, nth, tid, 1, a, b);
+  for (int64_t i = a; i < b; i++) dequant_row(embed_, tokens[i], x_.data() + i * H);
+
+  for (int64_t li = 0; li < c.layers; li++) {
+    const Layer& L = layers_[li];
+    // attention block
+    split(n, nth, tid, 1, a, b);
+    for (int64_t i = a; i < b; i++) rmsnorm(x_.data() + i * H, L.attn_norm, xn_.data() + i * H, H, c.eps);
+    if (L.q.act_int8 || L.k.act_int8 || L.v.act_int8) {
+      pool_.barrier();
+      quantize_rows(xn_.data(), n, H, tid);
+    }
+    pool_.barrier();
+    matmuls({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, xn_.data(), n, H, tid);
+    pool_.barrier();
+    // rope on q and k (rotate-half layout), then store k and v at their positions
+    split(n * (NH + NKV), nth, tid, 1, a, b);
+    for (int64_t item = a; item < b; item++) {
+      const int64_t i = item / (NH + NKV), h = item % (NH + NKV), p = pos + i;
+      float* v = h < NH ? q_.data() + i * QD + h * D : k_.data() + i * KD + (h - NH) * D;
+      const float* cs = cos_ + p * half;
+      const float* sn = sin_ + p * half;
+      for (int64_t j = 0; j < half; j++) {
+        const float x1 = v[j], x2 = v[j + half];
+        v[j] = x1 * cs[j] - x2 * sn[j];
+        v[j + half] = x2 * cs[j] + x1 * sn[j];
+      }
+      if (h >= NH) {
+        const int64_t kvh = h - NH;
+        const float* vv = v_.data() + i * KD + kvh * D;
+        const size_t off = (size_t)(kvh * ctx + p) * D;
+        if (s.kv_kind_ == KV_F32) {
+          std::copy(v, v + D, s.kf_[li].data() + off);
+          std::copy(vv, vv + D, s.vf_[li].data() + off);
+        } else {
+          store_kv_int8(v, D, s.kq_[li].data() + off, &s.ks_[li][kvh * ctx + p]);
+          store_kv_int8(vv, D, s.vq_[li].data() + off, &s.vs_[li][kvh * ctx + p]);
+        }
+      }
+    }
+    pool_.barrier();
+    attention(s, n, pos, li, tid);
+    pool_.barrier();
+    if (L.o.act_int8) {
+      quantize_rows(att_.data(), n, QD, tid);
+      pool_.barrier();
+    }
+    matmuls({{&L.o, tmp_.data()}}, att_.data(), n, QD, tid);
+    pool_.barrier();
+    // MLP block
+    split(n, nth, tid, 1, a, b);
+    for (int64_t i = a; i < b; i++) {
+      float* xi = x_.data() + i * H;
+      const float* ti = tmp_.data() + i * H;
+      for (int64_t j = 0; j < H; j++) xi[j] += ti[j];
+      rmsnorm(xi, L.ffn_norm, xn_.data() + i * H, H, c.eps);
+    }
+    if (L.gate.act_int8 || L.up.act_int8) {
+      pool_.barrier();
+      quantize_rows(xn_.data(), n, H, tid);
+    }
+    pool_.barrier();
+    const int64_t F = L.gate.w.n;
+    matmuls({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, xn_.data(), n, H, tid);
+    pool_.barrier();
+    split(n * F, nth, tid, 64, a, b);
+    for (int64_t e = a; e < b; e++) {
+      const float g = gate_[e];
+      gate_[e] = g / (1.0f + std::exp(-g)) * up_[e];
+    }
+    pool_.barrier();
+    if (L.down.act_int8) {
+      quantize_rows(gate_.data(), n, F, tid);
+      pool_.barrier();
+    }
+    matmuls({{&L.down, tmp_.data()}}, gate_.data(), n, F, tid);
+    pool_.barrier();
+    split(n, nth, tid, 1, a, b);
+    for (int64_t i = a; i < b; i++) {
+      float* xi = x_.data() + i * H;
+      const float* ti = tmp_.data() + i * H;
+      for (int64_t j = 0; j < H; j++) xi[j] += ti[j];
+    }
+    pool_.barrier();
+  }
+  if (mode == OUT_NONE) return;
+  // final norm + output for the last token (or every token)
+  const int64_t first = mode == OUT_ALL ? 0 : n - 1, m = n - first;
+  split(m, nth, tid, 1, a, b);
+  for (int64_t i = a; i < b; i++)
+    rmsnorm(x_.data() + (first + i) * H, final_norm_, xn_.data() + i * H, H, c.eps);
+  pool_.barrier();
+  if (output_.act_int8) {
+    quantize_rows(xn_.data(), m, H, tid);
+    pool_.barrier();
+  }
+  matmuls({{&output_, logits}}, xn_.data(), m, H, tid);
+}
+
+void Model::forward(Session& s, const int32_t* tokens, int64_t n, int64_t pos, float* logits,
+                    bool all_logits) {
+  if (!ready_) throw std::logic_error("model not finalized");
+  if (n <= 0) throw std::invalid_argument("no tokens to run");
+  if (pos < 0 || pos + n > s.max_ctx_)
+    throw std::out_of_range("positions " + std::to_string(pos) + ".." + std::to_string(pos + n - 1) +
+                            " do not fit the session's context of " + std::to_string(s.max_ctx_));
+  for (int64_t i = 0; i < n; i++)
+    if (tokens[i] < 0 || tokens[i] >= cfg_.vocab)
+      throw std::out_of_range("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (" +
+                              std::to_string(cfg_.vocab) + ")");
+  std::lock_guard<std::mutex> lk(run_mu_);
+  for (int64_t off = 0; off < n; off += chunk_) {
+    const int64_t m = std::min(chunk_, n - off);
+    // Earlier chunks only fill the cache unless every token's logits are wanted.
+    const int mode = all_logits ? OUT_ALL : (off + m == n ? OUT_LAST : OUT_NONE);
+    float* out = all_logits ? logits + off * cfg_.vocab : logits;
+    pool_.run([&](int tid) { forward_chunk(s, tokens + off, m, pos + off, out, mode, tid); });
+  }
+}
+
+}  // namespace edge

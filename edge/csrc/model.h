@@ -1,0 +1,106 @@
+// The Llama forward pass over memory-mapped weights: one call per prefill chunk or decode step.
+#pragma once
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "threadpool.h"
+
+namespace edge {
+
+struct ModelConfig {
+  int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0;
+  float eps = 1e-5f;
+  int64_t max_ctx = 0;  // rows of the rope tables; sessions may use fewer
+};
+
+struct Linear {
+  WeightView w;
+  bool act_int8 = false;  // activations quantized per token (8da schemes)
+};
+
+struct Layer {
+  const float* attn_norm = nullptr;
+  const float* ffn_norm = nullptr;
+  Linear q, k, v, o, gate, up, down;
+};
+
+enum KvKind : int { KV_F32 = 0, KV_INT8 = 1 };
+
+class Model;
+
+class Session {
+ public:
+  Session(Model& m, int64_t max_ctx, int kv_kind);
+  int64_t max_ctx() const { return max_ctx_; }
+  int kv_kind() const { return kv_kind_; }
+  int64_t kv_bytes() const;
+
+ private:
+  friend class Model;
+  int64_t max_ctx_;
+  int kv_kind_;
+  // per layer: (kv_heads, max_ctx, head_dim)
+  std::vector<std::vector<float>> kf_, vf_;
+  std::vector<std::vector<int8_t>> kq_, vq_;
+  std::vector<std::vector<float>> ks_, vs_;  // int8: one scale per (kv head, position)
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& cfg, int threads, int isa, int64_t chunk);
+  void set_embedding(const WeightView& w);
+  void set_output(const Linear& l);
+  void set_final_norm(const float* w) { final_norm_ = w; }
+  void set_rope(const float* cos, const float* sin) { cos_ = cos; sin_ = sin; }
+  Layer& layer(int64_t i) { return layers_.at(i); }
+  void finalize();  // check that everything is set and consistent; size the workspace
+
+  // Run tokens[0..n) at positions pos..pos+n-1. logits: (vocab) for the last token, or
+  // (n, vocab) when all_logits.
+  void forward(Session& s, const int32_t* tokens, int64_t n, int64_t pos, float* logits,
+               bool all_logits);
+
+  const ModelConfig& config() const { return cfg_; }
+  const Kernels& kernels() const { return *kern_; }
+  int threads() const { return pool_.size(); }
+  int64_t chunk() const { return chunk_; }
+  int64_t workspace_bytes() const { return ws_bytes_; }
+
+ private:
+  enum { OUT_NONE = 0, OUT_LAST = 1, OUT_ALL = 2 };
+  void forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t pos, float* logits,
+                     int mode, int tid);
+  void matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, const float* x,
+               int64_t m, int64_t ldx, int tid);
+  void quantize_rows(const float* x, int64_t m, int64_t k, int tid);
+  void attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid);
+
+  ModelConfig cfg_;
+  const Kernels* kern_;
+  ThreadPool pool_;
+  std::mutex run_mu_;
+  int64_t chunk_;
+  WeightView embed_{};
+  Linear output_{};
+  const float* final_norm_ = nullptr;
+  const float* cos_ = nullptr;
+  const float* sin_ = nullptr;
+  std::vector<Layer> layers_;
+  int64_t max_ffn_ = 0;
+  // workspace (chunk rows each)
+  std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_;
+  std::vector<int8_t> aq_;
+  std::vector<uint8_t> aqu_;
+  std::vector<float> as_;
+  std::vector<int32_t> az_;
+  std::vector<std::vector<float>> scratch_;  // per thread
+  int64_t ws_bytes_ = 0;
+  bool ready_ = false;
+};
+
+}  // namespace edge

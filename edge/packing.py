@@ -1,0 +1,168 @@
+"""Weight layouts of the edge kernels (edge/csrc/kernels.h), built from the canonical quantized
+form (integer or fp8 values + one fp16 scale [+ zero point] per group of a row).
+
+Kinds and their stored tensors (all row-major, one row per output feature):
+
+    f32 / f16 / bf16   data (n, k)
+    q8                 data int8 (n, k), scale fp16 (n, k/g)                 symmetric int8
+    q8u                data uint8 (n, k), scale, zp uint8 (n, k/g)           asymmetric int8
+    q4                 data uint8 (n, k/2), scale [, zp uint8 (n, k/g)]      4-bit, u in [0, 15]
+    f8                 data uint8 (n, k) e4m3fn bits, scale                  fp8
+
+q4 holds u = q + 8 for symmetric weights (q in [-8, 7], no zero point stored) and u = q for
+asymmetric ones (with zero points). 64 values pack into 32 bytes: byte j carries value j in its
+low nibble and value j + 32 in its high nibble, so one 32-byte load yields two runs of 32.
+
+Linears whose activations the runtime quantizes to int8 also store `rowsum` float32 (n): the sum
+of each row's dequantized weights, which turns the activation zero point into one multiply per
+row (y = s_x * (sum_k q_x w - z_x * rowsum)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+KINDS = {"f32": 0, "f16": 1, "bf16": 2, "q8": 3, "q8u": 4, "q4": 5, "f8": 6}
+Q4_BLOCK = 64  # values per 32-byte packed block
+
+
+@dataclass
+class Packed:
+    """One weight in kernel layout: the arrays to store and how to read them."""
+
+    kind: str
+    shape: tuple[int, int]
+    group: int  # inputs per scale (k for per channel; k for float kinds)
+    data: np.ndarray
+    scale: np.ndarray | None = None  # float16
+    zp: np.ndarray | None = None  # uint8
+    rowsum: np.ndarray | None = None  # float32
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"data": self.data}
+        for name in ("scale", "zp", "rowsum"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays().values())
+
+
+def pack_q4(u: np.ndarray) -> np.ndarray:
+    """(n, k) values in [0, 15] -> (n, k/2) bytes in the 64-value block layout."""
+    n, k = u.shape
+    if k % Q4_BLOCK:
+        raise ValueError(f"4-bit rows need a multiple of {Q4_BLOCK} values, got {k}")
+    b = u.astype(np.uint8).reshape(n, k // Q4_BLOCK, 2, 32)
+    return (b[:, :, 0, :] | (b[:, :, 1, :] << 4)).reshape(n, k // 2)
+
+
+def unpack_q4(p: np.ndarray) -> np.ndarray:
+    """Inverse of pack_q4: (n, k/2) bytes -> (n, k) values in [0, 15]."""
+    n, half = p.shape
+    b = p.reshape(n, half // 32, 32)
+    return np.stack([b & 0x0F, b >> 4], axis=2).reshape(n, half * 2)
+
+
+def fp8_e4m3_to_f32(bits: np.ndarray) -> np.ndarray:
+    """float8 e4m3fn bit patterns -> float32 (NaN for the 0x7f / 0xff pattern)."""
+    b = bits.astype(np.int32)
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    e, m = (b >> 3) & 0xF, b & 0x7
+    val = np.where(e == 0, m / 8.0 * 2.0 ** -6, (1 + m / 8.0) * 2.0 ** (e.astype(np.float64) - 7))
+    val = np.where((b & 0x7F) == 0x7F, np.nan, val)
+    return (sign * val).astype(np.float32)
+
+
+def dequantize(p: Packed) -> np.ndarray:
+    """(n, k) float32: what the kernels compute with (the numpy reference of the layout)."""
+    n, k = p.shape
+    if p.kind == "f32":
+        return p.data.astype(np.float32)
+    if p.kind == "f16":
+        return p.data.astype(np.float32)
+    if p.kind == "bf16":
+        return (p.data.astype(np.uint32) << 16).view(np.float32)
+    g = p.group
+    if p.kind == "q4":
+        q = unpack_q4(p.data).astype(np.float32)
+        z = p.zp.astype(np.float32) if p.zp is not None else np.full((n, k // g), 8.0, np.float32)
+    elif p.kind == "q8":
+        q, z = p.data.astype(np.float32), np.zeros((n, k // g), np.float32)
+    elif p.kind == "q8u":
+        q, z = p.data.astype(np.float32), p.zp.astype(np.float32)
+    elif p.kind == "f8":
+        q, z = fp8_e4m3_to_f32(p.data), np.zeros((n, k // g), np.float32)
+    else:
+        raise ValueError(f"unknown kind {p.kind!r}")
+    s = p.scale.astype(np.float32)
+    q = q.reshape(n, k // g, g) - z[..., None]
+    return (q * s[..., None]).reshape(n, k)
+
+
+def rowsum(p: Packed) -> np.ndarray:
+    """Sum of each row's dequantized weights, accumulated in float64."""
+    return dequantize(p).astype(np.float64).sum(axis=1).astype(np.float32)
+
+
+def from_canonical(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,
+                   bits: int, group: int, fp8: bool = False, act_int8: bool = False) -> Packed:
+    """Canonical quantized tensor (quant/schemes/base.py, as numpy) -> kernel layout.
+
+    values: (n, k) int8 (symmetric), uint8 (asymmetric) or, for fp8, the e4m3fn bit patterns
+    as uint8; scale: (n, k/group) float values that fp16 represents exactly.
+    """
+    n, k = values.shape
+    s16 = scale.astype(np.float16)
+    if not np.array_equal(s16.astype(np.float32), scale.astype(np.float32)):
+        raise ValueError("scales must be fp16-representable")
+    if fp8:
+        p = Packed("f8", (n, k), group, values.astype(np.uint8), s16)
+    elif bits == 8:
+        if zero_point is None:
+            p = Packed("q8", (n, k), group, values.astype(np.int8), s16)
+        else:
+            p = Packed("q8u", (n, k), group, values.astype(np.uint8), s16,
+                       zero_point.astype(np.uint8))
+    elif bits == 4:
+        if zero_point is None:
+            u = values.astype(np.int16) + 8
+            zp = None
+        else:
+            u = values.astype(np.int16)
+            zp = zero_point.astype(np.uint8)
+        if u.min(initial=0) < 0 or u.max(initial=0) > 15:
+            raise ValueError("4-bit values out of range")
+        p = Packed("q4", (n, k), group, pack_q4(u.astype(np.uint8)), s16, zp)
+    else:
+        raise ValueError(f"unsupported bit width {bits}")
+    if act_int8:
+        if p.kind == "f8":
+            raise ValueError("int8 activations need integer weights")
+        p.rowsum = rowsum(p)
+    return p
+
+
+def from_float(w: np.ndarray, kind: str) -> Packed:
+    """An unquantized weight stored as f32, f16 or bf16."""
+    n, k = w.shape
+    if kind == "f32":
+        data = np.ascontiguousarray(w, dtype=np.float32)
+    elif kind == "f16":
+        data = np.ascontiguousarray(w, dtype=np.float16)
+    elif kind == "bf16":
+        f = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+        # round to nearest even, as torch's bfloat16 conversion
+        data = ((f + 0x7FFF + ((f >> 16) & 1)) >> 16).astype(np.uint16)
+    else:
+        raise ValueError(f"unknown float kind {kind!r}")
+    return Packed(kind, (n, k), k, data)
+
+
+def view(p: Packed, kernels):
+    """The compiled module's WeightView over p's arrays (which it keeps alive)."""
+    return kernels.WeightView(KINDS[p.kind], p.shape[0], p.shape[1], p.group, p.data, p.scale,
+                              p.zp, p.rowsum)

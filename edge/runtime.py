@@ -1,0 +1,161 @@
+"""The edge engine: an artifact's memory-mapped weights handed to the compiled kernels, and
+sessions that each own a preallocated KV cache.
+
+Per token, Python makes one call into C++ (the whole forward pass, GIL released) and samples
+from the returned logits; nothing is allocated per token. Several sessions may share one engine
+from several threads: forward passes take turns on the engine's thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .artifact import ACT_INT8, Artifact, load_artifact
+from .config import rope_inv_freq
+from .errors import EdgeError, GenerationError
+from .packing import view
+
+# Prompt tokens run per forward call (bounds the activation workspace).
+PREFILL_CHUNK = 128
+KV_KINDS = ("f32", "int8")
+
+
+def _kernels():
+    try:
+        from . import _kernels
+    except ImportError as e:
+        raise EdgeError(f"the compiled kernels (edge._kernels) are not installed ({e}); "
+                        "reinstall llama-edge with: pip install .") from None
+    return _kernels
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def rope_tables(config, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos / sin (n, head_dim / 2) float32, computed in float64 like the reference."""
+    ang = np.outer(np.arange(n, dtype=np.float64), rope_inv_freq(config))
+    return np.ascontiguousarray(np.cos(ang), np.float32), np.ascontiguousarray(np.sin(ang), np.float32)
+
+
+class EdgeSession:
+    """One conversation: its own KV cache (allocated once) and logits buffer."""
+
+    def __init__(self, engine: "EdgeEngine", max_context: int, kv: str):
+        self.engine, self.max_context, self.pos = engine, max_context, 0
+        self._s = engine._k.Session(engine._model, max_context, kv)
+        self._logits = np.zeros(engine.config.vocab_size, dtype=np.float32)
+
+    @property
+    def kv_bytes(self) -> int:
+        return self._s.kv_bytes
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def _run(self, ids) -> np.ndarray:
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        if self.pos + len(ids) > self.max_context:
+            raise GenerationError(f"{self.pos + len(ids)} tokens exceed the session's context of "
+                                  f"{self.max_context}")
+        self.engine._model.forward(self._s, ids, self.pos, self._logits, False)
+        self.pos += len(ids)
+        return self._logits  # valid until the next call on this session
+
+    def prefill(self, ids) -> np.ndarray:
+        self.pos = 0
+        return self._run(ids)
+
+    def decode(self, token: int) -> np.ndarray:
+        return self._run([token])
+
+    def logits_all(self, ids) -> np.ndarray:
+        """(len(ids), vocab) logits of every position, from position 0 (evaluation)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        if len(ids) > self.max_context:
+            raise GenerationError(f"{len(ids)} tokens exceed the session's context of "
+                                  f"{self.max_context}")
+        out = np.empty((len(ids), self.engine.config.vocab_size), dtype=np.float32)
+        self.engine._model.forward(self._s, ids, 0, out, True)
+        self.pos = len(ids)
+        return out
+
+
+class EdgeEngine:
+    name = "edge"
+
+    def __init__(self, artifact: Artifact | str, max_context: int | None = None,
+                 threads: int | None = None, kv: str = "f32", isa: str = "auto",
+                 verify: bool = True):
+        k = _kernels()
+        art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, verify)
+        if kv not in KV_KINDS:
+            raise EdgeError(f"KV cache kind {kv!r}: choose one of {', '.join(KV_KINDS)}")
+        if threads is not None and not 1 <= threads <= 256:
+            raise EdgeError(f"threads must be between 1 and 256, got {threads}")
+        if max_context is not None and not 1 <= max_context <= art.max_context:
+            raise EdgeError(f"context {max_context} is outside 1..{art.max_context} (the "
+                            "artifact's maximum context)")
+        self.artifact, self.config, self.tokenizer = art, art.config, art.tokenizer
+        self.chat_format, self.kv = art.chat_format, kv
+        self.max_context = max_context or art.max_context
+        c = self.config
+        self._k = k
+        n_threads = threads or default_threads()
+        try:
+            m = k.Model(hidden=c.hidden_size, layers=c.num_layers, heads=c.num_heads,
+                        kv_heads=c.num_kv_heads, head_dim=c.head_dim, vocab=c.vocab_size,
+                        eps=c.rms_norm_eps, max_ctx=self.max_context, threads=n_threads,
+                        isa=isa, chunk=PREFILL_CHUNK)
+            w, act = art.weights, art.acts
+            m.set_embedding(view(w["model.embed_tokens"], k))
+            m.set_output(view(w["lm_head"], k), act["lm_head"] == ACT_INT8)
+            m.set_final_norm(w["model.norm"].data)
+            self._cos, self._sin = rope_tables(c, self.max_context)
+            m.set_rope(self._cos, self._sin)
+            for i in range(c.num_layers):
+                p = f"model.layers.{i}."
+                lin = {}
+                for short, full in (("q_proj", "self_attn.q_proj"), ("k_proj", "self_attn.k_proj"),
+                                    ("v_proj", "self_attn.v_proj"), ("o_proj", "self_attn.o_proj"),
+                                    ("gate_proj", "mlp.gate_proj"), ("up_proj", "mlp.up_proj"),
+                                    ("down_proj", "mlp.down_proj")):
+                    lin[short] = (view(w[p + full], k), act[p + full] == ACT_INT8)
+                m.set_layer(i, w[p + "input_layernorm"].data, w[p + "post_attention_layernorm"].data,
+                            lin)
+            m.finalize()
+        except (ValueError, RuntimeError) as e:
+            raise EdgeError(f"{art.path}: the kernels refused the artifact: {e}") from None
+        self._model = m
+
+    @property
+    def isa(self) -> str:
+        return self._model.isa
+
+    @property
+    def threads(self) -> int:
+        return self._model.threads
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(self.artifact.eos_ids + tuple(self.tokenizer.eos_ids)))
+
+    def session(self, max_context: int | None = None) -> EdgeSession:
+        n = max_context or self.max_context
+        if not 1 <= n <= self.max_context:
+            raise EdgeError(f"session context {n} is outside 1..{self.max_context}")
+        return EdgeSession(self, n, self.kv)
+
+    def info(self) -> dict:
+        a = self.artifact
+        return {"path": str(a.path), "format_version": a.manifest["format_version"],
+                "producer": a.manifest.get("producer"), "recipe": a.manifest.get("recipe"),
+                "file_mb": round(a.file_bytes / 1e6, 2), "max_context": a.max_context,
+                "chat_format": a.chat_format, "isa": self.isa, "threads": self.threads,
+                "kv_cache": self.kv}
