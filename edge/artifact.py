@@ -49,7 +49,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # large file is checked by several threads at memory speed.
 DIGEST_CHUNK = 64 << 20
 DIGEST_ALGORITHM = "sha256-of-64MiB-chunk-sha256"
-ACT_INT8 = "int8_dyn_token_asym"  # the only activation quantization the kernels implement
+# Activation quantizations the kernels implement (quant/schemes/activation.py names): per token
+# asymmetric (needs the weights' row sums), and per block of 32 symmetric.
+ACT_INT8 = "int8_dyn_token_asym"
+ACT_INT8_BLOCKS = "int8_dyn_g32_sym"
+ACTS = (ACT_INT8, ACT_INT8_BLOCKS)
 
 # Stored dtype of each array of a kind.
 _DTYPES = {
@@ -99,7 +103,7 @@ class TensorEntry:
 
     packed: Packed | None = None  # None for a tied weight
     scheme: str = "none"  # quant scheme name (quant/schemes) or the float kind
-    act: str | None = None  # ACT_INT8 when the runtime quantizes this linear's inputs
+    act: str | None = None  # one of ACTS when the runtime quantizes this linear's inputs
     tied_to: str | None = None
 
 
@@ -422,9 +426,9 @@ def _tensors(mpath, wpath, entries, infos, mm, config):
         if not isinstance(e, dict):
             raise ArtifactError(mpath, f"{where} is not an object")
         act = e.get("act")
-        if act not in (None, ACT_INT8):
+        if act is not None and act not in ACTS:
             raise ArtifactError(mpath, f"{where}: activation handling {act!r} is not supported "
-                                f"(expected null or {ACT_INT8!r})")
+                                f"(expected null, {' or '.join(map(repr, ACTS))})")
         acts[name] = act
         if "tied_to" in e:
             src = e["tied_to"]
@@ -465,6 +469,9 @@ def _tensors(mpath, wpath, entries, infos, mm, config):
             group, has_zp = k, False
         if act is not None and kind not in ("q8", "q8u", "q4"):
             raise ArtifactError(mpath, f"{where}: int8 activations need integer weights, not {kind}")
+        if act == ACT_INT8_BLOCKS and (k % 32 or group % 32):
+            raise ArtifactError(mpath, f"{where}: int8 activation blocks of 32 need inputs and weight "
+                                f"groups that are multiples of 32 (inputs {k}, group {group})")
         dts = _DTYPES[kind]
         data_shape = (n, k // 2) if kind == "q4" else (n, k)
         data = _array(wpath, infos, mm, f"{name}.data", dts["data"], data_shape)
@@ -484,9 +491,9 @@ def _tensors(mpath, wpath, entries, infos, mm, config):
                     raise ArtifactError(wpath, f"tensor '{name}.zp': 4-bit zero points must be "
                                         f"<= 15, found {int(p.zp.max())}")
         weights[name] = p
-    # row sums: every int8-activation use needs them on the stored weight
+    # row sums: every per-token int8-activation use needs them on the stored weight
     for name, act in acts.items():
-        if act is None:
+        if act != ACT_INT8:
             continue
         src = tied.get(name, name)
         p = weights[src]

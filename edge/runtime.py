@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .artifact import ACT_INT8, Artifact, load_artifact
+from .artifact import ACT_INT8, ACT_INT8_BLOCKS, Artifact, load_artifact
 from .config import rope_inv_freq
 from .errors import EdgeError, GenerationError
 from .packing import view
@@ -115,7 +115,8 @@ class EdgeEngine:
                         isa=isa, chunk=PREFILL_CHUNK)
             w, act = art.weights, art.acts
             m.set_embedding(view(w["model.embed_tokens"], k))
-            m.set_output(view(w["lm_head"], k), act["lm_head"] == ACT_INT8)
+            codes = {None: k.ACT_NONE, ACT_INT8: k.ACT_TOKEN, ACT_INT8_BLOCKS: k.ACT_BLOCKS}
+            m.set_output(view(w["lm_head"], k), codes[act["lm_head"]])
             m.set_final_norm(w["model.norm"].data)
             self._cos, self._sin = rope_tables(c, self.max_context)
             m.set_rope(self._cos, self._sin)
@@ -126,7 +127,7 @@ class EdgeEngine:
                                     ("v_proj", "self_attn.v_proj"), ("o_proj", "self_attn.o_proj"),
                                     ("gate_proj", "mlp.gate_proj"), ("up_proj", "mlp.up_proj"),
                                     ("down_proj", "mlp.down_proj")):
-                    lin[short] = (view(w[p + full], k), act[p + full] == ACT_INT8)
+                    lin[short] = (view(w[p + full], k), codes[act[p + full]])
                 m.set_layer(i, w[p + "input_layernorm"].data, w[p + "post_attention_layernorm"].data,
                             lin)
             m.finalize()

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.artifact import ACT_INT8, TensorEntry
+from edge.artifact import ACT_INT8, ACTS, TensorEntry
 from edge.errors import EdgeError
 from edge.packing import from_canonical, from_float
 from quant.apply import QuantEmbedding, QuantLinear
@@ -34,10 +34,10 @@ def _act(module, name: str) -> str | None:
     act = getattr(module, "act", None)
     if act is None:
         return None
-    if act.symmetric:
-        raise EdgeError(f"'{name}': the edge kernels quantize activations asymmetrically per "
-                        "token; use a recipe with act.symmetric = false")
-    return ACT_INT8
+    if act.name not in ACTS:
+        raise EdgeError(f"'{name}': the edge kernels do not implement activation quantization "
+                        f"{act.name}; they implement {' and '.join(ACTS)}")
+    return act.name
 
 
 def edge_weights(model: LlamaModel, float_dtype: torch.dtype):
@@ -65,7 +65,8 @@ def edge_weights(model: LlamaModel, float_dtype: torch.dtype):
             continue
         if isinstance(m, (QuantLinear, QuantEmbedding)):
             act = _act(m, n)
-            needs_rowsum = act is not None or (tied and n == "model.embed_tokens" and head_act)
+            needs_rowsum = act == ACT_INT8 or (tied and n == "model.embed_tokens"
+                                               and head_act == ACT_INT8)
             weights[n] = TensorEntry(_packed_quant(m.qt, bool(needs_rowsum), n), m.qt.scheme, act)
         elif isinstance(m, (nn.Linear, nn.Embedding)):
             w = m.weight.detach().to(float_dtype).float().numpy()

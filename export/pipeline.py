@@ -25,12 +25,10 @@ from .loaders import Checkpoint, load_checkpoint
 TARGETS = ("edge", "hf")
 # Verification: logits on a fixed probe text within this absolute tolerance of the model the
 # artifact was lowered from when the artifact holds it exactly (float weights in the source
-# precision, or the same quantized values the reference dequantizes). The edge kernels
-# accumulate in another order than torch and quantize activations with float32 arithmetic
-# that may round a value the other way at a .5 boundary; measured differences on SmolLM2 are
-# below 2e-3 for float and 8da4w artifacts.
+# precision, or weight-only quantized values the reference dequantizes; measured on SmolLM2:
+# 7e-5 for f32 and int8 g32 edge artifacts). Artifacts with quantized activations are checked
+# by top-1 agreement only (see stage_lower_edge).
 VERIFY_LOGIT_ATOL_EXACT = 1e-3
-VERIFY_LOGIT_ATOL_EDGE = 2e-2
 VERIFY_MIN_TOP1 = 0.9
 EDGE_DEFAULT_MAX_CONTEXT = 4096
 # The quality stage scores every artifact against the source on the packaged evaluation text
@@ -137,9 +135,12 @@ def stage_lower_edge(st: ExportState) -> ExportState:
     size = sum(p.stat().st_size for p in dest.iterdir())
     kinds = sorted({w.packed.kind for w in weights.values() if w.packed is not None})
     st.artifacts["edge"] = dest
+    # Quantized activations make the model itself sensitive to rounding: a value next to a
+    # rounding boundary goes either way with the order of float sums, so the kernels match the
+    # reference statistically (top-1 agreement, KLD in the quality stage), not to a tolerance.
     st.report.setdefault("artifacts", {})["edge"] = {
         "path": "edge", "dtype": "+".join(kinds), "bytes": size, "max_context": max_ctx,
-        "exact": True}
+        "exact": not any(w.act for w in weights.values())}
     return st
 
 
@@ -188,10 +189,10 @@ def stage_verify(st: ExportState) -> ExportState:
         info = st.report["artifacts"][name]
         info.update(verify_tokens=len(ids), top1_agreement=round(agree, 4),
                     max_abs_logit_diff=diff)
-        tol = VERIFY_LOGIT_ATOL_EDGE if name == "edge" else VERIFY_LOGIT_ATOL_EXACT
-        if info["exact"] and diff > tol:
+        if info["exact"] and diff > VERIFY_LOGIT_ATOL_EXACT:
             raise EdgeError(f"verification of the {name} artifact failed: logits differ by "
-                            f"{diff:.3g} (> {tol}) from the model it was lowered from")
+                            f"{diff:.3g} (> {VERIFY_LOGIT_ATOL_EXACT}) from the model it was "
+                            "lowered from")
         if agree < VERIFY_MIN_TOP1:
             raise EdgeError(f"verification of the {name} artifact failed: only "
                             f"{agree:.0%} of top-1 tokens agree with the source")

@@ -110,6 +110,9 @@ PYBIND11_MODULE(_kernels, mod) {
   mod.attr("W_Q8U") = (int)W_Q8U;
   mod.attr("W_Q4") = (int)W_Q4;
   mod.attr("W_F8") = (int)W_F8;
+  mod.attr("ACT_NONE") = (int)ACT_NONE;
+  mod.attr("ACT_TOKEN") = (int)ACT_TOKEN;
+  mod.attr("ACT_BLOCKS") = (int)ACT_BLOCKS;
 
   mod.def("best_isa", [] { return std::string(isa_name(best_isa())); });
   mod.def("available_isas", [] {
@@ -146,13 +149,24 @@ PYBIND11_MODULE(_kernels, mod) {
 
   mod.def(
       "matmul",
-      [](const View& v, F32 x, bool act_int8, const std::string& isa) {
+      [](const View& v, F32 x, bool act_int8, bool act_blocks, const std::string& isa) {
         if (x.ndim() != 2 || x.shape(1) != v.v.k) throw py::value_error("x must be (m, k)");
         const Kernels& K = kernels_named(isa);
         const int64_t m = x.shape(0), n = v.v.n, k = v.v.k;
         py::array_t<float> y({m, n});
         std::vector<float> scratch(scratch_floats(k));
-        if (act_int8) {
+        if (act_blocks) {
+          if (v.v.kind != W_Q4 && v.v.kind != W_Q8 && v.v.kind != W_Q8U)
+            throw py::value_error("int8 activations need integer weights");
+          if (k % ACT_BLOCK || v.v.group % ACT_BLOCK)
+            throw py::value_error("activation blocks need inputs and groups that are multiples of 32");
+          std::vector<int8_t> q(m * k);
+          std::vector<float> s(m * k / ACT_BLOCK);
+          std::vector<int32_t> bs(m * k / ACT_BLOCK);
+          quantize_acts_blocks(x.data(), m, k, k, q.data(), s.data(), bs.data());
+          QActs a{q.data(), nullptr, s.data(), nullptr, bs.data(), m, k, ACT_BLOCK};
+          K.matmul_qb(v.v, a, y.mutable_data(), n, 0, n, scratch.data());
+        } else if (act_int8) {
           if (v.v.kind != W_Q4 && v.v.kind != W_Q8 && v.v.kind != W_Q8U)
             throw py::value_error("int8 activations need integer weights");
           if (!v.v.rowsum) throw py::value_error("int8 activations need row sums");
@@ -161,14 +175,26 @@ PYBIND11_MODULE(_kernels, mod) {
           std::vector<float> s(m);
           std::vector<int32_t> z(m);
           quantize_acts(x.data(), m, k, k, q.data(), qu.data(), s.data(), z.data());
-          QActs a{q.data(), qu.data(), s.data(), z.data(), m, k};
+          QActs a{q.data(), qu.data(), s.data(), z.data(), nullptr, m, k, 0};
           K.matmul_q(v.v, a, y.mutable_data(), n, 0, n, scratch.data());
         } else {
           K.matmul_f(v.v, x.data(), m, k, y.mutable_data(), n, 0, n, scratch.data());
         }
         return y;
       },
-      py::arg("view"), py::arg("x"), py::arg("act_int8") = false, py::arg("isa") = "auto");
+      py::arg("view"), py::arg("x"), py::arg("act_int8") = false, py::arg("act_blocks") = false,
+      py::arg("isa") = "auto");
+
+  mod.def("quantize_acts_blocks", [](F32 x) {
+    if (x.ndim() != 2 || x.shape(1) % ACT_BLOCK)
+      throw py::value_error("expected (m, k) activations with k a multiple of 32");
+    const int64_t m = x.shape(0), k = x.shape(1);
+    py::array_t<int8_t> q({m, k});
+    py::array_t<float> s({m, k / ACT_BLOCK});
+    py::array_t<int32_t> bs({m, k / ACT_BLOCK});
+    quantize_acts_blocks(x.data(), m, k, k, q.mutable_data(), s.mutable_data(), bs.mutable_data());
+    return py::make_tuple(q, s, bs);
+  });
 
   mod.def(
       "dot", [](F32 a, F32 b, const std::string& isa) {
@@ -241,7 +267,7 @@ PYBIND11_MODULE(_kernels, mod) {
         p.m->set_embedding(v.v);
         for (auto& o : v.keep) p.keep.push_back(o);
       })
-      .def("set_output", [](PyModel& p, const View& v, bool act) {
+      .def("set_output", [](PyModel& p, const View& v, int act) {
         p.m->set_output(Linear{v.v, act});
         for (auto& o : v.keep) p.keep.push_back(o);
       })
@@ -274,7 +300,7 @@ PYBIND11_MODULE(_kernels, mod) {
             throw py::value_error("layer " + std::to_string(i) + ": missing " + name);
           py::tuple t = linears[name.c_str()].cast<py::tuple>();
           const View& v = t[0].cast<const View&>();
-          *slot = Linear{v.v, t[1].cast<bool>()};
+          *slot = Linear{v.v, t[1].cast<int>()};
           for (auto& o : v.keep) p.keep.push_back(o);
         }
       })

@@ -34,16 +34,22 @@ struct WeightView {
   const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_bytes(); }
 };
 
-// Activations quantized per token, asymmetric int8 (quant/schemes/activation.py):
+// Activations quantized to int8 at run time (quant/schemes/activation.py), in one of two forms.
+// Per token, asymmetric:
 //   s = (max(x,0) - min(x,0)) / 255, z = clamp(round(-128 - min/s), -128, 127),
-//   q = clamp(round(x / s) + z, -128, 127).
-// `qu` holds q + 128 as unsigned bytes (the form x86's u8 x s8 dot products want).
+//   q = clamp(round(x / s) + z, -128, 127);
+//   `qu` holds q + 128 as unsigned bytes (the form x86's u8 x s8 dot products want).
+// Per block of ACT_BLOCK values, symmetric (block != 0):
+//   s_b = max_b |x| / 127, q = clamp(round(x / s_b), -127, 127); `bsum` = sum of q per block.
+constexpr int64_t ACT_BLOCK = 32;
 struct QActs {
   const int8_t* q = nullptr;    // (m, k)
-  const uint8_t* qu = nullptr;  // (m, k)
-  const float* scale = nullptr; // (m)
-  const int32_t* zero = nullptr;// (m)
+  const uint8_t* qu = nullptr;  // (m, k), per-token form
+  const float* scale = nullptr; // (m) per token, or (m, k / ACT_BLOCK) per block
+  const int32_t* zero = nullptr;// (m), per-token form
+  const int32_t* bsum = nullptr;// (m, k / ACT_BLOCK), block form
   int64_t m = 0, k = 0;
+  int64_t block = 0;            // 0: per token; ACT_BLOCK: per block
 };
 
 constexpr float ACT_EPS = 1e-10f;  // scale floor, as quant/schemes/activation.py
@@ -54,15 +60,19 @@ struct Kernels {
   // scratch: at least scratch_floats(W) floats, private to the calling thread.
   void (*matmul_f)(const WeightView& w, const float* x, int64_t m, int64_t ldx, float* y,
                    int64_t ldy, int64_t r0, int64_t r1, float* scratch);
-  // Same with int8 activations: y = s_x * sum_k (q_x - z_x) * W[r][k].
+  // Same with per-token int8 activations: y = s_x * sum_k (q_x - z_x) * W[r][k].
   void (*matmul_q)(const WeightView& w, const QActs& a, float* y, int64_t ldy, int64_t r0,
                    int64_t r1, float* scratch);
+  // Same with per-block int8 activations: y = sum_b s_b * sum_{k in b} q_x * W[r][k]
+  // (integer weights whose groups are multiples of ACT_BLOCK).
+  void (*matmul_qb)(const WeightView& w, const QActs& a, float* y, int64_t ldy, int64_t r0,
+                    int64_t r1, float* scratch);
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
 };
 
 constexpr int64_t GEMM_ROWS = 4;  // rows dequantized at a time by the prefill path
-inline int64_t scratch_floats(int64_t k) { return GEMM_ROWS * k + 64; }
+inline int64_t scratch_floats(int64_t k) { return GEMM_ROWS * k + 64; }  // >= 2 k bytes too
 
 // Instruction sets, best last. `kernels_for` falls back to scalar for sets not built or not
 // present on this CPU.
@@ -122,6 +132,10 @@ void dequant_row(const WeightView& w, int64_t r, float* out);
 // Quantize m rows of x (row stride ldx) to the QActs form; buffers sized m*k / m.
 void quantize_acts(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q, uint8_t* qu,
                    float* scale, int32_t* zero);
+// Quantize m rows in ACT_BLOCK blocks (k a multiple of ACT_BLOCK): q (m*k), scale and bsum
+// (m * k / ACT_BLOCK).
+void quantize_acts_blocks(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
+                          float* scale, int32_t* bsum);
 // Check a view's fields; returns nullptr or a static description of what is wrong.
 const char* check_view(const WeightView& w);
 

@@ -104,6 +104,29 @@ void quantize_acts(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
   }
 }
 
+void quantize_acts_blocks(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
+                          float* scale, int32_t* bsum) {
+  const int64_t nb = k / ACT_BLOCK;
+  for (int64_t i = 0; i < m; i++) {
+    for (int64_t b = 0; b < nb; b++) {
+      const float* xb = x + i * ldx + b * ACT_BLOCK;
+      float amax = 0.f;
+      for (int64_t j = 0; j < ACT_BLOCK; j++) amax = std::max(amax, std::fabs(xb[j]));
+      float s = amax / 127.0f;
+      if (!(s >= ACT_EPS)) s = ACT_EPS;
+      int8_t* qb = q + i * k + b * ACT_BLOCK;
+      int32_t sum = 0;
+      for (int64_t j = 0; j < ACT_BLOCK; j++) {
+        float v = std::min(127.f, std::max(-127.f, std::nearbyint(xb[j] / s)));
+        qb[j] = (int8_t)(int)v;
+        sum += qb[j];
+      }
+      scale[i * nb + b] = s;
+      bsum[i * nb + b] = sum;
+    }
+  }
+}
+
 static void matmul_f_scalar(const WeightView& w, const float* x, int64_t m, int64_t ldx,
                             float* y, int64_t ldy, int64_t r0, int64_t r1, float* scratch) {
   const int64_t k = w.k;
@@ -154,6 +177,36 @@ static void matmul_q_scalar(const WeightView& w, const QActs& a, float* y, int64
   }
 }
 
+// Exact integer sum per activation block, scaled by the block's and the weight group's scales.
+static void matmul_qb_scalar(const WeightView& w, const QActs& a, float* y, int64_t ldy,
+                             int64_t r0, int64_t r1, float*) {
+  const int64_t k = w.k, g = w.group, ng = k / g, nb = k / ACT_BLOCK;
+  for (int64_t r = r0; r < r1; r++) {
+    const uint8_t* row = w.row(r);
+    const uint16_t* sc = w.scale + r * ng;
+    const uint8_t* zp = w.zp ? w.zp + r * ng : nullptr;
+    for (int64_t i = 0; i < a.m; i++) {
+      const int8_t* qi = a.q + i * k;
+      float acc = 0.f;
+      for (int64_t b = 0; b < nb; b++) {
+        const int64_t gi = b * ACT_BLOCK / g;
+        int32_t t = 0;
+        for (int64_t j = b * ACT_BLOCK; j < (b + 1) * ACT_BLOCK; j++) {
+          int32_t wv;
+          switch (w.kind) {
+            case W_Q8: wv = reinterpret_cast<const int8_t*>(row)[j]; break;
+            case W_Q8U: wv = (int32_t)row[j] - zp[gi]; break;
+            default: wv = q4_at(row, j) - (zp ? zp[gi] : 8); break;
+          }
+          t += wv * (int32_t)qi[j];
+        }
+        acc += fp16_to_f32(sc[gi]) * (a.scale[i * nb + b] * (float)t);
+      }
+      y[i * ldy + r] = acc;
+    }
+  }
+}
+
 static float dot_scalar(const float* a, const float* b, int64_t n) {
   float acc = 0.f;
   for (int64_t i = 0; i < n; i++) acc += a[i] * b[i];
@@ -164,7 +217,7 @@ static void axpy_scalar(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-const Kernels SCALAR_KERNELS = {"scalar", matmul_f_scalar, matmul_q_scalar, dot_scalar,
-                                axpy_scalar};
+const Kernels SCALAR_KERNELS = {"scalar", matmul_f_scalar, matmul_q_scalar, matmul_qb_scalar,
+                                dot_scalar, axpy_scalar};
 
 }  // namespace edge

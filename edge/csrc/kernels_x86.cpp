@@ -15,7 +15,8 @@ namespace avx2 {
 #include "kernels_x86.inc"
 #undef X86_VNNI
 }  // namespace avx2
-const Kernels AVX2_KERNELS = {"avx2", avx2::matmul_f_x86, avx2::matmul_q_x86, avx2::dot_x86,
+const Kernels AVX2_KERNELS = {"avx2", avx2::matmul_f_x86, avx2::matmul_q_x86,
+                              avx2::matmul_qb_x86, avx2::dot_x86,
                               avx2::axpy_x86};
 }  // namespace edge
 #pragma GCC pop_options
@@ -29,7 +30,7 @@ namespace avx512 {
 #undef X86_VNNI
 }  // namespace avx512
 const Kernels AVX512VNNI_KERNELS = {"avx512vnni", avx512::matmul_f_x86, avx512::matmul_q_x86,
-                                    avx512::dot_x86, avx512::axpy_x86};
+                                    avx512::matmul_qb_x86, avx512::dot_x86, avx512::axpy_x86};
 }  // namespace edge
 #pragma GCC pop_options
 #endif

@@ -74,11 +74,14 @@ static void check_linear(const Linear& l, int64_t n, int64_t k, const std::strin
     throw std::invalid_argument(name + ": shape (" + std::to_string(l.w.n) + ", " +
                                 std::to_string(l.w.k) + ") does not match the model (" +
                                 std::to_string(n) + ", " + std::to_string(k) + ")");
-  if (l.act_int8) {
-    if (l.w.kind != W_Q4 && l.w.kind != W_Q8 && l.w.kind != W_Q8U)
-      throw std::invalid_argument(name + ": int8 activations need integer weights");
-    if (!l.w.rowsum) throw std::invalid_argument(name + ": missing row sums");
-  }
+  if (l.act < ACT_NONE || l.act > ACT_BLOCKS)
+    throw std::invalid_argument(name + ": unknown activation handling");
+  if (l.act != ACT_NONE && l.w.kind != W_Q4 && l.w.kind != W_Q8 && l.w.kind != W_Q8U)
+    throw std::invalid_argument(name + ": int8 activations need integer weights");
+  if (l.act == ACT_TOKEN && !l.w.rowsum) throw std::invalid_argument(name + ": missing row sums");
+  if (l.act == ACT_BLOCKS && (l.w.k % ACT_BLOCK || l.w.group % ACT_BLOCK))
+    throw std::invalid_argument(name + ": int8 activation blocks of " + std::to_string(ACT_BLOCK) +
+                                " need inputs and weight groups that are multiples of it");
 }
 
 void Model::finalize() {
@@ -110,20 +113,34 @@ void Model::finalize() {
   k_.assign(n * KD, 0.f); v_.assign(n * KD, 0.f);
   gate_.assign(n * max_ffn_, 0.f); up_.assign(n * max_ffn_, 0.f);
   aq_.assign(n * maxk, 0); aqu_.assign(n * maxk, 0); as_.assign(n, 0.f); az_.assign(n, 0);
+  bq_.assign(n * maxk, 0); bs_.assign(n * maxk / ACT_BLOCK + 1, 0.f); bsum_.assign(n * maxk / ACT_BLOCK + 1, 0);
   scratch_.clear();
   const size_t per_thread = std::max<int64_t>(scratch_floats(maxk), c.max_ctx + 2 * c.head_dim);
   for (int t = 0; t < pool_.size(); t++) scratch_.emplace_back(per_thread, 0.f);
   ws_bytes_ = (int64_t)((x_.size() * 3 + q_.size() * 2 + k_.size() * 2 + gate_.size() * 2) * 4 +
-                        aq_.size() * 2 + per_thread * 4 * pool_.size());
+                        aq_.size() * 3 + bs_.size() * 8 + per_thread * 4 * pool_.size());
   ready_ = true;
 }
 
-void Model::quantize_rows(const float* x, int64_t m, int64_t k, int tid) {
+bool Model::quantize_input(const float* x, int64_t m, int64_t k,
+                           std::initializer_list<const Linear*> users, int tid) {
+  bool tok = false, blk = false;
+  for (const Linear* l : users) {
+    tok |= l->act == ACT_TOKEN;
+    blk |= l->act == ACT_BLOCKS;
+  }
+  if (!tok && !blk) return false;
   int64_t a, b;
   split(m, pool_.size(), tid, 1, a, b);
-  if (a < b)
+  if (a < b && tok)
     quantize_acts(x + a * k, b - a, k, k, aq_.data() + a * k, aqu_.data() + a * k, as_.data() + a,
                   az_.data() + a);
+  if (a < b && blk) {
+    const int64_t nb = k / ACT_BLOCK;
+    quantize_acts_blocks(x + a * k, b - a, k, k, bq_.data() + a * k, bs_.data() + a * nb,
+                         bsum_.data() + a * nb);
+  }
+  return true;
 }
 
 // Row-parallel products sharing one input (x, or its int8 form for act_int8 linears).
@@ -139,9 +156,12 @@ void Model::matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, co
     const Linear& l = *op.first;
     int64_t lo = std::max(a, base) - base, hi = std::min(b, base + l.w.n) - base;
     if (lo < hi) {
-      if (l.act_int8) {
-        QActs qa{aq_.data(), aqu_.data(), as_.data(), az_.data(), m, l.w.k};
+      if (l.act == ACT_TOKEN) {
+        QActs qa{aq_.data(), aqu_.data(), as_.data(), az_.data(), nullptr, m, l.w.k, 0};
         kern_->matmul_q(l.w, qa, op.second, l.w.n, lo, hi, scratch);
+      } else if (l.act == ACT_BLOCKS) {
+        QActs qa{bq_.data(), nullptr, bs_.data(), nullptr, bsum_.data(), m, l.w.k, ACT_BLOCK};
+        kern_->matmul_qb(l.w, qa, op.second, l.w.n, lo, hi, scratch);
       } else {
         kern_->matmul_f(l.w, x, m, ldx, op.second, l.w.n, lo, hi, scratch);
       }
@@ -224,11 +244,8 @@ void Model::forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t 
     // attention block
     split(n, nth, tid, 1, a, b);
     for (int64_t i = a; i < b; i++) rmsnorm(x_.data() + i * H, L.attn_norm, xn_.data() + i * H, H, c.eps);
-    if (L.q.act_int8 || L.k.act_int8 || L.v.act_int8) {
-      pool_.barrier();
-      quantize_rows(xn_.data(), n, H, tid);
-    }
     pool_.barrier();
+    if (quantize_input(xn_.data(), n, H, {&L.q, &L.k, &L.v}, tid)) pool_.barrier();
     matmuls({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, xn_.data(), n, H, tid);
     pool_.barrier();
     // rope on q and k (rotate-half layout), then store k and v at their positions
@@ -259,10 +276,7 @@ void Model::forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t 
     pool_.barrier();
     attention(s, n, pos, li, tid);
     pool_.barrier();
-    if (L.o.act_int8) {
-      quantize_rows(att_.data(), n, QD, tid);
-      pool_.barrier();
-    }
+    if (quantize_input(att_.data(), n, QD, {&L.o}, tid)) pool_.barrier();
     matmuls({{&L.o, tmp_.data()}}, att_.data(), n, QD, tid);
     pool_.barrier();
     // MLP block
@@ -273,11 +287,8 @@ void Model::forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t 
       for (int64_t j = 0; j < H; j++) xi[j] += ti[j];
       rmsnorm(xi, L.ffn_norm, xn_.data() + i * H, H, c.eps);
     }
-    if (L.gate.act_int8 || L.up.act_int8) {
-      pool_.barrier();
-      quantize_rows(xn_.data(), n, H, tid);
-    }
     pool_.barrier();
+    if (quantize_input(xn_.data(), n, H, {&L.gate, &L.up}, tid)) pool_.barrier();
     const int64_t F = L.gate.w.n;
     matmuls({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, xn_.data(), n, H, tid);
     pool_.barrier();
@@ -287,10 +298,7 @@ void Model::forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t 
       gate_[e] = g / (1.0f + std::exp(-g)) * up_[e];
     }
     pool_.barrier();
-    if (L.down.act_int8) {
-      quantize_rows(gate_.data(), n, F, tid);
-      pool_.barrier();
-    }
+    if (quantize_input(gate_.data(), n, F, {&L.down}, tid)) pool_.barrier();
     matmuls({{&L.down, tmp_.data()}}, gate_.data(), n, F, tid);
     pool_.barrier();
     split(n, nth, tid, 1, a, b);
@@ -308,10 +316,7 @@ void Model::forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t 
   for (int64_t i = a; i < b; i++)
     rmsnorm(x_.data() + (first + i) * H, final_norm_, xn_.data() + i * H, H, c.eps);
   pool_.barrier();
-  if (output_.act_int8) {
-    quantize_rows(xn_.data(), m, H, tid);
-    pool_.barrier();
-  }
+  if (quantize_input(xn_.data(), m, H, {&output_}, tid)) pool_.barrier();
   matmuls({{&output_, logits}}, xn_.data(), m, H, tid);
 }
 

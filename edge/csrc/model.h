@@ -18,9 +18,11 @@ struct ModelConfig {
   int64_t max_ctx = 0;  // rows of the rope tables; sessions may use fewer
 };
 
+enum ActKind : int { ACT_NONE = 0, ACT_TOKEN = 1, ACT_BLOCKS = 2 };
+
 struct Linear {
   WeightView w;
-  bool act_int8 = false;  // activations quantized per token (8da schemes)
+  int act = ACT_NONE;  // how this linear's inputs are quantized to int8 (8da schemes)
 };
 
 struct Layer {
@@ -77,7 +79,10 @@ class Model {
                      int mode, int tid);
   void matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, const float* x,
                int64_t m, int64_t ldx, int tid);
-  void quantize_rows(const float* x, int64_t m, int64_t k, int tid);
+  // Quantize the shared input of `users` in every form they need; true when anything was
+  // done (the caller then waits at a barrier before the products).
+  bool quantize_input(const float* x, int64_t m, int64_t k, std::initializer_list<const Linear*> users,
+                      int tid);
   void attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid);
 
   ModelConfig cfg_;
@@ -98,6 +103,9 @@ class Model {
   std::vector<uint8_t> aqu_;
   std::vector<float> as_;
   std::vector<int32_t> az_;
+  std::vector<int8_t> bq_;      // per-block form
+  std::vector<float> bs_;
+  std::vector<int32_t> bsum_;
   std::vector<std::vector<float>> scratch_;  // per thread
   int64_t ws_bytes_ = 0;
   bool ready_ = false;

@@ -338,7 +338,7 @@ void check_products(const std::vector<const Kernels*>& sets, Rng& g, const Varia
   std::vector<float> xs((size_t)m);
   std::vector<int32_t> xz((size_t)m);
   quantize_acts(x.data(), m, k, ldx, q.data(), qu.data(), xs.data(), xz.data());
-  const QActs a{q.data(), qu.data(), xs.data(), xz.data(), m, k};
+  const QActs a{q.data(), qu.data(), xs.data(), xz.data(), nullptr, m, k, 0};
   ref.assign(ref.size(), sentinel());
   SCALAR_KERNELS.matmul_q(w.v, a, ref.data(), ldy, 0, n, scratch.data());
   const double mag_q = magnitude_q(w, a);
@@ -352,6 +352,36 @@ void check_products(const std::vector<const Kernels*>& sets, Rng& g, const Varia
     maybe_inject(y.data(), mag_q);
     record(kt->name, "matmul_q", var.name, TOL_INT8_ACTS,
            block_error(y, ref, m, n, ldy, mag_q, where), shape);
+  }
+
+  // per-block activations: weights whose groups are whole blocks
+  if (k % ACT_BLOCK || w.v.group % ACT_BLOCK) return;
+  const int64_t nb = k / ACT_BLOCK;
+  std::vector<int8_t> bq((size_t)(m * k));
+  std::vector<float> bs((size_t)(m * nb));
+  std::vector<int32_t> bsum((size_t)(m * nb));
+  quantize_acts_blocks(x.data(), m, k, ldx, bq.data(), bs.data(), bsum.data());
+  const QActs ab{bq.data(), nullptr, bs.data(), nullptr, bsum.data(), m, k, ACT_BLOCK};
+  ref.assign(ref.size(), sentinel());
+  SCALAR_KERNELS.matmul_qb(w.v, ab, ref.data(), ldy, 0, n, scratch.data());
+  double mag_b = 0.0;  // largest sum_j s_b(j) * |w_rj * q_ij|
+  for (int64_t i = 0; i < m; i++)
+    for (int64_t r = 0; r < n; r++) {
+      double t = 0.0;
+      for (int64_t j = 0; j < k; j++)
+        t += bs[i * nb + j / ACT_BLOCK] * std::fabs(w.deq[r * k + j] * bq[i * k + j]);
+      mag_b = std::max(mag_b, t);
+    }
+  for (const Kernels* kt : sets) {
+    const std::string where = fmt("isa=%s kernel=matmul_qb kind=%s %s", kt->name, var.name,
+                                  shape.c_str());
+    y.assign(ref.size(), sentinel());
+    run_split(n, k, where, [&](int64_t r0, int64_t r1, float* sc) {
+      kt->matmul_qb(w.v, ab, y.data(), ldy, r0, r1, sc);
+    });
+    maybe_inject(y.data(), mag_b);
+    record(kt->name, "matmul_qb", var.name, TOL_INT8_ACTS,
+           block_error(y, ref, m, n, ldy, mag_b, where), shape);
   }
 }
 

@@ -18,23 +18,43 @@ from edge.sampling import SamplingParams
 
 pytestmark = pytest.mark.slow
 
-# Greedy decoding must agree token for token over at least this many generated tokens.
+# Weight-only artifacts compute exactly what the reference computes (dequantized weights, fp32
+# activations) up to the order of float sums: greedy decoding must agree token for token over
+# this many generated tokens, with per-token logits within this tolerance (measured on SmolLM2:
+# max |dlogit| ~1e-4; logits span about 30).
 PARITY_TOKENS = 40
-# Per-token logits of the edge kernels vs the torch reference of the same quantized model
-# (dequantized weights, fake-quantized activations, fp32). The integer sums are exact; the
-# float accumulation order differs, and an activation value that lands on a rounding boundary
-# can quantize one step apart. Measured max |dlogit| on SmolLM2 over 40 steps: ~2e-3 (int8),
-# ~1e-2 (8da4w); logits span about 30.
-LOGIT_ATOL = {"int8": 2e-2, "8da4w-rtn": 5e-2}
+LOGIT_ATOL_WEIGHT_ONLY = 1e-3
+# With int8 activations the quantized model itself is sensitive to rounding: SmolLM2 has a few
+# "massive" activations (hundreds of times the median), so values next to a rounding boundary
+# go either way with the order of float sums. Measured: perturbing the reference's embedding by
+# one part in 10^7 moves its logits by ~0.4 and changes ~4 % of its top-1 tokens. The edge
+# kernels are held to the same spread, teacher-forced over the reference's own continuation:
+# their mean KLD to the reference may be at most this multiple of the perturbed reference's,
+# plus a floor, and their top-1 agreement at most this much lower.
+ACT_KLD_FACTOR, ACT_KLD_FLOOR = 3.0, 2e-3
+ACT_TOP1_MARGIN = 0.03
+# int8 KV cache (one scale per position and head) against the f32 cache of the same artifact,
+# over a 47-token chat prompt: mean KLD and same-top-token rate. Measured on SmolLM2: KLD 0.0016
+# with float activations; 0.0096 with int8 activations, whose rounding sensitivity turns any
+# perturbation into about that much (see ACT_KLD_FACTOR).
+KV_INT8_MAX_KLD = 0.02
+KV_INT8_MIN_TOP1 = 0.95
 
 RECIPES = {
     # 8-bit weights, groups of 32, float activations (the int8 preset without its calibration)
     "int8": {"name": "int8", "rules": [{"pattern": "*", "config": {
         "weight": {"type": "int", "bits": 8, "group_size": 32, "symmetric": True},
         "algorithm": "rtn"}}]},
-    # 8-bit dynamic activations x 4-bit g32 weights everywhere (the 8da4w preset, round to
-    # nearest so the test does not spend minutes calibrating)
+    # 8-bit dynamic activations (blocks of 32) x 4-bit g32 weights everywhere (the 8da4w
+    # preset, round to nearest so the test does not spend minutes calibrating)
     "8da4w-rtn": {"name": "8da4w-rtn", "rules": [
+        {"pattern": "model.embed_tokens", "config": {
+            "weight": {"type": "int", "bits": 4, "group_size": 32, "symmetric": True}}},
+        {"pattern": "*", "config": {
+            "weight": {"type": "int", "bits": 4, "group_size": 32, "symmetric": True},
+            "act": {"symmetric": True, "group_size": 32}}}]},
+    # the same with per-token asymmetric activations (the XNNPACK form of 8da4w)
+    "8da4w-token-rtn": {"name": "8da4w-token-rtn", "rules": [
         {"pattern": "model.embed_tokens", "config": {
             "weight": {"type": "int", "bits": 4, "group_size": 32, "symmetric": True}}},
         {"pattern": "*", "config": {
@@ -70,6 +90,10 @@ def pair(request, smollm2_ck, tmp_path_factory):
     return request.param, EdgeEngine(out, max_context=512), ref
 
 
+def _weight_only(name: str) -> bool:
+    return "da" not in name
+
+
 def _prompt(tok, text="Summarize: the council voted to turn the old railway into a cycle path."):
     from edge.chat import detect_chat_format, encode_chat
 
@@ -78,6 +102,9 @@ def _prompt(tok, text="Summarize: the council voted to turn the old railway into
 
 def test_greedy_tokens_and_logits_match_reference(pair):
     name, edge, ref = pair
+    if not _weight_only(name):
+        pytest.skip("int8 activations: compared statistically in test_act_quantized_matches_"
+                    "reference_within_its_own_sensitivity")
     ids = _prompt(edge.tokenizer)
     es, rs = edge.session(), ref.session()
     le, lr = es.prefill(ids).copy(), rs.prefill(ids)
@@ -89,18 +116,65 @@ def test_greedy_tokens_and_logits_match_reference(pair):
         tokens.append(te)
         le, lr = es.decode(te).copy(), rs.decode(tr)
         worst = max(worst, float(np.abs(le - lr).max()))
-    assert worst <= LOGIT_ATOL[name], f"{name}: max |dlogit| {worst:.3g}"
+    assert worst <= LOGIT_ATOL_WEIGHT_ONLY, f"{name}: max |dlogit| {worst:.3g}"
     assert len(set(tokens)) > 5  # a real continuation, not one token repeated
 
 
+def _kld_top1(p_logits, q_logits):
+    import torch
+
+    lp = torch.log_softmax(torch.as_tensor(p_logits).double(), -1)
+    lq = torch.log_softmax(torch.as_tensor(q_logits).double(), -1)
+    kld = float((lp.exp() * (lp - lq)).sum(-1).mean())
+    return kld, float((lp.argmax(-1) == lq.argmax(-1)).double().mean())
+
+
+def test_act_quantized_matches_reference_within_its_own_sensitivity(pair):
+    import torch
+
+    name, edge, ref = pair
+    if _weight_only(name):
+        pytest.skip("weight-only: compared token for token")
+    model = ref.model
+    prompts = ["Summarize: the council voted to turn the old railway into a cycle path.",
+               "Write a haiku about the sea.", "What is the capital of France? Explain briefly."]
+    seqs = []
+    for text in prompts:  # the reference's own greedy continuation, 48 tokens
+        ids = list(_prompt(edge.tokenizer, text))
+        s = ref.session()
+        logits = s.prefill(ids)
+        for _ in range(48):
+            ids.append(int(np.argmax(logits)))
+            logits = s.decode(ids[-1])
+        seqs.append(ids)
+    emb = model.model.embed_tokens.weight
+    orig = emb.detach().clone()
+    ours, spread = [], []
+    with torch.inference_mode():
+        for ids in seqs:
+            r = model(torch.tensor([ids]))[0].numpy()
+            ours.append(_kld_top1(r, edge.session().logits_all(ids)))
+            gen = torch.Generator().manual_seed(0)
+            emb.copy_(orig * (1 + 1e-7 * torch.randn(orig.shape, generator=gen)))
+            spread.append(_kld_top1(r, model(torch.tensor([ids]))[0].numpy()))
+            emb.copy_(orig)
+    kld, top1 = np.mean([o[0] for o in ours]), np.mean([o[1] for o in ours])
+    kld_ref, top1_ref = np.mean([o[0] for o in spread]), np.mean([o[1] for o in spread])
+    assert kld <= ACT_KLD_FACTOR * kld_ref + ACT_KLD_FLOOR, (name, kld, kld_ref)
+    assert top1 >= top1_ref - ACT_TOP1_MARGIN, (name, top1, top1_ref)
+
+
 def test_logits_all_equals_stepwise(pair):
-    _, edge, _ = pair
+    name, edge, _ = pair
     ids = _prompt(edge.tokenizer)[:40]
     s = edge.session()
     full = s.logits_all(ids)
-    step = [s.prefill(ids[:1]).copy()] + [s.decode(t).copy() for t in ids[1:]]
-    # chunked prompt processing and single-token steps run different kernels (GEMM vs GEMV)
-    assert np.abs(full - np.stack(step)).max() < 1e-3
+    step = np.stack([s.prefill(ids[:1]).copy()] + [s.decode(t).copy() for t in ids[1:]])
+    # prompt processing and single-token steps run different kernels (GEMM vs GEMV)
+    if _weight_only(name):
+        assert np.abs(full - step).max() < LOGIT_ATOL_WEIGHT_ONLY
+    else:  # rounding-sensitive: see ACT_KLD_FACTOR
+        assert (full.argmax(-1) == step.argmax(-1)).mean() >= 0.9
 
 
 def test_sessions_in_threads_equal_sequential(pair):
@@ -175,8 +249,8 @@ def test_int8_kv_cache_close_to_f32(pair, smollm2_ck):
     e8 = EdgeEngine(edge.artifact, max_context=512, kv="int8")
     ids = _prompt(edge.tokenizer)
     a, b = edge.session().logits_all(ids), e8.session().logits_all(ids)
-    agree = float((a.argmax(-1) == b.argmax(-1)).mean())
-    assert agree >= 0.9 and np.abs(a - b).max() < 1.0
+    kld, top1 = _kld_top1(a, b)
+    assert kld <= KV_INT8_MAX_KLD and top1 >= KV_INT8_MIN_TOP1, (kld, top1)
     assert e8.session().kv_bytes < edge.session().kv_bytes / 3
 
 
