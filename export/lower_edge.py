@@ -32,8 +32,11 @@ def _packed_quant(qt: QuantizedTensor, act_int8: bool, name: str):
 
 def _act(module, name: str) -> str | None:
     act = getattr(module, "act", None)
-    if act is None:
-        return None
+    return None if act is None else act_name(act, name)
+
+
+def act_name(act, name: str) -> str:
+    """The artifact's name of an activation scheme the edge kernels implement."""
     if act.name not in ACTS:
         raise EdgeError(f"'{name}': the edge kernels do not implement activation quantization "
                         f"{act.name}; they implement {' and '.join(ACTS)}")

@@ -163,8 +163,9 @@ PYBIND11_MODULE(_kernels, mod) {
           std::vector<int8_t> q(m * k);
           std::vector<float> s(m * k / ACT_BLOCK);
           std::vector<int32_t> bs(m * k / ACT_BLOCK);
-          quantize_acts_blocks(x.data(), m, k, k, q.data(), s.data(), bs.data());
-          QActs a{q.data(), nullptr, s.data(), nullptr, bs.data(), m, k, ACT_BLOCK};
+          std::vector<float> bc(m * k / ACT_BLOCK);
+          quantize_acts_blocks(x.data(), m, k, k, q.data(), s.data(), bs.data(), bc.data());
+          QActs a{q.data(), nullptr, s.data(), nullptr, bs.data(), bc.data(), m, k, ACT_BLOCK};
           K.matmul_qb(v.v, a, y.mutable_data(), n, 0, n, scratch.data());
         } else if (act_int8) {
           if (v.v.kind != W_Q4 && v.v.kind != W_Q8 && v.v.kind != W_Q8U)
@@ -175,7 +176,7 @@ PYBIND11_MODULE(_kernels, mod) {
           std::vector<float> s(m);
           std::vector<int32_t> z(m);
           quantize_acts(x.data(), m, k, k, q.data(), qu.data(), s.data(), z.data());
-          QActs a{q.data(), qu.data(), s.data(), z.data(), nullptr, m, k, 0};
+          QActs a{q.data(), qu.data(), s.data(), z.data(), nullptr, nullptr, m, k, 0};
           K.matmul_q(v.v, a, y.mutable_data(), n, 0, n, scratch.data());
         } else {
           K.matmul_f(v.v, x.data(), m, k, y.mutable_data(), n, 0, n, scratch.data());
@@ -192,7 +193,9 @@ PYBIND11_MODULE(_kernels, mod) {
     py::array_t<int8_t> q({m, k});
     py::array_t<float> s({m, k / ACT_BLOCK});
     py::array_t<int32_t> bs({m, k / ACT_BLOCK});
-    quantize_acts_blocks(x.data(), m, k, k, q.mutable_data(), s.mutable_data(), bs.mutable_data());
+    std::vector<float> bc(m * k / ACT_BLOCK);
+    quantize_acts_blocks(x.data(), m, k, k, q.mutable_data(), s.mutable_data(), bs.mutable_data(),
+                         bc.data());
     return py::make_tuple(q, s, bs);
   });
 

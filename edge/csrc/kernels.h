@@ -48,6 +48,7 @@ struct QActs {
   const float* scale = nullptr; // (m) per token, or (m, k / ACT_BLOCK) per block
   const int32_t* zero = nullptr;// (m), per-token form
   const int32_t* bsum = nullptr;// (m, k / ACT_BLOCK), block form
+  const float* bcorr = nullptr; // (m, k / ACT_BLOCK): s_b * bsum_b, block form
   int64_t m = 0, k = 0;
   int64_t block = 0;            // 0: per token; ACT_BLOCK: per block
 };
@@ -69,6 +70,10 @@ struct Kernels {
                     int64_t r1, float* scratch);
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
+  // Attention over n cached positions of width d (rows of K / V contiguous):
+  // out[t] = scale * (q . K[t]);  out[j] = sum_t p[t] * V[t][j].
+  void (*scores)(const float* q, const float* K, int64_t n, int64_t d, float scale, float* out);
+  void (*weighted_sum)(const float* p, const float* V, int64_t n, int64_t d, float* out);
 };
 
 constexpr int64_t GEMM_ROWS = 4;  // rows dequantized at a time by the prefill path
@@ -135,7 +140,7 @@ void quantize_acts(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
 // Quantize m rows in ACT_BLOCK blocks (k a multiple of ACT_BLOCK): q (m*k), scale and bsum
 // (m * k / ACT_BLOCK).
 void quantize_acts_blocks(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
-                          float* scale, int32_t* bsum);
+                          float* scale, int32_t* bsum, float* bcorr);
 // Check a view's fields; returns nullptr or a static description of what is wrong.
 const char* check_view(const WeightView& w);
 

@@ -16,7 +16,7 @@ namespace neon {
 }  // namespace neon
 const Kernels NEON_KERNELS = {"neon", neon::matmul_f_neon, neon::matmul_q_neon,
                               neon::matmul_qb_neon, neon::dot_neon,
-                              neon::axpy_neon};
+                              neon::axpy_neon, neon::scores_neon, neon::weighted_sum_neon};
 }  // namespace edge
 
 #pragma GCC push_options
@@ -28,7 +28,8 @@ namespace neon_dot {
 #undef NEON_DOT
 }  // namespace neon_dot
 const Kernels NEON_DOT_KERNELS = {"neon-dotprod", neon_dot::matmul_f_neon, neon_dot::matmul_q_neon,
-                                  neon_dot::matmul_qb_neon, neon_dot::dot_neon, neon_dot::axpy_neon};
+                                  neon_dot::matmul_qb_neon, neon_dot::dot_neon, neon_dot::axpy_neon,
+                                  neon_dot::scores_neon, neon_dot::weighted_sum_neon};
 }  // namespace edge
 #pragma GCC pop_options
 #endif

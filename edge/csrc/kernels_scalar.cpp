@@ -105,7 +105,7 @@ void quantize_acts(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
 }
 
 void quantize_acts_blocks(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
-                          float* scale, int32_t* bsum) {
+                          float* scale, int32_t* bsum, float* bcorr) {
   const int64_t nb = k / ACT_BLOCK;
   for (int64_t i = 0; i < m; i++) {
     for (int64_t b = 0; b < nb; b++) {
@@ -123,6 +123,7 @@ void quantize_acts_blocks(const float* x, int64_t m, int64_t k, int64_t ldx, int
       }
       scale[i * nb + b] = s;
       bsum[i * nb + b] = sum;
+      bcorr[i * nb + b] = s * (float)sum;
     }
   }
 }
@@ -217,7 +218,17 @@ static void axpy_scalar(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+static void scores_scalar(const float* q, const float* K, int64_t n, int64_t d, float scale,
+                          float* out) {
+  for (int64_t t = 0; t < n; t++) out[t] = scale * dot_scalar(q, K + t * d, d);
+}
+
+static void weighted_sum_scalar(const float* p, const float* V, int64_t n, int64_t d, float* out) {
+  for (int64_t j = 0; j < d; j++) out[j] = 0.f;
+  for (int64_t t = 0; t < n; t++) axpy_scalar(p[t], V + t * d, out, d);
+}
+
 const Kernels SCALAR_KERNELS = {"scalar", matmul_f_scalar, matmul_q_scalar, matmul_qb_scalar,
-                                dot_scalar, axpy_scalar};
+                                dot_scalar, axpy_scalar, scores_scalar, weighted_sum_scalar};
 
 }  // namespace edge

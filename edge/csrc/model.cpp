@@ -114,6 +114,7 @@ void Model::finalize() {
   gate_.assign(n * max_ffn_, 0.f); up_.assign(n * max_ffn_, 0.f);
   aq_.assign(n * maxk, 0); aqu_.assign(n * maxk, 0); as_.assign(n, 0.f); az_.assign(n, 0);
   bq_.assign(n * maxk, 0); bs_.assign(n * maxk / ACT_BLOCK + 1, 0.f); bsum_.assign(n * maxk / ACT_BLOCK + 1, 0);
+  bcorr_.assign(n * maxk / ACT_BLOCK + 1, 0.f);
   scratch_.clear();
   const size_t per_thread = std::max<int64_t>(scratch_floats(maxk), c.max_ctx + 2 * c.head_dim);
   for (int t = 0; t < pool_.size(); t++) scratch_.emplace_back(per_thread, 0.f);
@@ -138,7 +139,7 @@ bool Model::quantize_input(const float* x, int64_t m, int64_t k,
   if (a < b && blk) {
     const int64_t nb = k / ACT_BLOCK;
     quantize_acts_blocks(x + a * k, b - a, k, k, bq_.data() + a * k, bs_.data() + a * nb,
-                         bsum_.data() + a * nb);
+                         bsum_.data() + a * nb, bcorr_.data() + a * nb);
   }
   return true;
 }
@@ -157,10 +158,11 @@ void Model::matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, co
     int64_t lo = std::max(a, base) - base, hi = std::min(b, base + l.w.n) - base;
     if (lo < hi) {
       if (l.act == ACT_TOKEN) {
-        QActs qa{aq_.data(), aqu_.data(), as_.data(), az_.data(), nullptr, m, l.w.k, 0};
+        QActs qa{aq_.data(), aqu_.data(), as_.data(), az_.data(), nullptr, nullptr, m, l.w.k, 0};
         kern_->matmul_q(l.w, qa, op.second, l.w.n, lo, hi, scratch);
       } else if (l.act == ACT_BLOCKS) {
-        QActs qa{bq_.data(), nullptr, bs_.data(), nullptr, bsum_.data(), m, l.w.k, ACT_BLOCK};
+        QActs qa{bq_.data(), nullptr, bs_.data(), nullptr, bsum_.data(), bcorr_.data(), m, l.w.k,
+                 ACT_BLOCK};
         kern_->matmul_qb(l.w, qa, op.second, l.w.n, lo, hi, scratch);
       } else {
         kern_->matmul_f(l.w, x, m, ldx, op.second, l.w.n, lo, hi, scratch);
@@ -184,33 +186,33 @@ void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
     const int64_t i = item / NH, h = item % NH, kvh = h / group, p = pos + i;
     const float* q = q_.data() + i * QD + h * D;
     float* out = att_.data() + i * QD + h * D;
-    float mx = -INFINITY;
-    for (int64_t t = 0; t <= p; t++) {
-      float d;
-      if (s.kv_kind_ == KV_F32) {
-        d = kern_->dot(q, s.kf_[li].data() + (kvh * ctx + t) * D, D);
-      } else {
+    const int64_t npos = p + 1;
+    if (s.kv_kind_ == KV_F32) {
+      kern_->scores(q, s.kf_[li].data() + kvh * ctx * D, npos, D, scale, sc);
+    } else {
+      for (int64_t t = 0; t < npos; t++) {
         const int8_t* kq = s.kq_[li].data() + (kvh * ctx + t) * D;
         for (int64_t j = 0; j < D; j++) kbuf[j] = (float)kq[j];
-        d = kern_->dot(q, kbuf, D) * s.ks_[li][kvh * ctx + t];
+        sc[t] = kern_->dot(q, kbuf, D) * s.ks_[li][kvh * ctx + t] * scale;
       }
-      sc[t] = d * scale;
-      mx = std::max(mx, sc[t]);
     }
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < npos; t++) mx = std::max(mx, sc[t]);
     float sum = 0.f;
-    for (int64_t t = 0; t <= p; t++) {
+    for (int64_t t = 0; t < npos; t++) {
       sc[t] = std::exp(sc[t] - mx);
       sum += sc[t];
     }
     const float inv = 1.0f / sum;
-    std::fill(out, out + D, 0.f);
-    for (int64_t t = 0; t <= p; t++) {
-      if (s.kv_kind_ == KV_F32) {
-        kern_->axpy(sc[t] * inv, s.vf_[li].data() + (kvh * ctx + t) * D, out, D);
-      } else {
+    for (int64_t t = 0; t < npos; t++) sc[t] *= inv;
+    if (s.kv_kind_ == KV_F32) {
+      kern_->weighted_sum(sc, s.vf_[li].data() + kvh * ctx * D, npos, D, out);
+    } else {
+      std::fill(out, out + D, 0.f);
+      for (int64_t t = 0; t < npos; t++) {
         const int8_t* vq = s.vq_[li].data() + (kvh * ctx + t) * D;
         for (int64_t j = 0; j < D; j++) vbuf[j] = (float)vq[j];
-        kern_->axpy(sc[t] * inv * s.vs_[li][kvh * ctx + t], vbuf, out, D);
+        kern_->axpy(sc[t] * s.vs_[li][kvh * ctx + t], vbuf, out, D);
       }
     }
   }

@@ -106,6 +106,7 @@ class Model {
   std::vector<int8_t> bq_;      // per-block form
   std::vector<float> bs_;
   std::vector<int32_t> bsum_;
+  std::vector<float> bcorr_;
   std::vector<std::vector<float>> scratch_;  // per thread
   int64_t ws_bytes_ = 0;
   bool ready_ = false;

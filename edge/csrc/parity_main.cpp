@@ -338,7 +338,7 @@ void check_products(const std::vector<const Kernels*>& sets, Rng& g, const Varia
   std::vector<float> xs((size_t)m);
   std::vector<int32_t> xz((size_t)m);
   quantize_acts(x.data(), m, k, ldx, q.data(), qu.data(), xs.data(), xz.data());
-  const QActs a{q.data(), qu.data(), xs.data(), xz.data(), nullptr, m, k, 0};
+  const QActs a{q.data(), qu.data(), xs.data(), xz.data(), nullptr, nullptr, m, k, 0};
   ref.assign(ref.size(), sentinel());
   SCALAR_KERNELS.matmul_q(w.v, a, ref.data(), ldy, 0, n, scratch.data());
   const double mag_q = magnitude_q(w, a);
@@ -360,8 +360,10 @@ void check_products(const std::vector<const Kernels*>& sets, Rng& g, const Varia
   std::vector<int8_t> bq((size_t)(m * k));
   std::vector<float> bs((size_t)(m * nb));
   std::vector<int32_t> bsum((size_t)(m * nb));
-  quantize_acts_blocks(x.data(), m, k, ldx, bq.data(), bs.data(), bsum.data());
-  const QActs ab{bq.data(), nullptr, bs.data(), nullptr, bsum.data(), m, k, ACT_BLOCK};
+  std::vector<float> bcorr((size_t)(m * nb));
+  quantize_acts_blocks(x.data(), m, k, ldx, bq.data(), bs.data(), bsum.data(), bcorr.data());
+  const QActs ab{bq.data(), nullptr, bs.data(), nullptr, bsum.data(), bcorr.data(), m, k,
+                 ACT_BLOCK};
   ref.assign(ref.size(), sentinel());
   SCALAR_KERNELS.matmul_qb(w.v, ab, ref.data(), ldy, 0, n, scratch.data());
   double mag_b = 0.0;  // largest sum_j s_b(j) * |w_rj * q_ij|
@@ -417,6 +419,48 @@ void check_vector_ops(const std::vector<const Kernels*>& sets, Rng& g) {
       record(kt->name, "axpy", "f32", TOL_FLOAT, err / std::max(mag_axpy, MAG_FLOOR), shape);
     }
   }
+}
+
+// Attention over cached positions: scores (q . K[t] * scale) and weighted sums of V rows,
+// for head widths that fill, split and miss the SIMD panels.
+void check_attention_ops(const std::vector<const Kernels*>& sets, Rng& g) {
+  for (int64_t d : {8, 20, 64, 72, 128})
+    for (int64_t n : {1, 7, 33, 130}) {
+      std::vector<float> q((size_t)d), K((size_t)(n * d)), V((size_t)(n * d)), p((size_t)n);
+      for (auto& f : q) f = g.uniform(-2.f, 2.f);
+      for (auto& f : K) f = g.uniform(-2.f, 2.f);
+      for (auto& f : V) f = g.uniform(-2.f, 2.f);
+      for (auto& f : p) f = g.uniform(0.f, 1.f);
+      const float scale = 0.125f;
+      std::vector<float> ref_s((size_t)n), ref_o((size_t)d);
+      SCALAR_KERNELS.scores(q.data(), K.data(), n, d, scale, ref_s.data());
+      SCALAR_KERNELS.weighted_sum(p.data(), V.data(), n, d, ref_o.data());
+      double mag_s = 0.0, mag_o = 0.0;
+      for (int64_t t = 0; t < n; t++) {
+        double a = 0.0;
+        for (int64_t j = 0; j < d; j++) a += std::fabs((double)q[j] * K[t * d + j]) * scale;
+        mag_s = std::max(mag_s, a);
+      }
+      for (int64_t j = 0; j < d; j++) {
+        double a = 0.0;
+        for (int64_t t = 0; t < n; t++) a += std::fabs((double)p[t] * V[t * d + j]);
+        mag_o = std::max(mag_o, a);
+      }
+      const std::string shape = fmt("n=%lld d=%lld", (long long)n, (long long)d);
+      for (const Kernels* kt : sets) {
+        std::vector<float> s2((size_t)n + 1, sentinel()), o2((size_t)d + 1, sentinel());
+        kt->scores(q.data(), K.data(), n, d, scale, s2.data());
+        kt->weighted_sum(p.data(), V.data(), n, d, o2.data());
+        if (!is_sentinel(s2[n]) || !is_sentinel(o2[d]))
+          fail(fmt("isa=%s kernel=attention %s wrote past its output", kt->name, shape.c_str()));
+        maybe_inject(o2.data(), mag_o);
+        double es = 0.0, eo = 0.0;
+        for (int64_t t = 0; t < n; t++) es = std::max(es, std::fabs((double)s2[t] - ref_s[t]));
+        for (int64_t j = 0; j < d; j++) eo = std::max(eo, std::fabs((double)o2[j] - ref_o[j]));
+        record(kt->name, "scores", "f32", TOL_FLOAT, es / std::max(mag_s, MAG_FLOOR), shape);
+        record(kt->name, "weighted_sum", "f32", TOL_FLOAT, eo / std::max(mag_o, MAG_FLOOR), shape);
+      }
+    }
 }
 
 // ------------------------------------------------------------------ layout definitions
@@ -499,6 +543,7 @@ int main(int argc, char** argv) {
     }
   }
   check_vector_ops(sets, g);
+  check_attention_ops(sets, g);
   check_definitions(g);
 
   auto rank = [&](const Stat& s) {

@@ -77,7 +77,9 @@ class ThreadPool {
   }
 
   void loop(int idx) {
-    uint64_t seen = gen_.load(std::memory_order_acquire);
+    // Jobs are numbered from the pool's creation: a worker that starts late still runs the
+    // first job, even when it was posted before the worker got to this line.
+    uint64_t seen = 0;
     for (;;) {
       // Spin up to ~2 ms for the next job, then sleep until notified.
       auto t0 = std::chrono::steady_clock::now();
