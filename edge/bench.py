@@ -40,6 +40,15 @@ def cpu_info() -> dict:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process image. VmHWM starts afresh at exec, unlike
+    getrusage's maxrss, which a child inherits from the parent that started it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

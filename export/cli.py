@@ -82,7 +82,10 @@ def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, forc
 @click.option("--json", "as_json", is_flag=True)
 @_errors
 def eval_cmd(model, text, recipe, reference, ctx, calib, as_json):
-    """Perplexity, mean KL divergence and same-top-token rate of MODEL against a reference."""
+    """Perplexity, mean KL divergence and same-top-token rate of MODEL against a reference.
+
+    MODEL is a checkpoint (optionally quantized in memory with --recipe) or an edge artifact,
+    run by the edge kernels and scored against --reference CHECKPOINT."""
     from tqdm import tqdm
 
     from .evaluate import evaluate

@@ -32,11 +32,45 @@ def _logits_fn(model):
     return lambda w: model(w)[0]
 
 
+def evaluate_artifact(model_path: str, text_path, reference: str, ctx: int = 512,
+                      progress=None) -> dict:
+    """An edge artifact, run by the edge kernels, against an unquantized reference checkpoint."""
+    from edge.artifact import load_artifact
+    from edge.runtime import EdgeEngine
+
+    art = load_artifact(model_path)
+    if not 2 <= ctx <= art.max_context:
+        raise EdgeError(f"--ctx must be in 2..{art.max_context} (the artifact's maximum), got {ctx}")
+    ref_ck = load_checkpoint(reference)
+    if ref_ck.config.vocab_size != art.config.vocab_size:
+        raise EdgeError(f"{reference}: vocabulary ({ref_ck.config.vocab_size}) differs from the "
+                        f"artifact's ({art.config.vocab_size}); cannot compare")
+    ids = art.tokenizer.encode(read_text(text_path))
+    if len(ids) < ctx:
+        raise EdgeError(f"{text_path}: {len(ids)} tokens, fewer than one window of {ctx}")
+    sess = EdgeEngine(art, max_context=ctx).session()
+    ref_model = LlamaModel.from_state_dict(ref_ck.config, ref_ck.tensors, max_seq_len=ctx)
+    r = compare(lambda w: torch.from_numpy(sess.logits_all(w[0].tolist())), _logits_fn(ref_model),
+                ids, ctx, progress)
+    return {"model": str(model_path), "text": str(text_path), "engine": "edge",
+            "recipe": art.manifest.get("recipe"), "file_mb": round(art.file_bytes / 1e6, 2),
+            **r.to_json()}
+
+
 def evaluate(model_path: str, text_path, recipe: str | None = None,
              reference: str | None = None, ctx: int = 512, calib=None, progress=None,
              ck=None, ref_ck=None) -> dict:
+    from edge.artifact import is_artifact
+
     from .quantize import quantized_model
 
+    if ck is None and is_artifact(model_path):
+        if reference is None:
+            raise EdgeError(f"{model_path}: an edge artifact is scored against its unquantized "
+                            "checkpoint; give --reference CHECKPOINT")
+        if recipe not in (None, "none"):
+            raise EdgeError("--recipe applies to checkpoints; an edge artifact is already quantized")
+        return evaluate_artifact(model_path, text_path, reference, ctx, progress)
     ck = ck or load_checkpoint(model_path)
     if ck.tokenizer is None:
         raise EdgeError(f"{model_path}: has no tokenizer; evaluation needs one")

@@ -301,3 +301,29 @@ def test_runs_without_torch_installed(pair):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["engine"] == "edge" and d["generated_tokens"] > 0
+
+
+# Quality of the int8 g32 artifact, run by the edge kernels, against the unquantized model on
+# the packaged evaluation text: llama.cpp's Q8_0 scores a mean KLD of 0.004-0.005 on held-out
+# texts (README); ours must stay below that bound.
+INT8_MAX_KLD = 5e-3
+
+
+def test_eval_scores_an_edge_artifact(pair, smollm2_gguf):
+    from click.testing import CliRunner
+
+    from export.cli import main
+
+    name, edge, _ = pair
+    text = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "quant" / "data" / "eval.txt")
+    r = CliRunner().invoke(main, ["eval", str(edge.artifact.path), "--text", text, "--reference",
+                                  str(smollm2_gguf), "--ctx", "128", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    assert d["engine"] == "edge" and d["tokens"] > 1000
+    if name == "int8":
+        assert d["kld_mean"] < INT8_MAX_KLD and d["top1_agreement"] > 0.95
+    else:
+        assert 0 < d["kld_mean"] < 1.0
+    bad = CliRunner().invoke(main, ["eval", str(edge.artifact.path), "--text", text])
+    assert bad.exit_code == 1 and "--reference" in bad.output
