@@ -215,36 +215,32 @@ PYBIND11_MODULE(_kernels, mod) {
       },
       py::arg("alpha"), py::arg("x"), py::arg("y"), py::arg("isa") = "auto");
 
-  // Read bandwidth of `threads` threads streaming disjoint halves of a buffer (the access pattern
-  // of a decode step over the weights): median GB/s of `repeats` passes after a warm-up pass.
+  // Read bandwidth of `threads` threads streaming disjoint parts of a buffer with the widest
+  // loads this CPU's kernels use (the access pattern of a decode step over the weights): median
+  // GB/s of `repeats` passes after a warm-up pass.
   mod.def(
       "read_bandwidth",
       [](int64_t nbytes, int threads, int repeats) {
         if (nbytes < (1 << 20) || threads < 1 || repeats < 1) throw py::value_error("bad arguments");
-        const int64_t words = nbytes / 8;
-        std::vector<uint64_t> buf(words);
-        for (int64_t i = 0; i < words; i++) buf[i] = (uint64_t)i * 0x9E3779B97F4A7C15ull;
+        const int64_t n = nbytes / 4;
+        std::vector<float> buf(n);
+        for (int64_t i = 0; i < n; i++) buf[i] = (float)(i & 1023) * 1e-3f;
+        const Kernels& K = *kernels_for(best_isa());
         ThreadPool pool(threads);
-        std::vector<uint64_t> sink(threads * 8, 0);
+        std::vector<float> sink(threads * 16, 0.f);
         std::vector<double> gbs;
         py::gil_scoped_release nogil;
         for (int r = 0; r <= repeats; r++) {
           auto t0 = std::chrono::steady_clock::now();
           pool.run([&](int tid) {
-            const int64_t a = words * tid / threads, b = words * (tid + 1) / threads;
-            uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-            int64_t i = a;
-            for (; i + 4 <= b; i += 4) {
-              s0 += buf[i]; s1 += buf[i + 1]; s2 += buf[i + 2]; s3 += buf[i + 3];
-            }
-            for (; i < b; i++) s0 += buf[i];
-            sink[tid * 8] += s0 + s1 + s2 + s3;
+            const int64_t a = n * tid / threads, b = n * (tid + 1) / threads;
+            sink[tid * 16] += K.dot(buf.data() + a, buf.data() + a, b - a);
           });
           double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          if (r > 0) gbs.push_back((double)words * 8 / sec / 1e9);
+          if (r > 0) gbs.push_back((double)n * 4 / sec / 1e9);
         }
         std::sort(gbs.begin(), gbs.end());
-        volatile uint64_t keep = sink[0];
+        volatile float keep = sink[0];
         (void)keep;
         return gbs[gbs.size() / 2];
       },

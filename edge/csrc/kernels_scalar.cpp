@@ -41,6 +41,16 @@ static inline int q4_at(const uint8_t* row, int64_t j) {
   return off < 32 ? (b & 0x0f) : (b >> 4);
 }
 
+// Integer value of element j (group gi) of an integer row, zero point removed.
+static inline int32_t centered_at(const WeightView& w, const uint8_t* row, const uint8_t* zp,
+                                  int64_t gi, int64_t j) {
+  switch (w.kind) {
+    case W_Q8: return reinterpret_cast<const int8_t*>(row)[j];
+    case W_Q8U: return (int32_t)row[j] - zp[gi];
+    default: return q4_at(row, j) - (zp ? zp[gi] : 8);
+  }
+}
+
 void dequant_row(const WeightView& w, int64_t r, float* out) {
   const uint8_t* row = w.row(r);
   const int64_t k = w.k, g = w.group;
@@ -163,12 +173,7 @@ static void matmul_q_scalar(const WeightView& w, const QActs& a, float* y, int64
       for (int64_t gi = 0; gi < ng; gi++) {
         int32_t t = 0;
         for (int64_t j = gi * g; j < (gi + 1) * g; j++) {
-          int32_t wv;
-          switch (w.kind) {
-            case W_Q8: wv = reinterpret_cast<const int8_t*>(row)[j]; break;
-            case W_Q8U: wv = (int32_t)row[j] - zp[gi]; break;
-            default: wv = q4_at(row, j) - (zp ? zp[gi] : 8); break;
-          }
+          const int32_t wv = centered_at(w, row, zp, gi, j);
           t += wv * ((int32_t)qi[j] - z);
         }
         acc += fp16_to_f32(sc[gi]) * (float)t;
@@ -193,12 +198,7 @@ static void matmul_qb_scalar(const WeightView& w, const QActs& a, float* y, int6
         const int64_t gi = b * ACT_BLOCK / g;
         int32_t t = 0;
         for (int64_t j = b * ACT_BLOCK; j < (b + 1) * ACT_BLOCK; j++) {
-          int32_t wv;
-          switch (w.kind) {
-            case W_Q8: wv = reinterpret_cast<const int8_t*>(row)[j]; break;
-            case W_Q8U: wv = (int32_t)row[j] - zp[gi]; break;
-            default: wv = q4_at(row, j) - (zp ? zp[gi] : 8); break;
-          }
+          const int32_t wv = centered_at(w, row, zp, gi, j);
           t += wv * (int32_t)qi[j];
         }
         acc += fp16_to_f32(sc[gi]) * (a.scale[i * nb + b] * (float)t);

@@ -218,6 +218,19 @@ void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
   }
 }
 
+// x += tmp for this thread's tokens, then (with norm weights) xn = rmsnorm(x).
+void Model::add_residual(int64_t n, const float* norm, int tid) {
+  const int64_t H = cfg_.hidden;
+  int64_t a, b;
+  split(n, pool_.size(), tid, 1, a, b);
+  for (int64_t i = a; i < b; i++) {
+    float* xi = x_.data() + i * H;
+    const float* ti = tmp_.data() + i * H;
+    for (int64_t j = 0; j < H; j++) xi[j] += ti[j];
+    if (norm) rmsnorm(xi, norm, xn_.data() + i * H, H, cfg_.eps);
+  }
+}
+
 static void store_kv_int8(const float* x, int64_t d, int8_t* q, float* s) {
   float amax = 0.f;
   for (int64_t j = 0; j < d; j++) amax = std::max(amax, std::fabs(x[j]));
@@ -282,13 +295,7 @@ void Model::forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t 
     matmuls({{&L.o, tmp_.data()}}, att_.data(), n, QD, tid);
     pool_.barrier();
     // MLP block
-    split(n, nth, tid, 1, a, b);
-    for (int64_t i = a; i < b; i++) {
-      float* xi = x_.data() + i * H;
-      const float* ti = tmp_.data() + i * H;
-      for (int64_t j = 0; j < H; j++) xi[j] += ti[j];
-      rmsnorm(xi, L.ffn_norm, xn_.data() + i * H, H, c.eps);
-    }
+    add_residual(n, L.ffn_norm, tid);
     pool_.barrier();
     if (quantize_input(xn_.data(), n, H, {&L.gate, &L.up}, tid)) pool_.barrier();
     const int64_t F = L.gate.w.n;
@@ -303,12 +310,7 @@ void Model::forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t 
     if (quantize_input(gate_.data(), n, F, {&L.down}, tid)) pool_.barrier();
     matmuls({{&L.down, tmp_.data()}}, gate_.data(), n, F, tid);
     pool_.barrier();
-    split(n, nth, tid, 1, a, b);
-    for (int64_t i = a; i < b; i++) {
-      float* xi = x_.data() + i * H;
-      const float* ti = tmp_.data() + i * H;
-      for (int64_t j = 0; j < H; j++) xi[j] += ti[j];
-    }
+    add_residual(n, nullptr, tid);
     pool_.barrier();
   }
   if (mode == OUT_NONE) return;

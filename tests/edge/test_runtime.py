@@ -34,11 +34,15 @@ LOGIT_ATOL_WEIGHT_ONLY = 1e-3
 ACT_KLD_FACTOR, ACT_KLD_FLOOR = 3.0, 2e-3
 ACT_TOP1_MARGIN = 0.03
 # int8 KV cache (one scale per position and head) against the f32 cache of the same artifact,
-# over a 47-token chat prompt: mean KLD and same-top-token rate. Measured on SmolLM2: KLD 0.0016
-# with float activations; 0.0096 with int8 activations, whose rounding sensitivity turns any
-# perturbation into about that much (see ACT_KLD_FACTOR).
-KV_INT8_MAX_KLD = 0.02
+# over a 47-token chat prompt: mean KLD and same-top-token rate (measured on SmolLM2 with float
+# activations: KLD 0.0016). With int8 activations the cache's rounding is one more perturbation
+# of a rounding-sensitive model, so it is held to a multiple of that model's own spread
+# (measured: block activations KLD 0.016 vs spread 0.0063, top-1 91.5 % vs 93.6 %; per-token
+# activations 0.076 vs 0.050, 87.2 % vs 85.1 %).
+KV_INT8_MAX_KLD = 5e-3
 KV_INT8_MIN_TOP1 = 0.95
+KV_ACT_KLD_FACTOR = 4.0
+KV_ACT_TOP1_MARGIN = 0.05
 
 RECIPES = {
     # 8-bit weights, groups of 32, float activations (the int8 preset without its calibration)
@@ -129,6 +133,24 @@ def _kld_top1(p_logits, q_logits):
     return kld, float((lp.argmax(-1) == lq.argmax(-1)).double().mean())
 
 
+def _reference_spread(model, ids):
+    """The reference's logits of ids, and the same with its embedding perturbed by one part
+    in 10^7 (how far rounding noise alone moves this model)."""
+    import torch
+
+    emb = model.model.embed_tokens.weight
+    orig = emb.detach().clone()
+    with torch.inference_mode():
+        r = model(torch.tensor([ids]))[0].numpy()
+        gen = torch.Generator().manual_seed(0)
+        emb.copy_(orig * (1 + 1e-7 * torch.randn(orig.shape, generator=gen)))
+        try:
+            perturbed = model(torch.tensor([ids]))[0].numpy()
+        finally:
+            emb.copy_(orig)
+    return r, perturbed
+
+
 def test_act_quantized_matches_reference_within_its_own_sensitivity(pair):
     import torch
 
@@ -147,17 +169,11 @@ def test_act_quantized_matches_reference_within_its_own_sensitivity(pair):
             ids.append(int(np.argmax(logits)))
             logits = s.decode(ids[-1])
         seqs.append(ids)
-    emb = model.model.embed_tokens.weight
-    orig = emb.detach().clone()
     ours, spread = [], []
-    with torch.inference_mode():
-        for ids in seqs:
-            r = model(torch.tensor([ids]))[0].numpy()
-            ours.append(_kld_top1(r, edge.session().logits_all(ids)))
-            gen = torch.Generator().manual_seed(0)
-            emb.copy_(orig * (1 + 1e-7 * torch.randn(orig.shape, generator=gen)))
-            spread.append(_kld_top1(r, model(torch.tensor([ids]))[0].numpy()))
-            emb.copy_(orig)
+    for ids in seqs:
+        r, perturbed = _reference_spread(model, ids)
+        ours.append(_kld_top1(r, edge.session().logits_all(ids)))
+        spread.append(_kld_top1(r, perturbed))
     kld, top1 = np.mean([o[0] for o in ours]), np.mean([o[1] for o in ours])
     kld_ref, top1_ref = np.mean([o[0] for o in spread]), np.mean([o[1] for o in spread])
     assert kld <= ACT_KLD_FACTOR * kld_ref + ACT_KLD_FLOOR, (name, kld, kld_ref)
@@ -245,16 +261,17 @@ def test_context_limits_and_bad_tokens(pair):
 def test_int8_kv_cache_close_to_f32(pair, smollm2_ck):
     from edge.runtime import EdgeEngine
 
-    name, edge, _ = pair
-    if "token" in name:
-        pytest.skip("per-token activations: one large value flattens the rest of the token, and "
-                    "any perturbation (int8 KV: KLD 0.076 measured) moves the output far more; "
-                    "the block form is the edge kernels' recipe")
+    name, edge, ref = pair
     e8 = EdgeEngine(edge.artifact, max_context=512, kv="int8")
     ids = _prompt(edge.tokenizer)
     a, b = edge.session().logits_all(ids), e8.session().logits_all(ids)
     kld, top1 = _kld_top1(a, b)
-    assert kld <= KV_INT8_MAX_KLD and top1 >= KV_INT8_MIN_TOP1, (kld, top1)
+    if _weight_only(name):
+        assert kld <= KV_INT8_MAX_KLD and top1 >= KV_INT8_MIN_TOP1, (kld, top1)
+    else:  # held to the model's own rounding sensitivity, as the parity test
+        spread_kld, spread_top1 = _kld_top1(*_reference_spread(ref.model, ids))
+        assert kld <= KV_ACT_KLD_FACTOR * spread_kld + ACT_KLD_FLOOR, (name, kld, spread_kld)
+        assert top1 >= spread_top1 - KV_ACT_TOP1_MARGIN, (name, top1, spread_top1)
     assert e8.session().kv_bytes < edge.session().kv_bytes / 3
 
 
