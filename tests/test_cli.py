@@ -35,7 +35,8 @@ def _invoke(cli, args):
 @pytest.fixture(scope="module")
 def exported(smollm2_gguf, tmp_path_factory):
     out = tmp_path_factory.mktemp("exp") / "smol"
-    code, output = _invoke(export_main, ["export", str(smollm2_gguf), "-o", str(out)])
+    code, output = _invoke(export_main, ["export", str(smollm2_gguf), "-o", str(out),
+                                          "--target", "edge,hf"])
     assert code == 0, output
     return out
 
@@ -46,11 +47,15 @@ def test_export_writes_verified_hf_checkpoint(exported):
     hf = rep["artifacts"]["hf"]
     assert hf["dtype"] == "float32" and hf["exact"]
     assert hf["top1_agreement"] == 1.0 and hf["max_abs_logit_diff"] < 1e-4
-    assert [s["stage"] for s in rep["stages"]] == ["load", "lower:hf", "verify", "quality",
-                                                   "report"]
+    assert [s["stage"] for s in rep["stages"]] == ["load", "lower:edge", "lower:hf", "verify",
+                                                   "quality", "report"]
     q = hf["quality"]
     assert q["kld_mean"] < 1e-6 and q["top1_agreement"] == 1.0 and q["tokens"] > 0
     assert (exported / "hf" / "tokenizer.json").exists()
+    # the unquantized edge artifact (f32, the GGUF's dequantized weights) on the edge kernels
+    edge = rep["artifacts"]["edge"]
+    assert edge["dtype"] == "f32" and edge["exact"] and edge["max_abs_logit_diff"] < 1e-3
+    assert edge["quality"]["kld_mean"] < 1e-5 and edge["quality"]["top1_agreement"] > 0.999
 
 
 @pytest.mark.slow
@@ -70,20 +75,40 @@ def test_inspect_json(smollm2_gguf):
 
 @pytest.mark.slow
 def test_run_json_keys(exported):
-    code, out = _invoke(edge_main, ["run", "-m", str(exported / "hf"), "--prompt",
+    code, out = _invoke(edge_main, ["run", "-m", str(exported / "edge"), "--prompt",
                                     "What is the capital of France?", "--json",
                                     "--max-new-tokens", "24"])
     assert code == 0, out
     d = json.loads(out.strip().splitlines()[-1])
     assert RUN_KEYS <= set(d)
     assert "paris" in d["text"].lower()
-    assert d["finish_reason"] in ("eos", "length") and d["engine"] == "torch"
+    assert d["finish_reason"] in ("eos", "length") and d["engine"] == "edge"
+
+
+BENCH_KEYS = {"pp128_tok_s", "pp512_tok_s", "tg128_tok_s", "ttft64_s", "load_s", "peak_rss_mb",
+              "file_mb", "threads", "engine"}
+
+
+@pytest.mark.slow
+def test_bench_and_info_json(exported):
+    art = str(exported / "edge")
+    code, out = _invoke(edge_main, ["bench", "-m", art, "--repeat", "1", "--threads", "1",
+                                    "--json"])
+    assert code == 0, out
+    d = json.loads(out.strip().splitlines()[-1])
+    assert BENCH_KEYS <= set(d) and d["engine"] == "edge" and d["threads"] == 1
+    assert all(d[k] > 0 for k in ("pp128_tok_s", "pp512_tok_s", "tg128_tok_s", "ttft64_s"))
+    assert d["file_mb"] > 500  # f32 weights
+    code, out = _invoke(edge_main, ["info", art, "--json"])
+    assert code == 0, out
+    info = json.loads(out)
+    assert info["recipe"] == "none" and info["chat_format"] == "chatml" and info["verified"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cmd", [["summarize"], ["rewrite", "--style", "simple"]])
 def test_tasks_are_on_topic(exported, cmd):
-    code, out = _invoke(edge_main, [cmd[0], "-m", str(exported / "hf"), str(SAMPLE), "--json",
+    code, out = _invoke(edge_main, [cmd[0], "-m", str(exported / "edge"), str(SAMPLE), "--json",
                                     *cmd[1:]])
     assert code == 0, out
     d = json.loads(out.strip().splitlines()[-1])
