@@ -19,13 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.artifact import TensorEntry, write_artifact  # noqa: E402
+from edge.artifact import ACT_INT8, TensorEntry, write_artifact  # noqa: E402
 from edge.config import PRESETS  # noqa: E402
 from edge.errors import EdgeError  # noqa: E402
-from edge.packing import from_canonical, from_float  # noqa: E402
-from export.lower_edge import act_name  # noqa: E402
+from edge.packing import from_float  # noqa: E402
+from export.lower_edge import act_name, packed_quant  # noqa: E402
 from quant.recipes import load_recipe  # noqa: E402
-from quant.schemes import FP8Weight  # noqa: E402
 
 
 def random_edge(preset: str, out: Path, recipe_name: str, seed: int = 0, max_context: int = 4096,
@@ -52,16 +51,11 @@ def random_edge(preset: str, out: Path, recipe_name: str, seed: int = 0, max_con
             continue
         qt = c.weight.quantize_tensor(w, name)
         act = act_name(c.act, name) if c.act is not None else None
-        if name == "model.embed_tokens" and cfg.tie_word_embeddings:
-            act_rows = head_act
-        else:
-            act_rows = act
-        fp8 = isinstance(c.weight, FP8Weight)
-        values = qt.qdata.view(torch.uint8) if fp8 else qt.qdata
-        zp = None if qt.zero_point is None else qt.zero_point.numpy()
-        p = from_canonical(values.numpy(), qt.scale.numpy(), zp, qt.bits, qt.group_size, fp8=fp8,
-                           act_int8=act_rows == "int8_dyn_token_asym")
-        weights[name] = TensorEntry(p, qt.scheme, act if name != "model.embed_tokens" else None)
+        embedding = name == "model.embed_tokens"
+        # the tied output layer reads the embedding: its activation handling decides row sums
+        act_rows = head_act if embedding and cfg.tie_word_embeddings else act
+        p = packed_quant(qt, act_rows == ACT_INT8, name)
+        weights[name] = TensorEntry(p, qt.scheme, None if embedding else act)
     if cfg.tie_word_embeddings:
         emb = weights["model.embed_tokens"]
         weights["lm_head"] = TensorEntry(None, emb.scheme, head_act, tied_to="model.embed_tokens")

@@ -21,13 +21,13 @@ BENCH_SEED = 1234
 
 
 def cpu_info() -> dict:
-    model, flags = platform.processor() or platform.machine(), []
+    model, flags = None, []
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
+            for line in f:  # the first core's entries describe them all
                 key, _, val = line.partition(":")
                 key = key.strip().lower()
-                if key in ("model name", "cpu model") and model in ("", platform.machine(), platform.processor()):
+                if key in ("model name", "cpu model") and model is None:
                     model = val.strip()
                 elif key in ("flags", "features") and not flags:
                     flags = val.split()
@@ -35,7 +35,7 @@ def cpu_info() -> dict:
         pass
     wanted = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
               "asimd", "asimddp", "i8mm", "sve")
-    return {"cpu": model, "cpu_features": [f for f in wanted if f in flags],
+    return {"cpu": model or platform.processor() or platform.machine(), "cpu_features": [f for f in wanted if f in flags],
             "cores": os.cpu_count(), "machine": platform.machine()}
 
 

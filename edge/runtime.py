@@ -51,6 +51,7 @@ class EdgeSession:
         self.engine, self.max_context, self.pos = engine, max_context, 0
         self._s = engine._k.Session(engine._model, max_context, kv)
         self._logits = np.zeros(engine.config.vocab_size, dtype=np.float32)
+        self._token = np.zeros(1, dtype=np.int32)  # decode's input, reused every step
 
     @property
     def kv_bytes(self) -> int:
@@ -73,7 +74,8 @@ class EdgeSession:
         return self._run(ids)
 
     def decode(self, token: int) -> np.ndarray:
-        return self._run([token])
+        self._token[0] = token
+        return self._run(self._token)
 
     def logits_all(self, ids) -> np.ndarray:
         """(len(ids), vocab) logits of every position, from position 0 (evaluation)."""

@@ -18,7 +18,8 @@ from .model import LlamaModel
 FLOAT_KINDS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
 
-def _packed_quant(qt: QuantizedTensor, act_int8: bool, name: str):
+def packed_quant(qt: QuantizedTensor, act_int8: bool, name: str):
+    """A canonical quantized tensor in the kernels' layout (row sums when act_int8)."""
     fp8 = qt.scheme.startswith("fp8")
     values = qt.qdata.view(torch.uint8) if fp8 else qt.qdata
     zp = None if qt.zero_point is None else qt.zero_point.numpy()
@@ -70,7 +71,7 @@ def edge_weights(model: LlamaModel, float_dtype: torch.dtype):
             act = _act(m, n)
             needs_rowsum = act == ACT_INT8 or (tied and n == "model.embed_tokens"
                                                and head_act == ACT_INT8)
-            weights[n] = TensorEntry(_packed_quant(m.qt, bool(needs_rowsum), n), m.qt.scheme, act)
+            weights[n] = TensorEntry(packed_quant(m.qt, bool(needs_rowsum), n), m.qt.scheme, act)
         elif isinstance(m, (nn.Linear, nn.Embedding)):
             w = m.weight.detach().to(float_dtype).float().numpy()
             weights[n] = TensorEntry(from_float(w, kind), kind, None)
