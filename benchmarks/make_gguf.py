@@ -23,40 +23,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.config import PRESETS, LlamaConfig, rope_inv_freq  # noqa: E402
+from edge.config import PRESETS, LlamaConfig  # noqa: E402
 from edge.errors import EdgeError  # noqa: E402
+from edge.llamacpp import _LOG_ERRORS, llama_cpp_errors, quiet_llama_cpp_log  # noqa: E402, F401
+from export.lower_gguf import (GGUFVocab, PlannedTensor, rope_freq_factors,  # noqa: E402
+                               write_llama_gguf)
 
 # The types the benchmarks use; requantize accepts every LLAMA_FTYPE_MOSTLY_* name.
 FTYPES = ("Q4_0", "Q8_0", "Q4_K_M", "F16")
 # Vocabulary (tokens, merges, token types) given to random-weight models.
 VOCAB_SOURCE = "smollm2-135m-instruct"
 WEIGHT_STD = 0.02
-_GGML_LOG_LEVEL_ERROR = 4  # ggml_log_level: none, debug, info, warn, error, cont
-_LOG_ERRORS: list[str] = []
-_LOG_CALLBACK = None
-
-
-def quiet_llama_cpp_log() -> list[str]:
-    """Silence llama.cpp's logging. Its error messages are kept (the last few) in the returned
-    list, for error reports."""
-    global _LOG_CALLBACK
-    import llama_cpp
-
-    if _LOG_CALLBACK is None:
-        @llama_cpp.llama_log_callback
-        def callback(level, text, _user_data):
-            if level == _GGML_LOG_LEVEL_ERROR and text:
-                _LOG_ERRORS.append(text.decode("utf-8", "replace").strip())
-                del _LOG_ERRORS[:-8]
-
-        _LOG_CALLBACK = callback  # llama.cpp holds a raw pointer to it: keep it alive
-        llama_cpp.llama_log_set(callback, None)
-    return _LOG_ERRORS
-
-
-def llama_cpp_errors() -> str:
-    """The last error messages llama.cpp logged (once quieted), as one clause for a message."""
-    return f" (llama.cpp: {'; '.join(_LOG_ERRORS)})" if _LOG_ERRORS else ""
 
 
 def ftype_id(name: str) -> int:
@@ -87,40 +64,22 @@ def requantize(src_gguf, dst, ftype_name: str, threads: int | None = None) -> Pa
     return dst
 
 
-def rope_freq_factors(cfg: LlamaConfig) -> np.ndarray | None:
-    """llama.cpp's `rope_freqs` tensor for llama3 rope scaling: per rotary dimension pair, the
-    unscaled inverse frequency divided by the scaled one (llama.cpp divides by it)."""
-    if cfg.rope_scaling is None:
-        return None
-    d = cfg.head_dim
-    base = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
-    return (base / rope_inv_freq(cfg)).astype(np.float32)
-
-
-def _gguf_vocab(cfg: LlamaConfig, source) -> dict:
-    """A byte-level BPE ("gpt2") vocabulary of exactly cfg.vocab_size tokens: the source GGUF's
-    tokens, merges and token types, padded with <|reserved_N|> control tokens."""
+def _gguf_vocab(cfg: LlamaConfig, source) -> GGUFVocab:
+    """The source GGUF's byte-level BPE ('gpt2') vocabulary: tokens, merges, token types and
+    special ids (the writer pads it to cfg.vocab_size with control tokens)."""
     import gguf
 
     from edge.tokenizer import gguf_tokenizer_fields
 
     fields = gguf_tokenizer_fields(gguf.GGUFReader(source), str(source))
-    if fields.get("tokenizer.ggml.model") != "gpt2":
-        raise ValueError(f"{source}: the vocabulary source must hold a 'gpt2' (byte-level BPE) "
-                         "tokenizer")
-    tokens = list(fields["tokenizer.ggml.tokens"])
-    types = list(fields.get("tokenizer.ggml.token_type") or [gguf.TokenType.NORMAL] * len(tokens))
-    if len(tokens) > cfg.vocab_size:
-        raise ValueError(f"{source}: its {len(tokens)} tokens do not fit a vocabulary of "
-                         f"{cfg.vocab_size}")
-    first_pad = len(tokens)
-    tokens += [f"<|reserved_{i}|>" for i in range(cfg.vocab_size - first_pad)]
-    types += [gguf.TokenType.CONTROL] * (cfg.vocab_size - first_pad)
-    bos = cfg.bos_token_id if cfg.bos_token_id is not None else fields.get(
-        "tokenizer.ggml.bos_token_id")
-    eos = cfg.eos_token_ids[0] if cfg.eos_token_ids else fields.get("tokenizer.ggml.eos_token_id")
-    return {"tokens": tokens, "types": types, "merges": fields["tokenizer.ggml.merges"],
-            "pre": fields.get("tokenizer.ggml.pre", "default"), "bos": bos, "eos": eos}
+    vocab = GGUFVocab.from_fields(fields, str(source))
+    # Only the vocabulary is borrowed; the chat template and special ids follow the preset.
+    vocab.chat_template = vocab.unk = vocab.pad = vocab.add_bos = None
+    if cfg.bos_token_id is not None:
+        vocab.bos = cfg.bos_token_id
+    if cfg.eos_token_ids:
+        vocab.eos = cfg.eos_token_ids[0]
+    return vocab
 
 
 def _normal_f16(rng: np.random.Generator, shape, std: float, chunk: int = 1 << 24) -> np.ndarray:
@@ -144,60 +103,27 @@ def write_random_f16(cfg: LlamaConfig, dst, seed: int = 0, vocab_source=None) ->
         vocab_source = resolve_model(VOCAB_SOURCE)
     dst = Path(dst)
     vocab = _gguf_vocab(cfg, vocab_source)
-    w = gguf.GGUFWriter(dst, "llama")
-    w.add_name(cfg.name)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_layers)
-    w.add_feed_forward_length(list(cfg.layer_intermediate_sizes) if cfg.layer_intermediate_sizes
-                              else cfg.intermediate_size)
-    w.add_head_count(cfg.num_heads)
-    w.add_head_count_kv(cfg.num_kv_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(vocab["pre"])
-    w.add_token_list(vocab["tokens"])
-    w.add_token_types(vocab["types"])
-    w.add_token_merges(vocab["merges"])
-    if vocab["bos"] is not None:
-        w.add_bos_token_id(vocab["bos"])
-    if vocab["eos"] is not None:
-        w.add_eos_token_id(vocab["eos"])
-
     # Tensors in llama.cpp's names and (out, in) row-major layout. A tied lm_head is no tensor:
     # llama.cpp computes the output from token_embd when output.weight is absent. llama.cpp
-    # rotates adjacent pairs of q/k dimensions, so its converter permutes the rows of Hugging
-    # Face q_proj / k_proj (rotate-half order); random weights are simply drawn in llama.cpp's
-    # order, which changes no shape and no cost.
+    # rotates adjacent pairs of q/k dimensions (export/lower_gguf.py permutes real weights);
+    # random weights are simply drawn in llama.cpp's order, which changes no shape and no cost.
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_layers)
-    plan: list[tuple[str, tuple[int, ...], np.ndarray | None]] = []
+    rng = np.random.default_rng(seed)  # drawn tensor by tensor, in file order
+    plan: list[PlannedTensor] = []
     factors = rope_freq_factors(cfg)
     if factors is not None:
-        plan.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
-                     factors))
+        plan.append(PlannedTensor("rope_freqs.weight", factors.shape, "F32", lambda: factors))
     for hf_name, shape in cfg.expected_shapes().items():
         name = names.get_name(hf_name, try_suffixes=(".weight",))
         if name is None:
             raise ValueError(f"no llama.cpp name for {hf_name}")
-        plan.append((name, shape, np.ones(shape, np.float32) if len(shape) == 1 else None))
-    for name, shape, data in plan:
-        dtype = np.float32 if data is not None else np.float16
-        w.add_tensor_info(name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    rng = np.random.default_rng(seed)
-    for name, shape, data in plan:
-        w.write_tensor_data(data if data is not None else _normal_f16(rng, shape, WEIGHT_STD))
-    w.close()
-    return dst
+        if len(shape) == 1:
+            plan.append(PlannedTensor(name, shape, "F32",
+                                      lambda shape=shape: np.ones(shape, np.float32)))
+        else:
+            plan.append(PlannedTensor(name, shape, "F16",
+                                      lambda shape=shape: _normal_f16(rng, shape, WEIGHT_STD)))
+    return write_llama_gguf(dst, cfg, vocab, plan, "MOSTLY_F16")
 
 
 def random_llama_gguf(preset_name: str, dst, ftype: str = "Q4_0", seed: int = 0,

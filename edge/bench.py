@@ -91,11 +91,12 @@ def bench_session(session, vocab: int, repeat: int = 3, pp=(128, 512), tg: int =
 
 
 def run_bench(model: str, threads: int | None = None, ctx: int | None = None, repeat: int = 3,
-              kv: str = "f32", verify: bool = True) -> dict:
+              kv: str = "f32", verify: bool = True, engine: str = "auto") -> dict:
     from .engines import open_model, model_bytes
 
     t0 = time.perf_counter()
-    engine = open_model(model, max_context=ctx, threads=threads, kv=kv, verify=verify)
+    engine = open_model(model, max_context=ctx, threads=threads, kv=kv, verify=verify,
+                        engine=engine)
     load_s = time.perf_counter() - t0
     session = engine.session()
     res = {"engine": engine.name, "model": str(model), "load_s": round(load_s, 4)}

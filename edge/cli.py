@@ -14,18 +14,25 @@ import time
 import click
 
 from .cliutil import report_errors
+from .engines import ENGINES
 from .errors import EdgeError, GenerationError
 from .sampling import SamplingParams
 
 _errors = report_errors(oom="out of memory; try a smaller --ctx or a smaller model")
+ENGINE_HELP = ("auto: edge artifacts on the edge kernels, .gguf files in llama.cpp when "
+               "llama-cpp-python is installed, other checkpoints on the torch reference; "
+               "torch runs a .gguf (dequantized) on the torch reference.")
 
 
 def _gen_options(fn):
     opts = [
         click.option("-m", "--model", "model", required=True,
-                     help="Model: an edge artifact directory (from llama-export), or a "
+                     help="Model: an edge artifact directory (from llama-export), a .gguf file "
+                          "(run in llama.cpp when llama-cpp-python is installed), or a "
                           "checkpoint (HF dir, Meta dir, .gguf, known model name) run on the "
                           "torch reference path."),
+        click.option("--engine", type=click.Choice(ENGINES), default="auto",
+                     show_default=True, help=ENGINE_HELP),
         click.option("--max-new-tokens", type=int, default=None,
                      help="Tokens to generate at most (default: 256 for run, task-specific "
                           "otherwise)."),
@@ -66,7 +73,8 @@ def _generate(kw, messages: list[dict] | None, raw_text: str | None, default_new
 
     params = _params(kw, default_new, default_rep)  # validate before the slow load
     t0 = time.perf_counter()
-    engine = open_model(kw["model"], max_context=kw["ctx"], threads=kw["threads"], kv=kw["kv"])
+    engine = open_model(kw["model"], max_context=kw["ctx"], threads=kw["threads"], kv=kw["kv"],
+                        engine=kw["engine"])
     load_s = time.perf_counter() - t0
     tok = engine.tokenizer
     if tok is None:
@@ -163,15 +171,18 @@ def rewrite(file, style, **kw):
 @click.option("--kv-cache", "kv", type=click.Choice(["f32", "int8"]), default="f32",
               show_default=True)
 @click.option("--no-verify", is_flag=True, help="Skip the artifact's file digests at load.")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help=ENGINE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_errors
-def bench(model, threads, ctx, repeat, kv, no_verify, as_json):
+def bench(model, threads, ctx, repeat, kv, no_verify, engine, as_json):
     """Prompt and decode speed, time to first token, load time and peak memory of MODEL."""
     from .bench import run_bench
 
     if repeat < 1:
         raise EdgeError("--repeat must be at least 1")
-    r = run_bench(model, threads=threads, ctx=ctx, repeat=repeat, kv=kv, verify=not no_verify)
+    r = run_bench(model, threads=threads, ctx=ctx, repeat=repeat, kv=kv, verify=not no_verify,
+                  engine=engine)
     if as_json:
         click.echo(json.dumps(r))
         return

@@ -1,8 +1,13 @@
 """Open any MODEL the CLI accepts and return an engine with sessions.
 
-Edge artifacts (a directory with manifest.json) run on the edge kernels. Checkpoints (HF
-directory, Meta directory, GGUF file, or a known model name) run on the torch reference path,
-which lives in the toolchain extra; without it the user is told which extra to install.
+Edge artifacts (a directory with manifest.json) run on the edge kernels. A `.gguf` file runs in
+llama.cpp (edge/llamacpp.py) when llama-cpp-python is installed. Checkpoints (HF directory, Meta
+directory, GGUF file, or a known model name) run on the torch reference path, which lives in the
+toolchain extra; without it the user is told which extra to install.
+
+`engine` chooses explicitly: "auto" (edge for artifacts, llama.cpp for GGUF files when
+llama-cpp-python is importable, torch otherwise), "edge", "llamacpp" or "torch" (a GGUF file is
+also a checkpoint: "torch" dequantizes it and runs the reference).
 """
 
 from __future__ import annotations
@@ -15,11 +20,32 @@ from .errors import require
 DEFAULT_CONTEXT = 2048
 
 
-def open_model(path: str, max_context: int | None = None, threads: int | None = None,
-               kv: str = "f32", verify: bool = True):
-    from .artifact import is_artifact
+ENGINES = ("auto", "edge", "llamacpp", "torch")
 
-    if is_artifact(path):
+
+def open_model(path: str, max_context: int | None = None, threads: int | None = None,
+               kv: str = "f32", verify: bool = True, engine: str = "auto"):
+    from .artifact import is_artifact
+    from .errors import EdgeError
+
+    if engine not in ENGINES:
+        raise EdgeError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    artifact = is_artifact(path)
+    if engine == "edge" and not artifact:
+        raise EdgeError(f"{path}: --engine edge needs an edge artifact directory (from "
+                        "llama-export --target edge)")
+    if engine in ("llamacpp", "torch") and artifact:
+        raise EdgeError(f"{path}: is an edge artifact; it runs on --engine edge (or auto)")
+    if engine in ("auto", "llamacpp") and not artifact:
+        from . import llamacpp
+
+        gguf = llamacpp.is_gguf_file(path)
+        if engine == "llamacpp" and not gguf:
+            raise EdgeError(f"{path}: --engine llamacpp needs a .gguf file")
+        if gguf and (engine == "llamacpp" or llamacpp.available()):
+            return llamacpp.LlamaCppEngine(path, max_context=max_context, threads=threads,
+                                           kv=kv)
+    if artifact:
         from .artifact import load_artifact
         from .runtime import EdgeEngine
 

@@ -36,7 +36,9 @@ def main():
               "int4-g32, int4-g128, int8, fp8, 8da4w, auto[:BITS|:SIZEMB], or a recipe .json.")
 @click.option("--target", "targets", default="edge", show_default=True, callback=_csv,
               help="Comma-separated targets: edge (the llama-edge runtime's bundle), hf (a "
-              "normalized Hugging Face checkpoint, unquantized only).")
+              "normalized Hugging Face checkpoint, unquantized only), gguf (model.gguf for "
+              "llama.cpp: Q8_0 / Q4_0 from symmetric int8 / int4 weights in groups of 32k, "
+              "F32 / F16 / BF16 otherwise).")
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
               show_default=True, help="Dtype of unquantized weights (auto keeps the source "
               "precision).")

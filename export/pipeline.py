@@ -22,7 +22,7 @@ from edge.errors import EdgeError
 
 from .loaders import Checkpoint, load_checkpoint
 
-TARGETS = ("edge", "hf")
+TARGETS = ("edge", "hf", "gguf")
 # Verification: logits on a fixed probe text within this absolute tolerance of the model the
 # artifact was lowered from when the artifact holds it exactly (float weights in the source
 # precision, or weight-only quantized values the reference dequantizes; measured on SmolLM2:
@@ -159,8 +159,45 @@ def stage_lower_hf(st: ExportState) -> ExportState:
     return st
 
 
+def stage_lower_gguf(st: ExportState) -> ExportState:
+    from edge.llamacpp import available
+
+    from .lower_gguf import write_gguf
+
+    ck = st.checkpoint
+    dest = st.workdir / "model.gguf"
+    model = st.model if st.model is not None else _float_model(ck, QUALITY_CTX)
+    template = ck.tokenizer.chat_template or ck.chat_template if ck.tokenizer else None
+    summary = write_gguf(model, ck.tokenizer, dest, _dtype_for(ck, st.cfg.dtype), template,
+                         recipe=st.cfg.recipe)
+    st.artifacts["gguf"] = dest
+    types = summary["types"]
+    quantized = bool({"Q8_0", "Q4_0"} & set(types))
+    # llama.cpp multiplies every Q8_0 / Q4_0 weight with activations it rounds to Q8_0 blocks
+    # itself (and F16 / BF16 weights with activations rounded to that type), so only an all-F32
+    # file computes what the fp32 reference computes.
+    info = {"path": dest.name, "dtype": "+".join(sorted(types)), "bytes": dest.stat().st_size,
+            "tensor_types": types, "exact": set(types) <= {"F32"},
+            "runtime": "llama.cpp" if available() else
+            "torch (llama-cpp-python is not installed: pip install 'llama-edge[bench]')"}
+    if quantized:
+        info["activations"] = ("llama.cpp's own: each Q8_0 / Q4_0 matmul rounds its input to "
+                               "Q8_0 blocks (32 values, fp16 scale)")
+    if summary["act_dropped"]:
+        info["activations_replaced"] = len(summary["act_dropped"])
+    st.report.setdefault("artifacts", {})["gguf"] = info
+    return st
+
+
 def artifact_logits(target: str, path: Path, max_seq_len: int):
     """A function (1, n) ids -> (n, vocab) logits running an artifact on its own runtime."""
+    if target == "gguf":
+        from edge.llamacpp import LlamaCppEngine, available
+
+        if available():  # otherwise read back by our loader and run on torch (below)
+            eng = LlamaCppEngine(path, max_context=max_seq_len, threads=torch.get_num_threads())
+            sess = eng.session(exact=True)
+            return lambda w: torch.from_numpy(sess.logits_all(w[0].tolist()).copy())
     if target == "edge":
         from edge.runtime import EdgeEngine
 
@@ -242,7 +279,8 @@ def build_stages(cfg: ExportConfig) -> list[tuple[str, Callable[[ExportState], E
         elif parse_auto(cfg.recipe, 1) is None:
             raise EdgeError(f"unknown recipe {cfg.recipe!r}")
         if "hf" in cfg.targets:
-            raise EdgeError("target hf holds unquantized weights; with --recipe use --target edge")
+            raise EdgeError("target hf holds unquantized weights; with --recipe use --target "
+                            "edge or gguf")
     stages = [("load", stage_load)]
     if quantized:
         stages.append(("quantize", stage_quantize))
@@ -250,6 +288,8 @@ def build_stages(cfg: ExportConfig) -> list[tuple[str, Callable[[ExportState], E
         stages.append(("lower:edge", stage_lower_edge))
     if "hf" in cfg.targets:
         stages.append(("lower:hf", stage_lower_hf))
+    if "gguf" in cfg.targets:
+        stages.append(("lower:gguf", stage_lower_gguf))
     stages += [("verify", stage_verify), ("quality", stage_quality), ("report", stage_report)]
     return stages
 

@@ -1,0 +1,345 @@
+"""The gguf target: Q8_0 / Q4_0 packing bit-exact against the canonical quantized values (read
+back with our own parser), metadata and tokenizer round trips, refused schemes, corrupt files
+in the runtime, and the real model in llama.cpp against our torch reference."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from edge.config import LlamaConfig, RopeScaling
+from edge.errors import EdgeError
+from edge.gguf_io import parse_gguf, tensor_bytes
+from edge.tokenizer import BYTE_TO_CHAR, Tokenizer
+from export.loaders import load_checkpoint
+from export.loaders.gguf_loader import hf_name
+from export.loaders.layout import interleaved_to_half
+from export.lower_gguf import (BLOCK_Q4_0, BLOCK_Q8_0, pack_q4_0, pack_q8_0, unpack_q4_0,
+                               unpack_q8_0, write_gguf)
+from export.model import LlamaModel, random_state_dict
+from quant.apply import QuantEmbedding, QuantLinear, quantize
+from quant.recipes import Recipe, load_recipe
+
+try:
+    import llama_cpp  # noqa: F401
+
+    HAVE_LLAMA_CPP = True
+except ImportError:
+    HAVE_LLAMA_CPP = False
+needs_llama_cpp = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python is not "
+                                     "installed (pip install 'llama-edge[bench]')")
+
+# Logits of an all-F32 GGUF in llama.cpp against our fp32 model: two implementations of the same
+# fp32 math (the export pipeline's VERIFY_LOGIT_ATOL_EXACT).
+F32_LOGIT_ATOL = 1e-3
+GREEDY_TOKENS = 48
+PROMPT = "Rewrite in a formal tone: hey, the meeting got moved to thursday, can u make it?"
+
+TOKENS = list(BYTE_TO_CHAR) + ["Ġt", "he", "Ġthe", "<|im_start|>", "<|im_end|>",
+                               "<|endoftext|>"]
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+            "{% endfor %}")
+CFG = LlamaConfig(vocab_size=272, hidden_size=64, intermediate_size=128, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512,
+                  rope_theta=500000.0, tie_word_embeddings=False,
+                  rope_scaling=RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                           original_max_position_embeddings=64),
+                  bos_token_id=261, eos_token_ids=(260,))
+
+
+def tiny_tokenizer() -> Tokenizer:
+    fields = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
+              "tokenizer.ggml.tokens": TOKENS,
+              "tokenizer.ggml.token_type": [1] * 259 + [3, 3, 3],
+              "tokenizer.ggml.merges": ["Ġ t", "h e", "Ġt he"],
+              "tokenizer.ggml.bos_token_id": 261, "tokenizer.ggml.eos_token_id": 260,
+              "tokenizer.chat_template": TEMPLATE}
+    return Tokenizer.from_gguf_fields(fields, "tiny")
+
+
+def tiny_model(cfg=CFG, seed=0) -> LlamaModel:
+    sd = {k: v.float() * (4.0 if k.endswith("embed_tokens.weight") else 1.0)
+          for k, v in random_state_dict(cfg, seed, torch.float32).items()}
+    return LlamaModel.from_state_dict(cfg, sd, max_seq_len=128)
+
+
+def recipe(weight: dict, act: dict | None = None, pattern="*") -> Recipe:
+    config = {"weight": {"type": "int", **weight}, "algorithm": "rtn"}
+    if act is not None:
+        config["act"] = act
+    return Recipe.from_dict({"name": "test", "rules": [{"pattern": pattern, "config": config}]})
+
+
+def quantized(r: Recipe, cfg=CFG) -> LlamaModel:
+    m = tiny_model(cfg)
+    quantize(m, r, None)
+    return m
+
+
+# ------------------------------------------------------------------------------ block packing
+def test_block_layouts_match_gguf_package():
+    """Our packing against the gguf package's own dequantizer (llama.cpp's block layouts)."""
+    import gguf
+
+    assert BLOCK_Q8_0.itemsize == gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][1]
+    assert BLOCK_Q4_0.itemsize == gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_0][1]
+    rng = np.random.default_rng(0)
+    rows, n = 5, 96
+    d = rng.uniform(1e-3, 1.0, (rows, n // 32)).astype(np.float16)
+    for bits, pack, unpack, qt in ((8, pack_q8_0, unpack_q8_0, "Q8_0"),
+                                   (4, pack_q4_0, unpack_q4_0, "Q4_0")):
+        lo, hi = (-128, 127) if bits == 8 else (-8, 7)
+        q = rng.integers(lo, hi + 1, (rows, n)).astype(np.int8)
+        q[0, :32] = lo  # both ends of the range
+        q[1, :32] = hi
+        raw = pack(q, d)
+        got_q, got_d = unpack(raw, rows, n)
+        np.testing.assert_array_equal(got_q, q)
+        np.testing.assert_array_equal(got_d.view(np.uint16), d.view(np.uint16))
+        deq = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qt]).reshape(rows, n)
+        want = q.astype(np.float32) * np.repeat(d.astype(np.float32), 32, axis=1)
+        np.testing.assert_array_equal(deq, want)
+
+
+# ------------------------------------------------------------------------------ tiny model
+def _read_back(path) -> dict:
+    """{hf name: (type name, q (out, in) int8 in HF row order, d (out, in/32) fp16)}."""
+    meta, tensors, _ = parse_gguf(path)
+    heads = {"q_proj": meta["llama.attention.head_count"],
+             "k_proj": meta["llama.attention.head_count_kv"]}
+    out = {}
+    for t in tensors:
+        name = hf_name(t.name)
+        if name is None or t.type_name not in ("Q8_0", "Q4_0"):
+            continue
+        n, rows = t.shape
+        unpack = unpack_q8_0 if t.type_name == "Q8_0" else unpack_q4_0
+        q, d = unpack(tensor_bytes(path, t), rows, n)
+        kind = name.split(".")[-2]
+        if kind in heads:  # back from llama.cpp's interleaved rotary order
+            q = interleaved_to_half(torch.from_numpy(q), heads[kind]).numpy()
+            d = interleaved_to_half(torch.from_numpy(d), heads[kind]).numpy()
+        out[name] = (t.type_name, q, d)
+    return out
+
+
+@pytest.mark.parametrize("weight,gguf_type", [
+    ({"bits": 8, "group_size": 32, "symmetric": True}, "Q8_0"),
+    ({"bits": 4, "group_size": 32, "symmetric": True}, "Q4_0"),
+    ({"bits": 4, "group_size": 64, "symmetric": True}, "Q4_0"),  # scales repeated per block
+    ({"bits": 8, "group_size": None, "symmetric": True}, "Q8_0"),  # per channel
+])
+def test_quantized_values_reach_the_file_unchanged(tmp_path, weight, gguf_type):
+    m = quantized(recipe(weight, {"symmetric": True, "group_size": 32}))
+    write_gguf(m, tiny_tokenizer(), tmp_path / "m.gguf", torch.float32)
+    back = _read_back(tmp_path / "m.gguf")
+    mods = {n: mod for n, mod in m.named_modules() if isinstance(mod, (QuantLinear,
+                                                                       QuantEmbedding))}
+    assert len(back) == len(mods) == 2 * 7 + 2
+    for n, mod in mods.items():
+        kind, q, d = back[n + ".weight"]
+        qt = mod.qt
+        assert kind == gguf_type
+        np.testing.assert_array_equal(q, qt.qdata.numpy(), err_msg=n)
+        rep = qt.group_size // 32
+        want_d = np.repeat(qt.scale.numpy().astype(np.float16), rep, axis=1)
+        np.testing.assert_array_equal(d.view(np.uint16), want_d.view(np.uint16), err_msg=n)
+    # and through the checkpoint loader: the dequantized weights are the reference's weights
+    ck = load_checkpoint(tmp_path / "m.gguf")
+    for n, mod in mods.items():
+        assert torch.equal(ck.tensors[n + ".weight"], mod.weight), n
+
+
+def test_metadata_round_trip(tmp_path):
+    tok = tiny_tokenizer()
+    m = tiny_model()
+    write_gguf(m, tok, tmp_path / "m.gguf", torch.float32, recipe="none")
+    meta, tensors, version = parse_gguf(tmp_path / "m.gguf")
+    assert version == 3 and meta["general.architecture"] == "llama"
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "smollm"
+    assert meta["tokenizer.ggml.tokens"][:len(TOKENS)] == TOKENS
+    assert len(meta["tokenizer.ggml.tokens"]) == CFG.vocab_size  # padded to the embedding
+    assert meta["tokenizer.ggml.token_type"][259:262] == [3, 3, 3]
+    assert meta["tokenizer.ggml.merges"] == ["Ġ t", "h e", "Ġt he"]
+    assert meta["tokenizer.ggml.bos_token_id"] == 261
+    assert meta["tokenizer.ggml.eos_token_id"] == 260
+    assert meta["tokenizer.chat_template"] == TEMPLATE
+    assert meta["llama.rope.scaling.original_context_length"] == 64
+    assert {t.type_name for t in tensors} == {"F32"}
+    assert "rope_freqs.weight" in {t.name for t in tensors}
+    assert "output.weight" in {t.name for t in tensors}  # untied head stored
+    ck = load_checkpoint(tmp_path / "m.gguf")
+    want = CFG.replace(rms_norm_eps=float(np.float32(CFG.rms_norm_eps)))  # GGUF stores f32
+    assert ck.config.replace(eos_token_ids=CFG.eos_token_ids) == want
+    text = "the theory: <|im_end|> stays text"
+    assert ck.tokenizer.encode(text) == tok.encode(text)
+    assert ck.tokenizer.bos_id == tok.bos_id and ck.tokenizer.eos_ids[0] == 260
+    assert ck.tokenizer.chat_template == TEMPLATE
+    for k, v in ck.tensors.items():  # f32 weights: exact, Q/K back in HF order
+        assert torch.equal(v, m.get_submodule(k.removesuffix(".weight")).weight), k
+
+
+def test_tied_embedding_is_stored_once(tmp_path):
+    cfg = CFG.replace(tie_word_embeddings=True)
+    m = quantized(recipe({"bits": 8, "group_size": 32, "symmetric": True}), cfg)
+    write_gguf(m, tiny_tokenizer(), tmp_path / "m.gguf", torch.float32)
+    _, tensors, _ = parse_gguf(tmp_path / "m.gguf")
+    assert "output.weight" not in {t.name for t in tensors}
+    assert load_checkpoint(tmp_path / "m.gguf").config.tie_word_embeddings
+
+
+@pytest.mark.parametrize("weight,pattern,message", [
+    ({"bits": 4, "group_size": 32, "symmetric": False}, "model.layers.*", "asymmetric"),
+    ({"bits": 4, "group_size": 16, "symmetric": True}, "model.layers.*", "groups of 16"),
+    ({"type": "fp8", "group_size": None}, "model.layers.*", "FP8"),
+])
+def test_unsupported_schemes_are_refused(tmp_path, weight, pattern, message):
+    m = quantized(recipe(weight, pattern=pattern))
+    with pytest.raises(EdgeError) as e:
+        write_gguf(m, tiny_tokenizer(), tmp_path / "m.gguf", torch.float32)
+    msg = str(e.value)
+    assert "model.layers.0.self_attn.q_proj" in msg and message in msg
+    assert "--recipe int8" in msg and "\n" not in msg
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    from export.lower_gguf import GGUFVocab, PlannedTensor, gguf_plan, write_llama_gguf
+
+    dst = tmp_path / "m.gguf"
+    write_gguf(tiny_model(), tiny_tokenizer(), dst, torch.float32)
+    before = dst.read_bytes()
+    plan, _ = gguf_plan(tiny_model(seed=1), torch.float32)
+
+    def fail():
+        raise OSError("No space left on device")
+
+    plan.append(PlannedTensor("blk.9.extra.weight", (32,), "F32", fail))  # written last
+    with pytest.raises(OSError):
+        write_llama_gguf(dst, CFG, GGUFVocab.from_tokenizer(tiny_tokenizer()), plan, "ALL_F32")
+    assert dst.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]  # no temp file left
+
+
+# ------------------------------------------------------------------------------ runtime side
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    m = quantized(recipe({"bits": 8, "group_size": 32, "symmetric": True}))
+    write_gguf(m, tiny_tokenizer(), path, torch.float32)
+    return path
+
+
+@pytest.mark.parametrize("cut", [0, 3, 10, 24, 200, 2000, -1000, -1])
+def test_truncated_gguf_gives_one_line_error(tiny_gguf, tmp_path, cut):
+    from edge.llamacpp import validate_gguf
+
+    data = tiny_gguf.read_bytes()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(data[:cut % len(data)])
+    with pytest.raises(EdgeError) as e:
+        validate_gguf(bad)
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_corrupt_gguf_in_the_cli(tiny_gguf, tmp_path):
+    from click.testing import CliRunner
+
+    from edge.cli import main
+
+    data = bytearray(tiny_gguf.read_bytes())
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(data[: len(data) // 2])  # the data section is cut short
+    engines = ["auto", "llamacpp"] if HAVE_LLAMA_CPP else ["torch"]
+    for engine in engines:
+        r = CliRunner().invoke(main, ["run", "-m", str(bad), "--prompt", "hi", "--engine",
+                                      engine], catch_exceptions=False)
+        assert r.exit_code == 1
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and "runs past the end" in lines[0] and str(bad) in lines[0]
+    data[:4] = b"GGUX"  # no longer GGUF: llamacpp refuses, auto falls through to the loader
+    bad.write_bytes(data)
+    r = CliRunner().invoke(main, ["run", "-m", str(bad), "--prompt", "hi"],
+                           catch_exceptions=False)
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+
+
+@needs_llama_cpp
+@torch.inference_mode()
+def test_f32_gguf_logits_in_llama_cpp(tmp_path):
+    from edge.llamacpp import LlamaCppEngine
+
+    m = tiny_model()
+    write_gguf(m, tiny_tokenizer(), tmp_path / "m.gguf", torch.float32)
+    ids = torch.randint(0, 262, (1, 100), generator=torch.Generator().manual_seed(0))
+    sess = LlamaCppEngine(tmp_path / "m.gguf", max_context=128, threads=1).session(exact=True)
+    got = torch.from_numpy(sess.logits_all(ids[0].tolist()))
+    diff = float((got - m(ids)[0]).abs().max())
+    assert diff < F32_LOGIT_ATOL
+
+
+@needs_llama_cpp
+def test_engine_selection(tiny_gguf):
+    from edge.engines import open_model
+
+    assert open_model(str(tiny_gguf), threads=1).name == "llama.cpp"
+    assert open_model(str(tiny_gguf), threads=1, engine="torch").name == "torch"
+    with pytest.raises(EdgeError, match="edge artifact directory"):
+        open_model(str(tiny_gguf), engine="edge")
+
+
+# ------------------------------------------------------------------------------ real model
+def _greedy(session, ids, n) -> list[int]:
+    logits = session.prefill(ids)
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(logits)))
+        logits = session.decode(out[-1])
+    return out
+
+
+@pytest.fixture(scope="module")
+def smollm2_exports(smollm2_gguf, tmp_path_factory):
+    """SmolLM2 exported to gguf with int8 (weight-only, Q8_0) and 8da4w (Q4_0), each with its
+    in-memory quantized reference model."""
+    from export.pipeline import ExportConfig, run_export
+
+    torch.set_num_threads(1)
+    out = {}
+    for r in ("int8", "8da4w"):
+        dest = tmp_path_factory.mktemp("smol") / r
+        st = run_export(ExportConfig(checkpoint=str(smollm2_gguf), out=dest, recipe=r,
+                                     targets=("gguf",)), log=lambda s: None)
+        out[r] = st
+    return out
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+@pytest.mark.parametrize("recipe_name", ["int8", "8da4w"])
+def test_smollm2_greedy_in_llama_cpp_equals_torch_reference(smollm2_exports, recipe_name):
+    from edge.chat import detect_chat_format, encode_chat
+    from edge.llamacpp import LlamaCppEngine
+    from export.reference import TorchEngine
+
+    st = smollm2_exports[recipe_name]
+    rep = st.report["artifacts"]["gguf"]
+    assert rep["runtime"] == "llama.cpp"
+    types = rep["tensor_types"]
+    assert ("Q8_0" in types) if recipe_name == "int8" else ("Q4_0" in types)
+    assert rep["top1_agreement"] >= 0.9 and math.isfinite(rep["quality"]["kld_mean"])
+    path = st.artifacts["gguf"]
+    lc = LlamaCppEngine(path, max_context=256, threads=1)
+    ref = TorchEngine(st.checkpoint, max_context=256, threads=1, model=st.model)
+    tok = lc.tokenizer
+    ids = encode_chat(tok, [{"role": "user", "content": PROMPT}], detect_chat_format(tok))
+    assert ids == encode_chat(st.checkpoint.tokenizer, [{"role": "user", "content": PROMPT}],
+                              detect_chat_format(st.checkpoint.tokenizer))
+    got = _greedy(lc.session(exact=True), ids, GREEDY_TOKENS)
+    want = _greedy(ref.session(), ids, GREEDY_TOKENS)
+    assert got == want, (tok.decode(got), tok.decode(want))
+    json.dumps(st.report)  # the report stays JSON
