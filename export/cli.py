@@ -21,6 +21,48 @@ def _csv(ctx, param, value):
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
+def _prune_options(fn):
+    opts = [
+        click.option("--prune", default=None, metavar="SPEC",
+                     help="Structured pruning before quantization, comma-separated: layers=N "
+                     "(decoder blocks), ffn=FRACTION (FFN channels, 0..1), heads=N (KV groups "
+                     "with their query heads), vocab=FILE (keep the tokens FILE uses); "
+                     "ffn-per-layer (per-layer FFN widths by one global ranking), multiple=N "
+                     "(FFN widths kept at multiples of N, default 128), seed=S (random method)."),
+        click.option("--prune-method", type=click.Choice(["importance", "magnitude", "random"]),
+                     default="importance", show_default=True,
+                     help="How to choose what to remove: importance (measured on --calib text), "
+                     "magnitude (weight norms) or random (seeded)."),
+        click.option("--heal-steps", type=int, default=0, show_default=True,
+                     help="After pruning, distil from the unpruned model for up to N steps of "
+                     "128 calibration tokens (logit KL)."),
+        click.option("--heal-budget", type=float, default=None, metavar="SECONDS",
+                     help="Stop healing after this many seconds."),
+        click.option("--threads", type=int, default=None,
+                     help="Torch threads for pruning and healing (default: torch's)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _check_heal(prune, heal_steps, heal_budget, threads):
+    from edge.errors import EdgeError
+
+    if heal_steps < 0 or (heal_budget is not None and heal_budget <= 0):
+        raise EdgeError("--heal-steps must be >= 0 and --heal-budget > 0")
+    if (heal_steps or heal_budget is not None) and not prune:
+        raise EdgeError("--heal-steps / --heal-budget heal a pruned model; give --prune too")
+    if heal_budget is not None and not heal_steps:
+        raise EdgeError("--heal-budget limits healing; give --heal-steps N as well")
+    if threads is not None:
+        if threads < 1:
+            raise EdgeError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llama-edge")
 def main():
@@ -49,16 +91,19 @@ def main():
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin pickles (loaded "
               "with weights_only=True).")
+@_prune_options
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 @_errors
 def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, force, allow_pickle,
-               as_json):
+               prune, prune_method, heal_steps, heal_budget, threads, as_json):
     """Export CHECKPOINT (HF dir, Meta dir, .gguf, known model name, or preset:NAME)."""
     from .pipeline import ExportConfig, run_export
 
+    _check_heal(prune, heal_steps, heal_budget, threads)
     cfg = ExportConfig(checkpoint=checkpoint, out=out, recipe=recipe, targets=targets,
                        dtype=dtype, force=force, allow_pickle=allow_pickle, calib=calib,
-                       max_context=max_context)
+                       max_context=max_context, prune=prune, prune_method=prune_method,
+                       heal_steps=heal_steps, heal_budget=heal_budget)
     st = run_export(cfg, log=lambda s: click.echo(s, err=True))
     if as_json:
         click.echo(json.dumps(st.report, indent=2))
@@ -68,6 +113,53 @@ def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, forc
                        f"{info['dtype']}  top-1 agreement {info['top1_agreement']:.1%}  "
                        f"max |dlogit| {info['max_abs_logit_diff']:.2e}")
         click.echo(f"report: {out / 'export_report.json'}")
+
+
+@main.command("prune")
+@click.argument("checkpoint")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Output HF checkpoint directory (written atomically).")
+@_prune_options
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Calibration text for importance and healing (default: the packaged text).")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
+              show_default=True, help="Dtype of the written weights (auto keeps the source "
+              "precision).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin pickles.")
+@click.option("--json", "as_json", is_flag=True, help="Print the pruning report as JSON.")
+@_errors
+def prune_cmd(checkpoint, out, prune, prune_method, heal_steps, heal_budget, threads, calib,
+              dtype, force, allow_pickle, as_json):
+    """Prune CHECKPOINT into a smaller standard Llama, written as an HF directory that every
+    command accepts (e.g. llama-export export OUT --recipe mobile)."""
+    from edge.errors import EdgeError
+
+    from .loaders import load_checkpoint
+    from .pipeline import _dtype_for
+    from .prune import check_spec, describe, parse_prune, prune_checkpoint
+    from .writers import atomic_dir, write_hf_into
+
+    if not prune:
+        raise EdgeError("give what to remove with --prune (e.g. --prune layers=2,ffn=0.25)")
+    _check_heal(prune, heal_steps, heal_budget, threads)
+    spec = parse_prune(prune, prune_method)
+    if spec.empty:
+        raise EdgeError(f"--prune {prune!r} removes nothing")
+    inputs = (checkpoint,) if Path(checkpoint).exists() else ()
+    with atomic_dir(out, force, inputs=inputs) as tmp:  # a bad output path fails before work
+        ck = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
+        check_spec(spec, ck.config)
+        pruned, rep = prune_checkpoint(ck, spec, calib, heal_steps=heal_steps,
+                                       heal_budget=heal_budget,
+                                       log=lambda s: click.echo(s, err=True))
+        write_hf_into(pruned, tmp, _dtype_for(pruned, dtype))
+        report = {"source": str(ck.path), "out": str(out), **rep.to_json()}
+        (tmp / "prune_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"{out}: {describe(rep)}")
 
 
 @main.command("eval")

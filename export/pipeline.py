@@ -1,7 +1,7 @@
 """The export pipeline: a list of named stages, each a function from state to state, each
 logged with its wall time and the process's peak memory so far.
 
-Stages: load -> quantize (when a recipe is given) -> lower (one per target) -> verify (load each
+Stages: load -> prune (when --prune is given) -> quantize (when a recipe is given) -> lower (one per target) -> verify (load each
 artifact with its own runtime, compare logits with the in-memory model it was lowered from) ->
 quality (PPL / KLD / same-top-token against the unquantized source on the packaged evaluation
 text) -> report.
@@ -50,6 +50,10 @@ class ExportConfig:
     allow_pickle: bool = False
     calib: Path | None = None
     max_context: int | None = None  # edge target (default: min(model, 4096))
+    prune: str | None = None  # "layers=N,ffn=F,heads=N,vocab=FILE" (see export/prune.py)
+    prune_method: str = "importance"
+    heal_steps: int = 0
+    heal_budget: float | None = None  # seconds
 
 
 @dataclass
@@ -78,6 +82,18 @@ def stage_load(st: ExportState) -> ExportState:
     st.report["model"] = {"source": str(ck.path), "format": ck.format,
                           "parameters": ck.config.num_parameters(),
                           "config": ck.config.to_hf_dict(), "notes": ck.notes}
+    return st
+
+
+def stage_prune(st: ExportState) -> ExportState:
+    from .prune import parse_prune, prune_checkpoint
+
+    spec = parse_prune(st.cfg.prune, st.cfg.prune_method)
+    st.checkpoint, rep = prune_checkpoint(st.checkpoint, spec, st.cfg.calib,
+                                          heal_steps=st.cfg.heal_steps,
+                                          heal_budget=st.cfg.heal_budget)
+    st.report["pruning"] = rep.to_json()
+    st.report["model"]["pruned_parameters"] = rep.params_after
     return st
 
 
@@ -282,6 +298,11 @@ def build_stages(cfg: ExportConfig) -> list[tuple[str, Callable[[ExportState], E
             raise EdgeError("target hf holds unquantized weights; with --recipe use --target "
                             "edge or gguf")
     stages = [("load", stage_load)]
+    if cfg.prune:
+        from .prune import parse_prune
+
+        parse_prune(cfg.prune, cfg.prune_method)  # a bad spec fails before any work
+        stages.append(("prune", stage_prune))
     if quantized:
         stages.append(("quantize", stage_quantize))
     if "edge" in cfg.targets:
