@@ -18,8 +18,9 @@ import torch
 
 from edge.config import LlamaConfig
 
-# Adam step size: measured on SmolLM2-135M (calibration text only): 1e-4 lowers the KL fastest
-# within a few dozen steps without the loss jumping; 3e-4 diverges after ~20 steps.
+# Adam step size. Measured on SmolLM2-135M with 25% of FFN channels removed, 40 steps, scored
+# on the packaged evaluation text (not the held-out benchmark text): mean KLD 0.64 unhealed ->
+# 0.51 (3e-5), 0.48 (1e-4), 0.54 (3e-4).
 DEFAULT_LR = 1e-4
 WARMUP_STEPS = 4
 GRAD_CLIP = 1.0

@@ -373,6 +373,26 @@ def test_export_with_prune_stage(tiny_hf, tmp_path):
     assert cfg.intermediate_size == 96 and cfg.num_kv_heads == 2
 
 
+def test_pruned_model_runs_in_the_edge_runtime(tiny_hf, tmp_path):
+    """Every kind at once, per-layer widths included, quantized and lowered to the edge
+    artifact; the verify stage runs it on the edge kernels against the pruned reference."""
+    sample = REPO / "edge" / "data" / "sample.txt"
+    code, text = _cli(["export", tiny_hf, "-o", tmp_path / "exp", "--target", "edge",
+                       "--recipe", "int8", "--prune",
+                       f"layers=1,ffn=0.5,multiple=32,ffn-per-layer,heads=1,vocab={sample}"])
+    assert code == 0, text
+    rep = json.loads((tmp_path / "exp" / "export_report.json").read_text())
+    edge = rep["artifacts"]["edge"]
+    assert edge["top1_agreement"] == 1.0 and edge["max_abs_logit_diff"] < 1e-3
+    from edge.artifact import load_artifact
+
+    art = load_artifact(tmp_path / "exp" / "edge")
+    assert art.config.layer_intermediate_sizes is not None and art.config.num_kv_heads == 2
+    assert art.config.vocab_size == rep["pruning"]["vocab_after"] < rep["pruning"]["vocab_before"]
+    text = sample.read_text()
+    assert art.tokenizer.decode(art.tokenizer.encode(text)) == text
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--prune", "layers=3"], "no decoder block"),
     (["--prune", "ffn=2"], "out of range"),
