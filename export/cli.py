@@ -39,7 +39,7 @@ def _prune_options(fn):
         click.option("--heal-budget", type=float, default=None, metavar="SECONDS",
                      help="Stop healing after this many seconds."),
         click.option("--threads", type=int, default=None,
-                     help="Torch threads for pruning and healing (default: torch's)."),
+                     help="Torch threads for this command (default: torch's)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

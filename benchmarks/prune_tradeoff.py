@@ -1,0 +1,260 @@
+"""Pruning trade-off on a real model: parameters, perplexity and mean KLD to the unpruned model
+for several pruning levels, three ways of choosing what to remove (importance, magnitude,
+random), with and without healing.
+
+Choices and healing see only the calibration text (quant/data/calibration.txt, or --calib);
+quality is measured on a held-out text (--text) that nothing is tuned on, scored as
+quant/eval.py scores everything: no BOS, non-overlapping windows of --ctx tokens.
+
+With --edge each pruned model is also exported with the mobile recipe to an edge artifact and
+benchmarked (`llama-export export ... --recipe mobile --target edge`, `llama-edge bench
+--json`): artifact size and decode tok/s. That takes minutes per model; without --edge those
+columns stay empty.
+
+Rows are appended to the JSON result as they finish, and a re-run skips rows already there
+(delete the file to start over).
+
+    nice -n 19 python benchmarks/prune_tradeoff.py --text /usr/share/common-licenses/GPL-3 \\
+        --out benchmarks/results/prune_tradeoff_smollm2 [--heal-budget 90] [--edge]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from export.evaluate import read_text  # noqa: E402
+from export.loaders import load_checkpoint  # noqa: E402
+from export.model import LlamaModel  # noqa: E402
+from export.prune import METHODS, parse_prune, prune_checkpoint  # noqa: E402
+from quant.eval import compare, windows  # noqa: E402
+
+LEVELS = ("ffn=0.1", "ffn=0.25", "ffn=0.4", "layers=2", "layers=4", "layers=8", "heads=1",
+          "layers=2,ffn=0.25")
+# Healed rows: every level for importance; both baselines at these levels, to see whether
+# healing changes the ranking.
+HEAL_ALL_METHODS = ("ffn=0.25", "layers=4")
+COLUMNS = ("level", "method", "healed", "params_m", "ppl", "kld_mean", "kld_p99", "top1",
+           "file_mb", "tg128_tok_s")
+
+
+def _key(level: str, method: str, healed: bool, seed: int = 0) -> str:
+    return f"{level}|{method}|{'healed' if healed else 'plain'}" + (f"|seed={seed}" if seed else "")
+
+
+def _edge_columns(ck, tmp: Path) -> dict:
+    """Export with the mobile recipe, bench on the edge runtime (subprocesses)."""
+    from export.writers import write_hf
+
+    hf, art = tmp / "hf", tmp / "art"
+    write_hf(ck, hf, dtype=torch.float32)
+    subprocess.run([sys.executable, "-m", "export.cli", "export", str(hf), "-o", str(art),
+                    "--recipe", "mobile", "--target", "edge"], check=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "-m", str(art / "edge"),
+                          "--json"], check=True, cwd=REPO, capture_output=True, text=True)
+    b = json.loads(out.stdout)
+    return {"file_mb": b.get("file_mb"), "tg128_tok_s": b.get("tg128_tok_s")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--text", required=True, type=Path, help="held-out text")
+    ap.add_argument("--calib", type=Path, default=None)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--windows", type=int, default=6, help="held-out windows scored")
+    ap.add_argument("--levels", default=";".join(LEVELS), help="';'-separated --prune specs")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--heal-steps", type=int, default=200)
+    ap.add_argument("--heal-budget", type=float, default=90.0, help="seconds per healed model")
+    ap.add_argument("--no-heal", action="store_true")
+    ap.add_argument("--random-seeds", type=int, default=3,
+                    help="unhealed random rows are measured with this many seeds")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--edge", action="store_true", help="also export (mobile) and bench")
+    ap.add_argument("--out", type=Path, required=True, help="result path without extension")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    ck = load_checkpoint(args.model)
+    ids = ck.tokenizer.encode(read_text(args.text))[: args.windows * args.ctx]
+    wins = windows(ids, args.ctx)
+    ref = LlamaModel.from_state_dict(ck.config, ck.tensors, max_seq_len=args.ctx)
+    with torch.inference_mode():
+        ref_logits = [ref(w.unsqueeze(0))[0] for w in wins]  # per window (ctx, vocab)
+    del ref
+
+    def ref_fn(w):
+        i = next(k for k, v in enumerate(wins) if torch.equal(v, w[0]))
+        return ref_logits[i]
+
+    path = args.out.with_suffix(".json")
+    result = json.loads(path.read_text()) if path.exists() else {}
+    rows = {_key(r["level"], r["method"], r["healed"]): r for r in result.get("rows", [])}
+    result["meta"] = {
+        "model": args.model, "text": str(args.text), "ctx": args.ctx, "tokens": len(ids),
+        "calibration": str(args.calib or "quant/data/calibration.txt"), "threads": args.threads,
+        "heal": {"steps": args.heal_steps, "budget_s": args.heal_budget, "seq_len": 128},
+        "params_m_unpruned": round(ck.config.num_parameters() / 1e6, 2)}
+
+    def save():
+        result["rows"] = list(rows.values())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        write_markdown(result, args.out.with_suffix(".md"))
+        plot(result, args.out.with_suffix(".png"))
+
+    if "unpruned" not in rows:
+        rows["unpruned"] = {"level": "none", "method": "-", "healed": False,
+                            "params_m": result["meta"]["params_m_unpruned"],
+                            **_score(ck, wins, ids, args.ctx, ref_fn), "kld_mean": 0.0}
+        if args.edge:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows["unpruned"].update(_edge_columns(ck, Path(tmp)))
+        save()
+    methods = args.methods.split(",")
+    levels = args.levels.split(";")
+    plan = [(lv, m, False, 0) for lv in levels for m in methods]
+    if not args.no_heal:
+        plan += [(lv, m, True, 0) for lv in levels for m in methods
+                 if m == "importance" or lv in HEAL_ALL_METHODS]
+    if "random" in methods:
+        plan += [(lv, "random", False, s) for lv in levels for s in range(1, args.random_seeds)]
+    for level, method, healed, seed in plan:
+        key = _key(level, method, healed, seed)
+        if key in rows:
+            continue
+        t0 = time.perf_counter()
+        spec = level + (f",seed={seed}" if seed else "")
+        pk, rep = prune_checkpoint(ck, parse_prune(spec, method), args.calib,
+                                   heal_steps=args.heal_steps if healed else 0,
+                                   heal_budget=args.heal_budget if healed else None)
+        row = {"level": level, "method": method, "healed": healed, "seed": seed,
+               "params_m": round(rep.params_after / 1e6, 2), **_score(pk, wins, ids, args.ctx,
+                                                                       ref_fn),
+               "removed_layers": rep.removed_layers, "ffn_sizes": sorted(set(rep.ffn_sizes)),
+               "heal": rep.heal, "prune_s": round(rep.seconds, 1)}
+        if args.edge:
+            with tempfile.TemporaryDirectory() as tmp:
+                row.update(_edge_columns(pk, Path(tmp)))
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows[key] = row
+        print(f"{key:40} params {row['params_m']:6.1f} M  KLD {row['kld_mean']:.4f}  "
+              f"PPL {row['ppl']:.2f}  ({row['seconds']:.0f} s)", flush=True)
+        save()
+    save()
+    return 0
+
+
+@torch.inference_mode()
+def _score(ck, wins, ids, ctx, ref_fn) -> dict:
+    model = LlamaModel.from_state_dict(ck.config, ck.tensors, max_seq_len=ctx)
+    r = compare(lambda w: model(w)[0], ref_fn, ids, ctx)
+    return {"ppl": round(r.ppl, 3), "ref_ppl": round(r.ref_ppl, 3), "kld_mean": round(r.kld_mean, 4),
+            "kld_p99": round(r.kld_p99, 3), "top1": round(r.top1_agreement, 4), "tokens": r.tokens}
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    m = result["meta"]
+    lines = [f"# Pruning trade-off: {m['model']}", "",
+             f"Held-out text `{m['text']}` ({m['tokens']} tokens, windows of {m['ctx']}); "
+             f"choices and healing on `{m['calibration']}`. KLD is the mean KL(unpruned || "
+             f"pruned) per token. Healing: logit-KL distillation from the unpruned model, "
+             f"{m['heal']['budget_s']:g} s budget (at most {m['heal']['steps']} steps of "
+             f"{m['heal']['seq_len']} tokens, {m['threads']} thread). Random rows without "
+             "healing are the mean over seeds (KLD range in brackets). Mobile MB / decode tok/s: "
+             "the edge artifact after `--recipe mobile` (filled by a run with --edge).", "",
+             "| level | method | healed | params (M) | PPL | mean KLD | p99 KLD | same top-1 "
+             "| mobile MB | decode tok/s |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    order = {lv: i for i, lv in enumerate(("none", *LEVELS))}
+    for r in sorted(merged_rows(result["rows"]), key=lambda r: (
+            order.get(r["level"], 99), r["healed"],
+            METHODS.index(r["method"]) if r["method"] in METHODS else -1)):
+        f = lambda k, fmt: ("" if r.get(k) is None else format(r[k], fmt))  # noqa: E731
+        method, kld = r["method"], f"{r['kld_mean']:.3f}"
+        if r.get("seeds", 1) > 1:
+            method += f" ({r['seeds']} seeds)"
+            kld += f" [{r['kld_min']:.2f}-{r['kld_max']:.2f}]"
+        lines.append(f"| {r['level']} | {method} | {'yes' if r['healed'] else 'no'} | "
+                     f"{r['params_m']:.1f} | {r['ppl']:.2f} | {kld} | "
+                     f"{f('kld_p99', '.2f')} | {100 * r['top1']:.1f} % | {f('file_mb', '.1f')} | "
+                     f"{f('tg128_tok_s', '.1f')} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def merged_rows(rows: list[dict]) -> list[dict]:
+    """Rows of one level / method / healing state over several seeds merged into their mean
+    (PPL as the geometric mean), with the KLD range."""
+    import math
+
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["level"], r["method"], r["healed"]), []).append(r)
+    out = []
+    for g in groups.values():
+        if len(g) == 1:
+            out.append(g[0])
+            continue
+        klds = [r["kld_mean"] for r in g]
+        out.append({**g[0], "seeds": len(g), "kld_mean": sum(klds) / len(g),
+                    "kld_min": min(klds), "kld_max": max(klds),
+                    "ppl": math.exp(sum(math.log(r["ppl"]) for r in g) / len(g)),
+                    "kld_p99": sum(r["kld_p99"] for r in g) / len(g),
+                    "top1": sum(r["top1"] for r in g) / len(g)})
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib); no plot", file=sys.stderr)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = {"importance": "tab:blue", "magnitude": "tab:red", "random": "tab:gray"}
+    for method in METHODS:
+        for healed in (False, True):
+            sel = sorted((r for r in merged_rows(result["rows"])
+                          if r["method"] == method and r["healed"] == healed),
+                         key=lambda r: r["params_m"])
+            if not sel:
+                continue
+            pts = [(r["params_m"], r["kld_mean"], r["level"]) for r in sel]
+            if any(r.get("seeds", 1) > 1 for r in sel):
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], fmt="none",
+                            ecolor=colors[method], alpha=0.6, capsize=3,
+                            yerr=[[r["kld_mean"] - r.get("kld_min", r["kld_mean"]) for r in sel],
+                                  [r.get("kld_max", r["kld_mean"]) - r["kld_mean"] for r in sel]])
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colors[method],
+                       marker="^" if healed else "o", s=45 if healed else 30,
+                       label=f"{method}{' + healing' if healed else ''}")
+            if method == "importance":
+                for x, y, lv in pts:
+                    ax.annotate(lv, (x, y), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("mean KLD to the unpruned model (log)")
+    ax.set_title(f"Pruning {result['meta']['model']}: held-out {Path(result['meta']['text']).name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
