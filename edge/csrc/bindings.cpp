@@ -166,6 +166,16 @@ PYBIND11_MODULE(_kernels, mod) {
           std::vector<float> bc(m * k / ACT_BLOCK);
           quantize_acts_blocks(x.data(), m, k, k, q.data(), s.data(), bs.data(), bc.data());
           QActs a{q.data(), nullptr, s.data(), nullptr, bs.data(), bc.data(), m, k, ACT_BLOCK};
+          const int64_t padded = token_groups(m) * TOKEN_GROUP;
+          std::vector<int8_t> qt(padded * k);
+          std::vector<int32_t> tn(padded * k / ACT_BLOCK);
+          std::vector<float> ts(padded * k / ACT_BLOCK);
+          if (m > 1) {  // as the model: the prompt-tile form for every batch of tokens
+            interleave_act_blocks(q.data(), s.data(), bs.data(), m, k, 0, m, qt.data(), tn.data(), ts.data());
+            a.qt = qt.data();
+            a.tnbsum = tn.data();
+            a.tscale = ts.data();
+          }
           K.matmul_qb(v.v, a, y.mutable_data(), n, 0, n, scratch.data());
         } else if (act_int8) {
           if (v.v.kind != W_Q4 && v.v.kind != W_Q8 && v.v.kind != W_Q8U)
@@ -186,7 +196,7 @@ PYBIND11_MODULE(_kernels, mod) {
       py::arg("view"), py::arg("x"), py::arg("act_int8") = false, py::arg("act_blocks") = false,
       py::arg("isa") = "auto");
 
-  mod.def("quantize_acts_blocks", [](F32 x) {
+  mod.def("quantize_acts_blocks", [](F32 x, const std::string& isa) {
     if (x.ndim() != 2 || x.shape(1) % ACT_BLOCK)
       throw py::value_error("expected (m, k) activations with k a multiple of 32");
     const int64_t m = x.shape(0), k = x.shape(1);
@@ -194,10 +204,10 @@ PYBIND11_MODULE(_kernels, mod) {
     py::array_t<float> s({m, k / ACT_BLOCK});
     py::array_t<int32_t> bs({m, k / ACT_BLOCK});
     std::vector<float> bc(m * k / ACT_BLOCK);
-    quantize_acts_blocks(x.data(), m, k, k, q.mutable_data(), s.mutable_data(), bs.mutable_data(),
-                         bc.data());
+    kernels_named(isa).quantize_blocks(x.data(), m, k, k, q.mutable_data(), s.mutable_data(),
+                                       bs.mutable_data(), bc.data());
     return py::make_tuple(q, s, bs);
-  });
+  }, py::arg("x"), py::arg("isa") = "scalar");
 
   mod.def(
       "dot", [](F32 a, F32 b, const std::string& isa) {

@@ -51,7 +51,19 @@ struct QActs {
   const float* bcorr = nullptr; // (m, k / ACT_BLOCK): s_b * bsum_b, block form
   int64_t m = 0, k = 0;
   int64_t block = 0;            // 0: per token; ACT_BLOCK: per block
+  // Block form, optional: the same values regrouped for prompt tiles (interleave_act_blocks).
+  const int8_t* qt = nullptr;
+  const int32_t* tnbsum = nullptr;
+  const float* tscale = nullptr;
 };
+
+// Prompt-tile form of block activations: tokens in groups of TOKEN_GROUP (the last one padded
+// with zero tokens). For group g, block b and step s (4 inputs), the 4 bytes of each of the
+// group's tokens in turn at qt + ((g * nb + b) * (ACT_BLOCK / 4) + s) * 4 * TOKEN_GROUP; per
+// group and block, the tokens' negated block sums and scales at (g * nb + b) * TOKEN_GROUP of
+// tnbsum / tscale. A tile then reads any token's 4 bytes at a constant offset from one pointer.
+constexpr int64_t TOKEN_GROUP = 8;
+inline int64_t token_groups(int64_t m) { return (m + TOKEN_GROUP - 1) / TOKEN_GROUP; }
 
 constexpr float ACT_EPS = 1e-10f;  // scale floor, as quant/schemes/activation.py
 
@@ -70,14 +82,34 @@ struct Kernels {
                     int64_t r1, float* scratch);
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
-  // Attention over n cached positions of width d (rows of K / V contiguous):
-  // out[t] = scale * (q . K[t]);  out[j] = sum_t p[t] * V[t][j].
-  void (*scores)(const float* q, const float* K, int64_t n, int64_t d, float scale, float* out);
-  void (*weighted_sum)(const float* p, const float* V, int64_t n, int64_t d, float* out);
+  // Attention of nq <= MAX_QUERIES queries (the heads of one KV group, for one or several
+  // tokens) over n cached positions of width d, each K / V row read once for all of them:
+  // out[i][t] = scale * (q[i] . K[t]), K in the tiled layout below;
+  // out[i][j] = sum_t p[i][t] * V[t][j], V row-major.
+  void (*scores)(const float* const* q, int nq, const float* K, int64_t n, int64_t d, float scale,
+                 float* const* out);
+  void (*weighted_sum)(const float* const* p, int nq, const float* V, int64_t n, int64_t d,
+                       float* const* out);
+  // x[i] = exp(x[i] - shift) for i < n, returning their sum (softmax numerators).
+  float (*exp_sum)(float* x, int64_t n, float shift);
+  // g[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i] (the SwiGLU gate).
+  void (*silu_mul)(float* g, const float* u, int64_t n);
+  // quantize_acts_blocks (below, the definition) with identical results.
+  void (*quantize_blocks)(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
+                          float* scale, int32_t* bsum, float* bcorr);
 };
 
+// The f32 key cache of a head is kept in tiles of KT positions: element j of position t at
+// K[(t / KT) * d * KT + j * KT + t % KT], so that a tile's KT scores come from d vector FMAs
+// with no horizontal sums (a partial last tile is padded).
+constexpr int64_t KT = 16;
+constexpr int MAX_QUERIES = 16;
+inline int64_t kt_index(int64_t t, int64_t j, int64_t d) { return (t / KT) * d * KT + j * KT + t % KT; }
+
 constexpr int64_t GEMM_ROWS = 4;  // rows dequantized at a time by the prefill path
-inline int64_t scratch_floats(int64_t k) { return GEMM_ROWS * k + 64; }  // >= 2 k bytes too
+// Per-thread scratch of the products: GEMM_ROWS dequantized rows, or a prompt panel of up to 16
+// rows of bytes with two words per row and block (>= 2 k bytes too).
+inline int64_t scratch_floats(int64_t k) { return (GEMM_ROWS > 5 ? GEMM_ROWS : 5) * k + 64; }
 
 // Instruction sets, best last. `kernels_for` falls back to scalar for sets not built or not
 // present on this CPU.
@@ -141,6 +173,11 @@ void quantize_acts(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
 // (m * k / ACT_BLOCK).
 void quantize_acts_blocks(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
                           float* scale, int32_t* bsum, float* bcorr);
+// Regroup tokens [i0, i1) of block-quantized activations (m tokens in all) into the prompt-tile
+// form; the thread that owns token m - 1 also zeroes the last group's padding.
+void interleave_act_blocks(const int8_t* q, const float* scale, const int32_t* bsum, int64_t m,
+                           int64_t k, int64_t i0, int64_t i1, int8_t* qt, int32_t* tnbsum,
+                           float* tscale);
 // Check a view's fields; returns nullptr or a static description of what is wrong.
 const char* check_view(const WeightView& w);
 

@@ -5,6 +5,7 @@
 #include <arm_neon.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "kernels.h"
 
@@ -16,7 +17,9 @@ namespace neon {
 }  // namespace neon
 const Kernels NEON_KERNELS = {"neon", neon::matmul_f_neon, neon::matmul_q_neon,
                               neon::matmul_qb_neon, neon::dot_neon,
-                              neon::axpy_neon, neon::scores_neon, neon::weighted_sum_neon};
+                              neon::axpy_neon, neon::scores_neon, neon::weighted_sum_neon,
+                              neon::exp_sum_neon, neon::silu_mul_neon,
+                              neon::quantize_blocks_neon};
 }  // namespace edge
 
 #pragma GCC push_options
@@ -29,7 +32,9 @@ namespace neon_dot {
 }  // namespace neon_dot
 const Kernels NEON_DOT_KERNELS = {"neon-dotprod", neon_dot::matmul_f_neon, neon_dot::matmul_q_neon,
                                   neon_dot::matmul_qb_neon, neon_dot::dot_neon, neon_dot::axpy_neon,
-                                  neon_dot::scores_neon, neon_dot::weighted_sum_neon};
+                                  neon_dot::scores_neon, neon_dot::weighted_sum_neon,
+                                  neon_dot::exp_sum_neon, neon_dot::silu_mul_neon,
+                                  neon_dot::quantize_blocks_neon};
 }  // namespace edge
 #pragma GCC pop_options
 #endif

@@ -138,6 +138,26 @@ void quantize_acts_blocks(const float* x, int64_t m, int64_t k, int64_t ldx, int
   }
 }
 
+void interleave_act_blocks(const int8_t* q, const float* scale, const int32_t* bsum, int64_t m,
+                           int64_t k, int64_t i0, int64_t i1, int8_t* qt, int32_t* tnbsum,
+                           float* tscale) {
+  const int64_t nb = k / ACT_BLOCK, steps = ACT_BLOCK / 4;
+  const int64_t end = i1 == m ? token_groups(m) * TOKEN_GROUP : i1;
+  for (int64_t i = i0; i < end; i++) {
+    const int64_t g = i / TOKEN_GROUP, t = i % TOKEN_GROUP;
+    for (int64_t b = 0; b < nb; b++) {
+      const int64_t gb = g * nb + b;
+      for (int64_t s = 0; s < steps; s++) {
+        int8_t* dst = qt + ((gb * steps + s) * TOKEN_GROUP + t) * 4;
+        if (i < m) std::memcpy(dst, q + i * k + b * ACT_BLOCK + s * 4, 4);
+        else std::memset(dst, 0, 4);
+      }
+      tnbsum[gb * TOKEN_GROUP + t] = i < m ? -bsum[i * nb + b] : 0;
+      tscale[gb * TOKEN_GROUP + t] = i < m ? scale[i * nb + b] : 0.f;
+    }
+  }
+}
+
 static void matmul_f_scalar(const WeightView& w, const float* x, int64_t m, int64_t ldx,
                             float* y, int64_t ldy, int64_t r0, int64_t r1, float* scratch) {
   const int64_t k = w.k;
@@ -218,17 +238,40 @@ static void axpy_scalar(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-static void scores_scalar(const float* q, const float* K, int64_t n, int64_t d, float scale,
-                          float* out) {
-  for (int64_t t = 0; t < n; t++) out[t] = scale * dot_scalar(q, K + t * d, d);
+static void scores_scalar(const float* const* q, int nq, const float* K, int64_t n, int64_t d,
+                          float scale, float* const* out) {
+  for (int i = 0; i < nq; i++)
+    for (int64_t t = 0; t < n; t++) {
+      float acc = 0.f;
+      for (int64_t j = 0; j < d; j++) acc += q[i][j] * K[kt_index(t, j, d)];
+      out[i][t] = scale * acc;
+    }
 }
 
-static void weighted_sum_scalar(const float* p, const float* V, int64_t n, int64_t d, float* out) {
-  for (int64_t j = 0; j < d; j++) out[j] = 0.f;
-  for (int64_t t = 0; t < n; t++) axpy_scalar(p[t], V + t * d, out, d);
+static void weighted_sum_scalar(const float* const* p, int nq, const float* V, int64_t n,
+                                int64_t d, float* const* out) {
+  for (int i = 0; i < nq; i++) {
+    for (int64_t j = 0; j < d; j++) out[i][j] = 0.f;
+    for (int64_t t = 0; t < n; t++)
+      for (int64_t j = 0; j < d; j++) out[i][j] += p[i][t] * V[t * d + j];
+  }
+}
+
+static float exp_sum_scalar(float* x, int64_t n, float shift) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; i++) {
+    x[i] = std::exp(x[i] - shift);
+    sum += x[i];
+  }
+  return sum;
+}
+
+static void silu_mul_scalar(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
 const Kernels SCALAR_KERNELS = {"scalar", matmul_f_scalar, matmul_q_scalar, matmul_qb_scalar,
-                                dot_scalar, axpy_scalar, scores_scalar, weighted_sum_scalar};
+                                dot_scalar, axpy_scalar, scores_scalar, weighted_sum_scalar,
+                                exp_sum_scalar, silu_mul_scalar, quantize_acts_blocks};
 
 }  // namespace edge

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "kernels.h"
 
@@ -17,7 +18,9 @@ namespace avx2 {
 }  // namespace avx2
 const Kernels AVX2_KERNELS = {"avx2", avx2::matmul_f_x86, avx2::matmul_q_x86,
                               avx2::matmul_qb_x86, avx2::dot_x86,
-                              avx2::axpy_x86, avx2::scores_x86, avx2::weighted_sum_x86};
+                              avx2::axpy_x86, avx2::scores_x86, avx2::weighted_sum_x86,
+                              avx2::exp_sum_x86, avx2::silu_mul_x86,
+                              avx2::quantize_blocks_x86};
 }  // namespace edge
 #pragma GCC pop_options
 
@@ -31,7 +34,9 @@ namespace avx512 {
 }  // namespace avx512
 const Kernels AVX512VNNI_KERNELS = {"avx512vnni", avx512::matmul_f_x86, avx512::matmul_q_x86,
                                     avx512::matmul_qb_x86, avx512::dot_x86, avx512::axpy_x86,
-                                    avx512::scores_x86, avx512::weighted_sum_x86};
+                                    avx512::scores_x86, avx512::weighted_sum_x86,
+                                    avx512::exp_sum_x86, avx512::silu_mul_x86,
+                                    avx512::quantize_blocks_x86};
 }  // namespace edge
 #pragma GCC pop_options
 #endif

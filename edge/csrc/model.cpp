@@ -30,9 +30,10 @@ Session::Session(Model& m, int64_t max_ctx, int kv_kind) : max_ctx_(max_ctx), kv
                                 " (the artifact's maximum context)");
   if (kv_kind != KV_F32 && kv_kind != KV_INT8) throw std::invalid_argument("unknown KV cache kind");
   const size_t per = (size_t)c.kv_heads * max_ctx * c.head_dim;
+  const size_t per_tiled = (size_t)c.kv_heads * kt_ctx() * c.head_dim;
   for (int64_t l = 0; l < c.layers; l++) {
     if (kv_kind == KV_F32) {
-      kf_.emplace_back(per, 0.f);
+      kf_.emplace_back(per_tiled, 0.f);
       vf_.emplace_back(per, 0.f);
     } else {
       kq_.emplace_back(per, 0);
@@ -115,11 +116,18 @@ void Model::finalize() {
   aq_.assign(n * maxk, 0); aqu_.assign(n * maxk, 0); as_.assign(n, 0.f); az_.assign(n, 0);
   bq_.assign(n * maxk, 0); bs_.assign(n * maxk / ACT_BLOCK + 1, 0.f); bsum_.assign(n * maxk / ACT_BLOCK + 1, 0);
   bcorr_.assign(n * maxk / ACT_BLOCK + 1, 0.f);
+  const size_t padded = (size_t)(token_groups(chunk_) * TOKEN_GROUP);
+  bqt_.assign(padded * maxk, 0);
+  btn_.assign(padded * maxk / ACT_BLOCK + 1, 0);
+  bts_.assign(padded * maxk / ACT_BLOCK + 1, 0.f);
   scratch_.clear();
-  const size_t per_thread = std::max<int64_t>(scratch_floats(maxk), c.max_ctx + 2 * c.head_dim);
+  // attention: scores of up to MAX_QUERIES queries over the (tile-padded) context
+  const int64_t ctxp = (c.max_ctx + KT - 1) / KT * KT;
+  const size_t per_thread = std::max<int64_t>(scratch_floats(maxk),
+                                              std::max<int64_t>(MAX_QUERIES * ctxp, ctxp + 2 * c.head_dim));
   for (int t = 0; t < pool_.size(); t++) scratch_.emplace_back(per_thread, 0.f);
   ws_bytes_ = (int64_t)((x_.size() * 3 + q_.size() * 2 + k_.size() * 2 + gate_.size() * 2) * 4 +
-                        aq_.size() * 3 + bs_.size() * 8 + per_thread * 4 * pool_.size());
+                        aq_.size() * 3 + bqt_.size() + bs_.size() * 16 + per_thread * 4 * pool_.size());
   ready_ = true;
 }
 
@@ -138,8 +146,11 @@ bool Model::quantize_input(const float* x, int64_t m, int64_t k,
                   az_.data() + a);
   if (a < b && blk) {
     const int64_t nb = k / ACT_BLOCK;
-    quantize_acts_blocks(x + a * k, b - a, k, k, bq_.data() + a * k, bs_.data() + a * nb,
-                         bsum_.data() + a * nb, bcorr_.data() + a * nb);
+    kern_->quantize_blocks(x + a * k, b - a, k, k, bq_.data() + a * k, bs_.data() + a * nb,
+                           bsum_.data() + a * nb, bcorr_.data() + a * nb);
+    if (m > 1)  // prompt chunks: the tile form too (each thread regroups its own tokens)
+      interleave_act_blocks(bq_.data(), bs_.data(), bsum_.data(), m, k, a, b, bqt_.data(),
+                            btn_.data(), bts_.data());
   }
   return true;
 }
@@ -150,7 +161,8 @@ void Model::matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, co
   int64_t total = 0;
   for (auto& op : ops) total += op.first->w.n;
   int64_t a, b;
-  split(total, pool_.size(), tid, GEMM_ROWS, a, b);
+  // prompt chunks: whole 16-row panels per thread (see the prompt tiles of the kernels)
+  split(total, pool_.size(), tid, m > 1 ? 16 : GEMM_ROWS, a, b);
   int64_t base = 0;
   float* scratch = scratch_[tid].data();
   for (auto& op : ops) {
@@ -163,6 +175,11 @@ void Model::matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, co
       } else if (l.act == ACT_BLOCKS) {
         QActs qa{bq_.data(), nullptr, bs_.data(), nullptr, bsum_.data(), bcorr_.data(), m, l.w.k,
                  ACT_BLOCK};
+        if (m > 1) {
+          qa.qt = bqt_.data();
+          qa.tnbsum = btn_.data();
+          qa.tscale = bts_.data();
+        }
         kern_->matmul_qb(l.w, qa, op.second, l.w.n, lo, hi, scratch);
       } else {
         kern_->matmul_f(l.w, x, m, ldx, op.second, l.w.n, lo, hi, scratch);
@@ -172,49 +189,79 @@ void Model::matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, co
   }
 }
 
+// Work items: one KV head's query heads for a tile of up to ATT_TOKENS tokens, so that each
+// cached key and value row is read once for all of them. A token's scores run over its own
+// positions; a tile computes them up to its last token's position and the later tokens' extra
+// probabilities are zero. Single tokens (decode) split by query head instead, for balance.
 void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
   const ModelConfig& c = cfg_;
-  const int64_t D = c.head_dim, NH = c.heads, group = c.heads / c.kv_heads;
-  const int64_t QD = NH * D, ctx = s.max_ctx_;
+  const int64_t D = c.head_dim, NH = c.heads, G = c.heads / c.kv_heads;
+  const int64_t QD = NH * D, ctx = s.max_ctx_, ctxp = s.kt_ctx();
   const float scale = 1.0f / std::sqrt((float)D);
   float* sc = scratch_[tid].data();
-  float* kbuf = sc + c.max_ctx;
-  float* vbuf = kbuf + D;
+  const int64_t tile = n == 1 ? 1 : std::max<int64_t>(1, MAX_QUERIES / G);
+  const int64_t qper = n == 1 ? 1 : G;  // query heads per item
+  const int64_t tiles = (n + tile - 1) / tile, parts = G / qper;
   int64_t a, b;
-  split(n * NH, pool_.size(), tid, 1, a, b);
+  split(tiles * c.kv_heads * parts, pool_.size(), tid, 1, a, b);
   for (int64_t item = a; item < b; item++) {
-    const int64_t i = item / NH, h = item % NH, kvh = h / group, p = pos + i;
-    const float* q = q_.data() + i * QD + h * D;
-    float* out = att_.data() + i * QD + h * D;
-    const int64_t npos = p + 1;
+    const int64_t ti = item / (c.kv_heads * parts), rest = item % (c.kv_heads * parts);
+    const int64_t kvh = rest / parts, h0 = kvh * G + (rest % parts) * qper;
+    const int64_t i0 = ti * tile, i1 = std::min(n, i0 + tile);
+    const int64_t npos = pos + i1;  // positions seen by the tile's last token
     if (s.kv_kind_ == KV_F32) {
-      kern_->scores(q, s.kf_[li].data() + kvh * ctx * D, npos, D, scale, sc);
-    } else {
-      for (int64_t t = 0; t < npos; t++) {
-        const int8_t* kq = s.kq_[li].data() + (kvh * ctx + t) * D;
-        for (int64_t j = 0; j < D; j++) kbuf[j] = (float)kq[j];
-        sc[t] = kern_->dot(q, kbuf, D) * s.ks_[li][kvh * ctx + t] * scale;
+      const float* qs[MAX_QUERIES];
+      float* ps[MAX_QUERIES];
+      float* outs[MAX_QUERIES];
+      int nq = 0;
+      for (int64_t i = i0; i < i1; i++)
+        for (int64_t h = h0; h < h0 + qper; h++, nq++) {
+          qs[nq] = q_.data() + i * QD + h * D;
+          outs[nq] = att_.data() + i * QD + h * D;
+          ps[nq] = sc + nq * ctxp;
+        }
+      kern_->scores(qs, nq, s.kf_[li].data() + kvh * ctxp * D, npos, D, scale, ps);
+      for (int64_t i = i0, qi = 0; i < i1; i++)
+        for (int64_t h = h0; h < h0 + qper; h++, qi++) {
+          const int64_t own = pos + i + 1;
+          float* p = ps[qi];
+          float mx = -INFINITY;
+          for (int64_t t = 0; t < own; t++) mx = std::max(mx, p[t]);
+          const float inv = 1.0f / kern_->exp_sum(p, own, mx);
+          for (int64_t t = 0; t < own; t++) p[t] *= inv;
+          for (int64_t t = own; t < npos; t++) p[t] = 0.f;
+        }
+      kern_->weighted_sum(ps, nq, s.vf_[li].data() + kvh * ctx * D, npos, D, outs);
+      continue;
+    }
+    // int8 cache: one query at a time, rows widened to fp32
+    float* kbuf = sc + c.max_ctx;
+    float* vbuf = kbuf + D;
+    for (int64_t i = i0; i < i1; i++)
+      for (int64_t h = h0; h < h0 + qper; h++) {
+        const float* q = q_.data() + i * QD + h * D;
+        float* out = att_.data() + i * QD + h * D;
+        const int64_t own = pos + i + 1;
+        for (int64_t t = 0; t < own; t++) {
+          const int8_t* kq = s.kq_[li].data() + (kvh * ctx + t) * D;
+          for (int64_t j = 0; j < D; j++) kbuf[j] = (float)kq[j];
+          sc[t] = kern_->dot(q, kbuf, D) * s.ks_[li][kvh * ctx + t] * scale;
+        }
+        float mx = -INFINITY;
+        for (int64_t t = 0; t < own; t++) mx = std::max(mx, sc[t]);
+        float sum = 0.f;
+        for (int64_t t = 0; t < own; t++) {
+          sc[t] = std::exp(sc[t] - mx);
+          sum += sc[t];
+        }
+        const float inv = 1.0f / sum;
+        std::fill(out, out + D, 0.f);
+        for (int64_t t = 0; t < own; t++) {
+          const int8_t* vq = s.vq_[li].data() + (kvh * ctx + t) * D;
+          for (int64_t j = 0; j < D; j++) vbuf[j] = (float)vq[j];
+          kern_->axpy(sc[t] * inv * s.vs_[li][kvh * ctx + t], vbuf, out, D);
+        }
       }
-    }
-    float mx = -INFINITY;
-    for (int64_t t = 0; t < npos; t++) mx = std::max(mx, sc[t]);
-    float sum = 0.f;
-    for (int64_t t = 0; t < npos; t++) {
-      sc[t] = std::exp(sc[t] - mx);
-      sum += sc[t];
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t t = 0; t < npos; t++) sc[t] *= inv;
-    if (s.kv_kind_ == KV_F32) {
-      kern_->weighted_sum(sc, s.vf_[li].data() + kvh * ctx * D, npos, D, out);
-    } else {
-      std::fill(out, out + D, 0.f);
-      for (int64_t t = 0; t < npos; t++) {
-        const int8_t* vq = s.vq_[li].data() + (kvh * ctx + t) * D;
-        for (int64_t j = 0; j < D; j++) vbuf[j] = (float)vq[j];
-        kern_->axpy(sc[t] * s.vs_[li][kvh * ctx + t], vbuf, out, D);
-      }
-    }
   }
 }
 
@@ -280,7 +327,8 @@ void Model::forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t 
         const float* vv = v_.data() + i * KD + kvh * D;
         const size_t off = (size_t)(kvh * ctx + p) * D;
         if (s.kv_kind_ == KV_F32) {
-          std::copy(v, v + D, s.kf_[li].data() + off);
+          float* kt = s.kf_[li].data() + kvh * s.kt_ctx() * D;
+          for (int64_t j = 0; j < D; j++) kt[kt_index(p, j, D)] = v[j];
           std::copy(vv, vv + D, s.vf_[li].data() + off);
         } else {
           store_kv_int8(v, D, s.kq_[li].data() + off, &s.ks_[li][kvh * ctx + p]);
@@ -302,10 +350,7 @@ void Model::forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t 
     matmuls({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, xn_.data(), n, H, tid);
     pool_.barrier();
     split(n * F, nth, tid, 64, a, b);
-    for (int64_t e = a; e < b; e++) {
-      const float g = gate_[e];
-      gate_[e] = g / (1.0f + std::exp(-g)) * up_[e];
-    }
+    if (a < b) kern_->silu_mul(gate_.data() + a, up_.data() + a, b - a);
     pool_.barrier();
     if (quantize_input(gate_.data(), n, F, {&L.down}, tid)) pool_.barrier();
     matmuls({{&L.down, tmp_.data()}}, gate_.data(), n, F, tid);

@@ -41,12 +41,14 @@ class Session {
   int64_t max_ctx() const { return max_ctx_; }
   int kv_kind() const { return kv_kind_; }
   int64_t kv_bytes() const;
+  int64_t kt_ctx() const { return (max_ctx_ + KT - 1) / KT * KT; }  // key rows, whole tiles
 
  private:
   friend class Model;
   int64_t max_ctx_;
   int kv_kind_;
-  // per layer: (kv_heads, max_ctx, head_dim)
+  // per layer: values (kv_heads, max_ctx, head_dim); f32 keys (kv_heads, kt_ctx, head_dim) in
+  // KT-position tiles (kernels.h); int8 keys row-major like the values
   std::vector<std::vector<float>> kf_, vf_;
   std::vector<std::vector<int8_t>> kq_, vq_;
   std::vector<std::vector<float>> ks_, vs_;  // int8: one scale per (kv head, position)
@@ -108,6 +110,9 @@ class Model {
   std::vector<float> bs_;
   std::vector<int32_t> bsum_;
   std::vector<float> bcorr_;
+  std::vector<int8_t> bqt_;     // prompt-tile form (kernels.h)
+  std::vector<int32_t> btn_;
+  std::vector<float> bts_;
   std::vector<std::vector<float>> scratch_;  // per thread
   int64_t ws_bytes_ = 0;
   bool ready_ = false;

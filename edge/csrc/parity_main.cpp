@@ -33,6 +33,13 @@ constexpr double TOL_FLOAT = 1e-5;
 // Int8-activation products: the per-group integer sums are exact, only the float accumulation
 // of scaled group sums (and the activation zero point applied through rowsum) is reordered.
 constexpr double TOL_INT8_ACTS = 1e-5;
+// Vector exponentials (range reduction + degree-6 polynomial, ~2 ulp) against std::exp
+// (correctly rounded in practice), relative to each value: a few ulp, plus the division of the
+// SwiGLU gate. A wrong coefficient or exponent shows as 1e-3 or more.
+constexpr double TOL_EXP = 1e-6;
+// Below this, values count as zero: the clamped exponent makes silu(-200) -8e-37 where the
+// reference overflows to exp = inf and returns -0.
+constexpr double EXP_FLOOR = 1e-20;
 // Floor of the normalizer, for outputs whose terms are all zero (an all-zero activation row).
 constexpr double MAG_FLOOR = 1e-6;
 // Dequantization of one value is a single exact product of representable values.
@@ -362,8 +369,18 @@ void check_products(const std::vector<const Kernels*>& sets, Rng& g, const Varia
   std::vector<int32_t> bsum((size_t)(m * nb));
   std::vector<float> bcorr((size_t)(m * nb));
   quantize_acts_blocks(x.data(), m, k, ldx, bq.data(), bs.data(), bsum.data(), bcorr.data());
-  const QActs ab{bq.data(), nullptr, bs.data(), nullptr, bsum.data(), bcorr.data(), m, k,
-                 ACT_BLOCK};
+  QActs ab{bq.data(), nullptr, bs.data(), nullptr, bsum.data(), bcorr.data(), m, k, ACT_BLOCK};
+  const int64_t padded = token_groups(m) * TOKEN_GROUP;
+  std::vector<int8_t> qt((size_t)(padded * k));
+  std::vector<int32_t> tn((size_t)(padded * nb));
+  std::vector<float> ts((size_t)(padded * nb));
+  if (m > 1) {  // prompt batches also carry the tile form, regrouped in two halves as threads do
+    interleave_act_blocks(bq.data(), bs.data(), bsum.data(), m, k, 0, m / 2, qt.data(), tn.data(), ts.data());
+    interleave_act_blocks(bq.data(), bs.data(), bsum.data(), m, k, m / 2, m, qt.data(), tn.data(), ts.data());
+    ab.qt = qt.data();
+    ab.tnbsum = tn.data();
+    ab.tscale = ts.data();
+  }
   ref.assign(ref.size(), sentinel());
   SCALAR_KERNELS.matmul_qb(w.v, ab, ref.data(), ldy, 0, n, scratch.data());
   double mag_b = 0.0;  // largest sum_j s_b(j) * |w_rj * q_ij|
@@ -421,44 +438,133 @@ void check_vector_ops(const std::vector<const Kernels*>& sets, Rng& g) {
   }
 }
 
-// Attention over cached positions: scores (q . K[t] * scale) and weighted sums of V rows,
-// for head widths that fill, split and miss the SIMD panels.
+// Attention over cached positions: scores (q . K[t] * scale, keys in KT-position tiles) and
+// weighted sums of V rows, for 1..MAX_QUERIES queries at once and head widths that fill, split
+// and miss the SIMD panels.
 void check_attention_ops(const std::vector<const Kernels*>& sets, Rng& g) {
   for (int64_t d : {8, 20, 64, 72, 128})
-    for (int64_t n : {1, 7, 33, 130}) {
-      std::vector<float> q((size_t)d), K((size_t)(n * d)), V((size_t)(n * d)), p((size_t)n);
-      for (auto& f : q) f = g.uniform(-2.f, 2.f);
-      for (auto& f : K) f = g.uniform(-2.f, 2.f);
-      for (auto& f : V) f = g.uniform(-2.f, 2.f);
-      for (auto& f : p) f = g.uniform(0.f, 1.f);
-      const float scale = 0.125f;
-      std::vector<float> ref_s((size_t)n), ref_o((size_t)d);
-      SCALAR_KERNELS.scores(q.data(), K.data(), n, d, scale, ref_s.data());
-      SCALAR_KERNELS.weighted_sum(p.data(), V.data(), n, d, ref_o.data());
-      double mag_s = 0.0, mag_o = 0.0;
-      for (int64_t t = 0; t < n; t++) {
-        double a = 0.0;
-        for (int64_t j = 0; j < d; j++) a += std::fabs((double)q[j] * K[t * d + j]) * scale;
-        mag_s = std::max(mag_s, a);
+    for (int64_t n : {1, 7, 33, 130})
+      for (int nq : {1, 2, 3, 5, 8, 12, MAX_QUERIES}) {
+        if (d >= 128 && n >= 130 && nq > 3) continue;  // qemu time
+        const int64_t np = (n + KT - 1) / KT * KT;
+        std::vector<float> q((size_t)(nq * d)), K((size_t)(n * d)), Kt((size_t)(np * d), 0.f);
+        std::vector<float> V((size_t)(n * d)), p((size_t)(nq * n));
+        for (auto& f : q) f = g.uniform(-2.f, 2.f);
+        for (auto& f : K) f = g.uniform(-2.f, 2.f);
+        for (auto& f : V) f = g.uniform(-2.f, 2.f);
+        for (auto& f : p) f = g.uniform(0.f, 1.f);
+        for (int64_t t = 0; t < n; t++)
+          for (int64_t j = 0; j < d; j++) Kt[kt_index(t, j, d)] = K[t * d + j];
+        const float scale = 0.125f;
+        // outputs one float apart, each followed by a guard value
+        std::vector<float> ref_s((size_t)(nq * (n + 1))), ref_o((size_t)(nq * (d + 1)));
+        std::vector<const float*> qs(nq), ps(nq);
+        std::vector<float*> so(nq), oo(nq);
+        for (int i = 0; i < nq; i++) {
+          qs[i] = q.data() + i * d;
+          ps[i] = p.data() + i * n;
+          so[i] = ref_s.data() + i * (n + 1);
+          oo[i] = ref_o.data() + i * (d + 1);
+        }
+        SCALAR_KERNELS.scores(qs.data(), nq, Kt.data(), n, d, scale, so.data());
+        SCALAR_KERNELS.weighted_sum(ps.data(), nq, V.data(), n, d, oo.data());
+        double mag_s = 0.0, mag_o = 0.0;
+        for (int i = 0; i < nq; i++) {
+          for (int64_t t = 0; t < n; t++) {
+            double a = 0.0;
+            for (int64_t j = 0; j < d; j++) a += std::fabs((double)q[i * d + j] * K[t * d + j]) * scale;
+            mag_s = std::max(mag_s, a);
+            // the tiled layout is the documented one
+            double exact = 0.0;
+            for (int64_t j = 0; j < d; j++) exact += (double)q[i * d + j] * K[t * d + j] * scale;
+            if (std::fabs(exact - so[i][t]) > 1e-5 * std::max(a, 1.0))
+              fail(fmt("scalar scores disagree with q . K[t] at n=%lld d=%lld", (long long)n, (long long)d));
+          }
+          for (int64_t j = 0; j < d; j++) {
+            double a = 0.0;
+            for (int64_t t = 0; t < n; t++) a += std::fabs((double)p[i * n + t] * V[t * d + j]);
+            mag_o = std::max(mag_o, a);
+          }
+        }
+        const std::string shape = fmt("n=%lld d=%lld queries=%d", (long long)n, (long long)d, nq);
+        for (const Kernels* kt : sets) {
+          std::vector<float> s2(ref_s.size(), sentinel()), o2(ref_o.size(), sentinel());
+          std::vector<float*> so2(nq), oo2(nq);
+          for (int i = 0; i < nq; i++) {
+            so2[i] = s2.data() + i * (n + 1);
+            oo2[i] = o2.data() + i * (d + 1);
+          }
+          kt->scores(qs.data(), nq, Kt.data(), n, d, scale, so2.data());
+          kt->weighted_sum(ps.data(), nq, V.data(), n, d, oo2.data());
+          double es = 0.0, eo = 0.0;
+          for (int i = 0; i < nq; i++) {
+            if (!is_sentinel(so2[i][n]) || !is_sentinel(oo2[i][d]))
+              fail(fmt("isa=%s kernel=attention %s wrote past its output", kt->name, shape.c_str()));
+            maybe_inject(oo2[i], mag_o);
+            for (int64_t t = 0; t < n; t++) es = std::max(es, std::fabs((double)so2[i][t] - so[i][t]));
+            for (int64_t j = 0; j < d; j++) eo = std::max(eo, std::fabs((double)oo2[i][j] - oo[i][j]));
+          }
+          record(kt->name, "scores", "f32", TOL_FLOAT, es / std::max(mag_s, MAG_FLOOR), shape);
+          record(kt->name, "weighted_sum", "f32", TOL_FLOAT, eo / std::max(mag_o, MAG_FLOOR), shape);
+        }
       }
-      for (int64_t j = 0; j < d; j++) {
-        double a = 0.0;
-        for (int64_t t = 0; t < n; t++) a += std::fabs((double)p[t] * V[t * d + j]);
-        mag_o = std::max(mag_o, a);
+}
+
+// Softmax numerators and the SwiGLU gate: the SIMD exponentials against std::exp, relative
+// to each output, over the range the model feeds them (and past both clamps).
+void check_exponentials(const std::vector<const Kernels*>& sets, Rng& g) {
+  for (int64_t n : {1, 5, 16, 37, 300}) {
+    std::vector<float> x((size_t)n), u((size_t)n);
+    for (auto& f : x) f = g.uniform(-30.f, 30.f);
+    for (auto& f : u) f = g.uniform(-2.f, 2.f);
+    x[0] = -200.f;
+    if (n > 2) x[2] = 95.f;
+    const float shift = 12.f;
+    std::vector<float> e0 = x, s0 = x;
+    const float sum0 = SCALAR_KERNELS.exp_sum(e0.data(), n, shift);
+    SCALAR_KERNELS.silu_mul(s0.data(), u.data(), n);
+    for (const Kernels* kt : sets) {
+      std::vector<float> e1 = x, s1 = x;
+      e1.push_back(sentinel());
+      s1.push_back(sentinel());
+      const float sum1 = kt->exp_sum(e1.data(), n, shift);
+      kt->silu_mul(s1.data(), u.data(), n);
+      if (!is_sentinel(e1[n]) || !is_sentinel(s1[n]))
+        fail(fmt("isa=%s exp kernels wrote past their output", kt->name));
+      double ee = std::fabs((double)sum1 - sum0) / std::max<double>(sum0, 1e-30), es = 0.0;
+      for (int64_t i = 0; i < n; i++) {
+        ee = std::max(ee, std::fabs((double)e1[i] - e0[i]) / std::max<double>(std::fabs(e0[i]), EXP_FLOOR));
+        es = std::max(es, std::fabs((double)s1[i] - s0[i]) / std::max<double>(std::fabs(s0[i]), EXP_FLOOR));
       }
-      const std::string shape = fmt("n=%lld d=%lld", (long long)n, (long long)d);
+      const std::string shape = fmt("n=%lld", (long long)n);
+      record(kt->name, "exp_sum", "f32", TOL_EXP, ee, shape);
+      record(kt->name, "silu_mul", "f32", TOL_EXP, es, shape);
+    }
+  }
+}
+
+// Activation blocks: every kernel set's quantize_blocks is bit for bit the definition.
+void check_quantize_blocks(const std::vector<const Kernels*>& sets, Rng& g) {
+  for (int64_t m : {1, 3, 17})
+    for (int64_t k : {32, 96, 576}) {
+      const int64_t nb = k / ACT_BLOCK;
+      std::vector<float> x((size_t)(m * k));
+      for (auto& f : x) f = g.uniform(-3.f, 3.f);
+      x[0] = 0.f;
+      if (k > 32) std::fill(x.begin() + 32, x.begin() + 64, 0.f);  // an all-zero block
+      x[(size_t)(m * k - 1)] *= 300.f;                               // an outlier
+      // exact ties: values landing on .5 after division by a power-of-two scale
+      for (int64_t j = 64; j < std::min<int64_t>(k, 96); j++) x[j] = (float)(j - 80) * 0.5f;
+      std::vector<int8_t> q0((size_t)(m * k)), q1((size_t)(m * k));
+      std::vector<float> s0((size_t)(m * nb)), s1((size_t)(m * nb)), c0((size_t)(m * nb)), c1((size_t)(m * nb));
+      std::vector<int32_t> b0((size_t)(m * nb)), b1((size_t)(m * nb));
+      quantize_acts_blocks(x.data(), m, k, k, q0.data(), s0.data(), b0.data(), c0.data());
       for (const Kernels* kt : sets) {
-        std::vector<float> s2((size_t)n + 1, sentinel()), o2((size_t)d + 1, sentinel());
-        kt->scores(q.data(), K.data(), n, d, scale, s2.data());
-        kt->weighted_sum(p.data(), V.data(), n, d, o2.data());
-        if (!is_sentinel(s2[n]) || !is_sentinel(o2[d]))
-          fail(fmt("isa=%s kernel=attention %s wrote past its output", kt->name, shape.c_str()));
-        maybe_inject(o2.data(), mag_o);
-        double es = 0.0, eo = 0.0;
-        for (int64_t t = 0; t < n; t++) es = std::max(es, std::fabs((double)s2[t] - ref_s[t]));
-        for (int64_t j = 0; j < d; j++) eo = std::max(eo, std::fabs((double)o2[j] - ref_o[j]));
-        record(kt->name, "scores", "f32", TOL_FLOAT, es / std::max(mag_s, MAG_FLOOR), shape);
-        record(kt->name, "weighted_sum", "f32", TOL_FLOAT, eo / std::max(mag_o, MAG_FLOOR), shape);
+        kt->quantize_blocks(x.data(), m, k, k, q1.data(), s1.data(), b1.data(), c1.data());
+        const bool same = q0 == q1 && b0 == b1 && !std::memcmp(s0.data(), s1.data(), s0.size() * 4) &&
+                          !std::memcmp(c0.data(), c1.data(), c0.size() * 4);
+        record(kt->name, "quantize_blocks", "f32", 0.0, same ? 0.0 : 1.0,
+               fmt("m=%lld k=%lld", (long long)m, (long long)k));
       }
     }
 }
@@ -522,7 +628,7 @@ int main(int argc, char** argv) {
   const int64_t float_ks[] = {13, 64, 100, 128, 192, 576, 577, 1536};
   const int64_t quant_ks[] = {64, 128, 192, 576, 1536};
   const int64_t rows[] = {1, 3, 5, 37};
-  const int64_t tokens[] = {1, 2, 3, 4, 5, 17};
+  const int64_t tokens[] = {1, 2, 3, 4, 5, 12, 17};
   for (const Variant& var : VARIANTS) {
     auto shapes = [&](int64_t k, int64_t group) {
       for (int64_t n : rows)
@@ -544,6 +650,8 @@ int main(int argc, char** argv) {
   }
   check_vector_ops(sets, g);
   check_attention_ops(sets, g);
+  check_quantize_blocks(sets, g);
+  check_exponentials(sets, g);
   check_definitions(g);
 
   auto rank = [&](const Stat& s) {

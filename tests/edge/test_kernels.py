@@ -442,6 +442,57 @@ def test_simd_matmul_matches_scalar(isa, config, k, act_int8):
             assert err <= SIMD_TOL, f"rows={n} tokens={len(x)}: error {err:.3g}"
 
 
+# Per-block int8 activations (8da schemes): token counts around the prompt tiles (8 tokens on
+# 512-bit vectors, 4 on 256-bit ones, below TILE_MIN_TOKENS the per-row path) and their tails;
+# row counts around the 8- and 16-row panels.
+BLOCK_ACT = DynamicInt8Act(symmetric=True, group_size=32)
+BLOCK_TOKENS = (1, 2, 7, 8, 12, 15, 17, 33)
+BLOCK_ROWS = (1, 3, 16, 37)
+BLOCK_CONFIGS = [c for c, (how, _) in SIMD_CONFIGS.items()
+                 if isinstance(how, IntWeight) and (how.group_size or 0) % 32 == 0
+                 and how.group_size is not None]
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("config", BLOCK_CONFIGS)
+def test_simd_block_act_matmul_matches_scalar(isa, config):
+    _, widths = SIMD_CONFIGS[config]
+    rng = np.random.default_rng(11)
+    for k in widths:
+        full = simd_weight(config, k)
+        w_deq = packing.dequantize(full)
+        for n in BLOCK_ROWS:
+            view = packing.view(first_rows(full, n), K)
+            for m in BLOCK_TOKENS:
+                x = rng.standard_normal((m, k)).astype(np.float32)
+                x[:, rng.integers(0, k)] *= 40.0  # one outlier channel, as real activations
+                y_ref = K.matmul(view, x, act_int8=True, act_blocks=True, isa="scalar")
+                y = K.matmul(view, x, act_int8=True, act_blocks=True, isa=isa)
+                assert y.shape == y_ref.shape == (m, n)
+                xq = BLOCK_ACT.fake_quantize(torch.from_numpy(x)).numpy()
+                mag = float((np.abs(xq.astype(np.float64)) @ np.abs(w_deq[:n].astype(np.float64)).T).max())
+                err = normalized_error(y, y_ref, mag)
+                assert err <= SIMD_TOL, f"k={k} rows={n} tokens={m}: error {err:.3g}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_block_act_quantization_is_the_definition(isa):
+    """Every kernel set quantizes activation blocks exactly as quant/'s DynamicInt8Act (same
+    ints, same float32 scales), ties and all-zero blocks included."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((9, 576)).astype(np.float32)
+    x[0, :32] = 0.0
+    x[1, 32:64] = np.arange(32, dtype=np.float32) * 0.5 - 8.0  # exact .5 ties
+    x[2, 100] = 3e4
+    q, s, bsum = K.quantize_acts_blocks(x, isa=isa)
+    t = torch.from_numpy(x)
+    scale, _ = BLOCK_ACT.choose_qparams(t)
+    q_ref = BLOCK_ACT.quantize(t, scale, None).reshape(x.shape).to(torch.int8).numpy()
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(s, scale.squeeze(-1).numpy())
+    np.testing.assert_array_equal(bsum, q_ref.reshape(9, -1, 32).astype(np.int32).sum(-1))
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("config", list(SIMD_CONFIGS))
 def test_matmul_decodes_weights_exactly(isa, config):

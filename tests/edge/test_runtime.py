@@ -33,6 +33,7 @@ LOGIT_ATOL_WEIGHT_ONLY = 1e-3
 # plus a floor, and their top-1 agreement at most this much lower.
 ACT_KLD_FACTOR, ACT_KLD_FLOOR = 3.0, 2e-3
 ACT_TOP1_MARGIN = 0.03
+ACT_TOP1_SIGMAS = 3.0
 # int8 KV cache (one scale per position and head) against the f32 cache of the same artifact,
 # over a 47-token chat prompt: mean KLD and same-top-token rate (measured on SmolLM2 with float
 # activations: KLD 0.0016). With int8 activations the cache's rounding is one more perturbation
@@ -181,16 +182,36 @@ def test_act_quantized_matches_reference_within_its_own_sensitivity(pair):
 
 
 def test_logits_all_equals_stepwise(pair):
-    name, edge, _ = pair
-    ids = _prompt(edge.tokenizer)[:40]
-    s = edge.session()
-    full = s.logits_all(ids)
-    step = np.stack([s.prefill(ids[:1]).copy()] + [s.decode(t).copy() for t in ids[1:]])
-    # prompt processing and single-token steps run different kernels (GEMM vs GEMV)
+    """Prompt processing and single-token steps run different kernels (prompt tiles vs one
+    token at a time); teacher-forced over the same tokens they give the same logits."""
+    name, edge, ref = pair
+    texts = ["Summarize: the council voted to turn the old railway into a cycle path.",
+             "Write a haiku about the sea.", "What is the capital of France? Explain briefly."]
+    full, step, spread = [], [], []
+    for text in texts:
+        ids = _prompt(edge.tokenizer, text)[:40]
+        s = edge.session()
+        full.append(s.logits_all(ids))
+        step.append(np.stack([s.prefill(ids[:1]).copy()] + [s.decode(t).copy() for t in ids[1:]]))
+        if _weight_only(name):
+            assert np.abs(full[-1] - step[-1]).max() < LOGIT_ATOL_WEIGHT_ONLY
+        else:
+            spread.append(_reference_spread(ref.model, ids))
     if _weight_only(name):
-        assert np.abs(full - step).max() < LOGIT_ATOL_WEIGHT_ONLY
-    else:  # rounding-sensitive: see ACT_KLD_FACTOR
-        assert (full.argmax(-1) == step.argmax(-1)).mean() >= 0.9
+        return
+    # rounding-sensitive (see ACT_KLD_FACTOR): each path within the model's own spread of the
+    # reference, as in the test below (which runs prompts only through the prompt path). Over
+    # these ~110 positions the top-1 rate is a binomial count: held to the reference's own
+    # flip rate within ACT_TOP1_SIGMAS standard errors.
+    positions = sum(len(r) for r, _ in spread)
+    kld_ref = np.mean([_kld_top1(r, p)[0] for r, p in spread])
+    top1_ref = np.mean([_kld_top1(r, p)[1] for r, p in spread])
+    margin = ACT_TOP1_SIGMAS * np.sqrt(top1_ref * (1 - top1_ref) / positions)
+    for path, logits in (("prompt", full), ("stepwise", step)):
+        kld = np.mean([_kld_top1(r, lg)[0] for (r, _), lg in zip(spread, logits)])
+        top1 = np.mean([_kld_top1(r, lg)[1] for (r, _), lg in zip(spread, logits)])
+        assert kld <= ACT_KLD_FACTOR * kld_ref + ACT_KLD_FLOOR, (name, path, kld, kld_ref)
+        assert top1 >= top1_ref - margin, (name, path, top1, top1_ref, margin)
 
 
 def test_sessions_in_threads_equal_sequential(pair):
