@@ -293,6 +293,19 @@ def test_engine_selection(tiny_gguf):
 
 
 # ------------------------------------------------------------------------------ real model
+# llama.cpp multiplies Q8_0 / Q4_0 weights with activations it rounds to Q8_0 blocks (the
+# vec_dot type of both), while the weight-only reference keeps fp32 activations. On SmolLM2
+# (a few activations hundreds of times the median) that rounding alone moves logits by up to
+# ~1.8 (measured: the same int8 values stored as F32 give 7e-5, as Q8_0 1.85), so greedy text
+# matches the reference exactly only for all-F32 files; quantized files are held to
+# teacher-forced top-1 agreement and KLD along the reference's own greedy continuation.
+# Measured on 4 prompts x 48 tokens: int8 top-1 0.977-0.989, KLD 0.0039-0.0048.
+MIN_TOP1 = {"int8": 0.95, "8da4w": 0.85}
+MAX_KLD = {"int8": 0.015, "8da4w": 0.15}
+PROMPTS = [PROMPT, "Summarize: The library opens at nine in the morning and closes at six. On "
+           "Saturdays it closes early, at one, and it is closed on Sundays and public holidays."]
+
+
 def _greedy(session, ids, n) -> list[int]:
     logits = session.prefill(ids)
     out = []
@@ -304,42 +317,79 @@ def _greedy(session, ids, n) -> list[int]:
 
 @pytest.fixture(scope="module")
 def smollm2_exports(smollm2_gguf, tmp_path_factory):
-    """SmolLM2 exported to gguf with int8 (weight-only, Q8_0) and 8da4w (Q4_0), each with its
-    in-memory quantized reference model."""
+    """SmolLM2 exported to gguf unquantized (F32), with int8 (Q8_0) and with 8da4w (Q4_0),
+    each with the in-memory model it was lowered from."""
     from export.pipeline import ExportConfig, run_export
 
     torch.set_num_threads(1)
     out = {}
-    for r in ("int8", "8da4w"):
+    for r in ("none", "int8", "8da4w"):
         dest = tmp_path_factory.mktemp("smol") / r
-        st = run_export(ExportConfig(checkpoint=str(smollm2_gguf), out=dest, recipe=r,
-                                     targets=("gguf",)), log=lambda s: None)
-        out[r] = st
+        out[r] = run_export(ExportConfig(checkpoint=str(smollm2_gguf), out=dest, recipe=r,
+                                         targets=("gguf",)), log=lambda s: None)
     return out
+
+
+def _engines(st):
+    from edge.llamacpp import LlamaCppEngine
+    from export.pipeline import _float_model
+    from export.reference import TorchEngine
+
+    model = st.model if st.model is not None else _float_model(st.checkpoint, 256)
+    lc = LlamaCppEngine(st.artifacts["gguf"], max_context=256, threads=1)
+    return lc, TorchEngine(st.checkpoint, max_context=256, threads=1, model=model), model
+
+
+def _chat_ids(tok, text):
+    from edge.chat import detect_chat_format, encode_chat
+
+    return encode_chat(tok, [{"role": "user", "content": text}], detect_chat_format(tok))
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+def test_smollm2_f32_gguf_greedy_in_llama_cpp_equals_torch(smollm2_exports):
+    st = smollm2_exports["none"]
+    rep = st.report["artifacts"]["gguf"]
+    assert rep["runtime"] == "llama.cpp" and rep["exact"] and rep["tensor_types"] == {"F32": 272}
+    assert rep["max_abs_logit_diff"] < F32_LOGIT_ATOL and rep["top1_agreement"] == 1.0
+    lc, ref, _ = _engines(st)
+    for text in PROMPTS:
+        ids = _chat_ids(lc.tokenizer, text)
+        assert ids == _chat_ids(st.checkpoint.tokenizer, text)  # our tokenizer from the file
+        got = _greedy(lc.session(exact=True), ids, GREEDY_TOKENS)
+        assert got == _greedy(ref.session(), ids, GREEDY_TOKENS), lc.tokenizer.decode(got)
 
 
 @pytest.mark.slow
 @needs_llama_cpp
 @pytest.mark.parametrize("recipe_name", ["int8", "8da4w"])
-def test_smollm2_greedy_in_llama_cpp_equals_torch_reference(smollm2_exports, recipe_name):
-    from edge.chat import detect_chat_format, encode_chat
-    from edge.llamacpp import LlamaCppEngine
-    from export.reference import TorchEngine
-
+def test_smollm2_quantized_gguf_in_llama_cpp(smollm2_exports, recipe_name):
     st = smollm2_exports[recipe_name]
     rep = st.report["artifacts"]["gguf"]
-    assert rep["runtime"] == "llama.cpp"
-    types = rep["tensor_types"]
-    assert ("Q8_0" in types) if recipe_name == "int8" else ("Q4_0" in types)
-    assert rep["top1_agreement"] >= 0.9 and math.isfinite(rep["quality"]["kld_mean"])
-    path = st.artifacts["gguf"]
-    lc = LlamaCppEngine(path, max_context=256, threads=1)
-    ref = TorchEngine(st.checkpoint, max_context=256, threads=1, model=st.model)
-    tok = lc.tokenizer
-    ids = encode_chat(tok, [{"role": "user", "content": PROMPT}], detect_chat_format(tok))
-    assert ids == encode_chat(st.checkpoint.tokenizer, [{"role": "user", "content": PROMPT}],
-                              detect_chat_format(st.checkpoint.tokenizer))
-    got = _greedy(lc.session(exact=True), ids, GREEDY_TOKENS)
-    want = _greedy(ref.session(), ids, GREEDY_TOKENS)
-    assert got == want, (tok.decode(got), tok.decode(want))
-    json.dumps(st.report)  # the report stays JSON
+    kind = "Q8_0" if recipe_name == "int8" else "Q4_0"
+    assert rep["runtime"] == "llama.cpp" and kind in rep["tensor_types"]
+    assert rep["top1_agreement"] >= MIN_TOP1[recipe_name]
+    json.dumps(st.report)
+    # every quantized value and scale of the reference is in the file
+    back = _read_back(st.artifacts["gguf"])
+    mods = {n: m for n, m in st.model.named_modules()
+            if isinstance(m, (QuantLinear, QuantEmbedding)) and n + ".weight" in back}
+    assert len(mods) == st.checkpoint.config.num_layers * 7 + 1  # + the tied embedding
+    for n, m in mods.items():
+        kind_n, q, d = back[n + ".weight"]
+        np.testing.assert_array_equal(q, m.qt.qdata.numpy(), err_msg=n)
+        want = np.repeat(m.qt.scale.numpy().astype(np.float16), m.qt.group_size // 32, axis=1)
+        np.testing.assert_array_equal(d.view(np.uint16), want.view(np.uint16), err_msg=n)
+    # llama.cpp along the reference's own greedy continuation
+    lc, ref, model = _engines(st)
+    for text in PROMPTS:
+        ids = _chat_ids(lc.tokenizer, text)
+        seq = ids + _greedy(ref.session(), ids, GREEDY_TOKENS)
+        got = torch.from_numpy(lc.session(exact=True).logits_all(seq)).double()
+        with torch.inference_mode():
+            want = model(torch.tensor([seq]))[0].double()
+        top1 = float((got.argmax(-1) == want.argmax(-1)).double().mean())
+        p, q = torch.log_softmax(want, -1), torch.log_softmax(got, -1)
+        kld = float((p.exp() * (p - q)).sum(-1).mean())
+        assert top1 >= MIN_TOP1[recipe_name] and kld <= MAX_KLD[recipe_name], (top1, kld)
