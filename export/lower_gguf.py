@@ -103,6 +103,27 @@ def gguf_type_of(qt, name: str) -> str:
     return "Q8_0" if qt.bits == 8 else "Q4_0"
 
 
+def check_recipe(recipe) -> None:
+    """Refuse, before any work, a recipe whose weight schemes have no GGUF block type (the same
+    rules as gguf_type_of, per recipe rule; auto recipes are checked per tensor at lowering)."""
+    from quant.schemes import FP8Weight
+
+    for rule in recipe.rules:
+        if rule.config is None:
+            continue
+        w, where = rule.config.weight, f"recipe '{recipe.name}', rule '{rule.pattern}'"
+        fix = ("use symmetric int8 / int4 weights in groups of a multiple of 32 (e.g. --recipe "
+               "int8, int4-g32, mobile or 8da4w) for --target gguf")
+        if isinstance(w, FP8Weight):
+            raise EdgeError(f"{where} ({w.name}): GGUF has no FP8 block type; {fix}")
+        if not w.symmetric:
+            raise EdgeError(f"{where} ({w.name}): asymmetric weights have no GGUF type holding "
+                            f"the same values; {fix}")
+        if w.group_size is not None and w.group_size % QK:
+            raise EdgeError(f"{where} ({w.name}): groups of {w.group_size} are not a multiple "
+                            f"of GGUF's {QK}-value blocks; {fix}")
+
+
 def pack_quantized(qt, name: str, rows_perm: Callable | None = None) -> tuple[str, np.ndarray]:
     """(GGUF type name, (out, bytes per row) uint8) of a canonical QuantizedTensor, values and
     scales copied bit for bit."""

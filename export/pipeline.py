@@ -291,7 +291,11 @@ def build_stages(cfg: ExportConfig) -> list[tuple[str, Callable[[ExportState], E
     quantized = cfg.recipe != "none"
     if quantized:
         if not cfg.recipe.startswith("auto"):
-            load_recipe(cfg.recipe)  # a bad name or file fails before any work
+            recipe = load_recipe(cfg.recipe)  # a bad name or file fails before any work
+            if "gguf" in cfg.targets:
+                from .lower_gguf import check_recipe
+
+                check_recipe(recipe)
         elif parse_auto(cfg.recipe, 1) is None:
             raise EdgeError(f"unknown recipe {cfg.recipe!r}")
         if "hf" in cfg.targets:

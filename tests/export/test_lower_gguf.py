@@ -207,6 +207,20 @@ def test_unsupported_schemes_are_refused(tmp_path, weight, pattern, message):
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.parametrize("name,message", [("fp8", "FP8"), ("int4-g128", None),
+                                          ("mobile", None), ("8da4w", None), ("int8", None)])
+def test_export_checks_the_recipe_before_any_work(tmp_path, name, message):
+    from export.pipeline import ExportConfig, build_stages
+
+    cfg = ExportConfig(checkpoint="x", out=tmp_path / "o", recipe=name, targets=("gguf",))
+    if message is None:
+        assert "lower:gguf" in [n for n, _ in build_stages(cfg)]
+        return
+    with pytest.raises(EdgeError, match=message) as e:
+        build_stages(cfg)
+    assert "rule '*'" in str(e.value) and "--recipe int8" in str(e.value)
+
+
 def test_failed_write_keeps_previous_file(tmp_path):
     from export.lower_gguf import GGUFVocab, PlannedTensor, gguf_plan, write_llama_gguf
 
