@@ -30,7 +30,15 @@ struct WeightView {
   const uint16_t* scale = nullptr;  // fp16 (n, k / group); unused for float kinds
   const uint8_t* zp = nullptr;      // (n, k / group) or nullptr
   const float* rowsum = nullptr;    // (n) for activation-quantized use
-  int64_t row_bytes() const;
+  int64_t row_bytes() const {
+    switch (kind) {
+      case W_F32: return k * 4;
+      case W_F16: case W_BF16: return k * 2;
+      case W_Q8: case W_Q8U: case W_F8: return k;
+      case W_Q4: return k / 2;
+    }
+    return 0;
+  }
   const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_bytes(); }
 };
 

@@ -7,16 +7,6 @@
 
 namespace edge {
 
-int64_t WeightView::row_bytes() const {
-  switch (kind) {
-    case W_F32: return k * 4;
-    case W_F16: case W_BF16: return k * 2;
-    case W_Q8: case W_Q8U: case W_F8: return k;
-    case W_Q4: return k / 2;
-  }
-  return 0;
-}
-
 const char* check_view(const WeightView& w) {
   if (w.kind < W_F32 || w.kind > W_F8) return "unknown weight kind";
   if (w.n <= 0 || w.k <= 0) return "empty weight";
