@@ -185,7 +185,8 @@ def write_markdown(result: dict, path: Path) -> None:
         if r.get("seeds", 1) > 1:
             method += f" ({r['seeds']} seeds)"
             kld += f" [{r['kld_min']:.2f}-{r['kld_max']:.2f}]"
-        lines.append(f"| {r['level']} | {method} | {'yes' if r['healed'] else 'no'} | "
+        healed = f"{r['heal']['steps']} steps" if r.get("heal") else "no"
+        lines.append(f"| {r['level']} | {method} | {healed} | "
                      f"{r['params_m']:.1f} | {r['ppl']:.2f} | {kld} | "
                      f"{f('kld_p99', '.2f')} | {100 * r['top1']:.1f} % | {f('file_mb', '.1f')} | "
                      f"{f('tg128_tok_s', '.1f')} |")
@@ -241,7 +242,7 @@ def plot(result: dict, path: Path) -> None:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colors[method],
                        marker="^" if healed else "o", s=45 if healed else 30,
                        label=f"{method}{' + healing' if healed else ''}")
-            if method == "importance":
+            if method == "importance" and not healed:
                 for x, y, lv in pts:
                     ax.annotate(lv, (x, y), fontsize=7, xytext=(3, 3),
                                 textcoords="offset points")
