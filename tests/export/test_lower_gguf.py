@@ -313,9 +313,11 @@ def test_engine_selection(tiny_gguf):
 # ~1.8 (measured: the same int8 values stored as F32 give 7e-5, as Q8_0 1.85), so greedy text
 # matches the reference exactly only for all-F32 files; quantized files are held to
 # teacher-forced top-1 agreement and KLD along the reference's own greedy continuation.
-# Measured on 4 prompts x 48 tokens: int8 top-1 0.977-0.989, KLD 0.0039-0.0048.
-MIN_TOP1 = {"int8": 0.95, "8da4w": 0.85}
-MAX_KLD = {"int8": 0.015, "8da4w": 0.15}
+# Measured on 4 prompts x 48 tokens: int8 top-1 0.977-0.989, KLD 0.0039-0.0048; 8da4w (whose
+# reference rounds activations to blocks of 32 as llama.cpp does) top-1 0.980-1.0, KLD
+# 0.0020-0.0026, greedy text equal for 48 tokens on 3 of the 4 prompts.
+MIN_TOP1 = {"int8": 0.95, "8da4w": 0.95}
+MAX_KLD = {"int8": 0.015, "8da4w": 0.015}
 PROMPTS = [PROMPT, "Summarize: The library opens at nine in the morning and closes at six. On "
            "Saturdays it closes early, at one, and it is closed on Sundays and public holidays."]
 
@@ -332,7 +334,8 @@ def _greedy(session, ids, n) -> list[int]:
 @pytest.fixture(scope="module")
 def smollm2_exports(smollm2_gguf, tmp_path_factory):
     """SmolLM2 exported to gguf unquantized (F32), with int8 (Q8_0) and with 8da4w (Q4_0),
-    each with the in-memory model it was lowered from."""
+    each with the in-memory model it was lowered from (8da4w: the preset's AWQ + GPTQ values;
+    with round to nearest instead, llama.cpp's top-1 agreement on the probe text is 88 %)."""
     from export.pipeline import ExportConfig, run_export
 
     torch.set_num_threads(1)
