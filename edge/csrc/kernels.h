@@ -71,6 +71,10 @@ struct QActs {
 // group and block, the tokens' negated block sums and scales at (g * nb + b) * TOKEN_GROUP of
 // tnbsum / tscale. A tile then reads any token's 4 bytes at a constant offset from one pointer.
 constexpr int64_t TOKEN_GROUP = 8;
+// Prompt products take this form from this many tokens on (fewer do not repay packing a
+// panel), and threads split rows in whole panels of the widest kernels.
+constexpr int64_t PROMPT_MIN_TOKENS = 8;
+constexpr int64_t PROMPT_PANEL_ROWS = 16;
 inline int64_t token_groups(int64_t m) { return (m + TOKEN_GROUP - 1) / TOKEN_GROUP; }
 
 constexpr float ACT_EPS = 1e-10f;  // scale floor, as quant/schemes/activation.py

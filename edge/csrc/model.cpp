@@ -162,7 +162,7 @@ void Model::matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, co
   for (auto& op : ops) total += op.first->w.n;
   int64_t a, b;
   // prompt chunks: whole 16-row panels per thread (see the prompt tiles of the kernels)
-  split(total, pool_.size(), tid, m > 1 ? 16 : GEMM_ROWS, a, b);
+  split(total, pool_.size(), tid, m > 1 ? PROMPT_PANEL_ROWS : GEMM_ROWS, a, b);
   int64_t base = 0;
   float* scratch = scratch_[tid].data();
   for (auto& op : ops) {
@@ -189,7 +189,16 @@ void Model::matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, co
   }
 }
 
-// Work items: one KV head's query heads for a tile of up to ATT_TOKENS tokens, so that each
+// p[0..own) = softmax(p[0..own)); p[own..upto) = 0 (positions after the token's own).
+void Model::softmax(float* p, int64_t own, int64_t upto) const {
+  float mx = -INFINITY;
+  for (int64_t t = 0; t < own; t++) mx = std::max(mx, p[t]);
+  const float inv = 1.0f / kern_->exp_sum(p, own, mx);
+  for (int64_t t = 0; t < own; t++) p[t] *= inv;
+  for (int64_t t = own; t < upto; t++) p[t] = 0.f;
+}
+
+// Work items: one KV head's query heads for a tile of tokens (MAX_QUERIES queries at most), so each
 // cached key and value row is read once for all of them. A token's scores run over its own
 // positions; a tile computes them up to its last token's position and the later tokens' extra
 // probabilities are zero. Single tokens (decode) split by query head instead, for balance.
@@ -223,13 +232,7 @@ void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
       kern_->scores(qs, nq, s.kf_[li].data() + kvh * ctxp * D, npos, D, scale, ps);
       for (int64_t i = i0, qi = 0; i < i1; i++)
         for (int64_t h = h0; h < h0 + qper; h++, qi++) {
-          const int64_t own = pos + i + 1;
-          float* p = ps[qi];
-          float mx = -INFINITY;
-          for (int64_t t = 0; t < own; t++) mx = std::max(mx, p[t]);
-          const float inv = 1.0f / kern_->exp_sum(p, own, mx);
-          for (int64_t t = 0; t < own; t++) p[t] *= inv;
-          for (int64_t t = own; t < npos; t++) p[t] = 0.f;
+          softmax(ps[qi], pos + i + 1, npos);
         }
       kern_->weighted_sum(ps, nq, s.vf_[li].data() + kvh * ctx * D, npos, D, outs);
       continue;
@@ -247,19 +250,12 @@ void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
           for (int64_t j = 0; j < D; j++) kbuf[j] = (float)kq[j];
           sc[t] = kern_->dot(q, kbuf, D) * s.ks_[li][kvh * ctx + t] * scale;
         }
-        float mx = -INFINITY;
-        for (int64_t t = 0; t < own; t++) mx = std::max(mx, sc[t]);
-        float sum = 0.f;
-        for (int64_t t = 0; t < own; t++) {
-          sc[t] = std::exp(sc[t] - mx);
-          sum += sc[t];
-        }
-        const float inv = 1.0f / sum;
+        softmax(sc, own, own);
         std::fill(out, out + D, 0.f);
         for (int64_t t = 0; t < own; t++) {
           const int8_t* vq = s.vq_[li].data() + (kvh * ctx + t) * D;
           for (int64_t j = 0; j < D; j++) vbuf[j] = (float)vq[j];
-          kern_->axpy(sc[t] * inv * s.vs_[li][kvh * ctx + t], vbuf, out, D);
+          kern_->axpy(sc[t] * s.vs_[li][kvh * ctx + t], vbuf, out, D);
         }
       }
   }

@@ -86,6 +86,7 @@ class Model {
   bool quantize_input(const float* x, int64_t m, int64_t k, std::initializer_list<const Linear*> users,
                       int tid);
   void attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid);
+  void softmax(float* p, int64_t own, int64_t upto) const;
   void add_residual(int64_t n, const float* norm, int tid);
 
   ModelConfig cfg_;
