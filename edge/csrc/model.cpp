@@ -250,12 +250,19 @@ void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
           for (int64_t j = 0; j < D; j++) kbuf[j] = (float)kq[j];
           sc[t] = kern_->dot(q, kbuf, D) * s.ks_[li][kvh * ctx + t] * scale;
         }
-        softmax(sc, own, own);
+        float mx = -INFINITY;
+        for (int64_t t = 0; t < own; t++) mx = std::max(mx, sc[t]);
+        float sum = 0.f;
+        for (int64_t t = 0; t < own; t++) {
+          sc[t] = std::exp(sc[t] - mx);
+          sum += sc[t];
+        }
+        const float inv = 1.0f / sum;
         std::fill(out, out + D, 0.f);
         for (int64_t t = 0; t < own; t++) {
           const int8_t* vq = s.vq_[li].data() + (kvh * ctx + t) * D;
           for (int64_t j = 0; j < D; j++) vbuf[j] = (float)vq[j];
-          kern_->axpy(sc[t] * s.vs_[li][kvh * ctx + t], vbuf, out, D);
+          kern_->axpy(sc[t] * inv * s.vs_[li][kvh * ctx + t], vbuf, out, D);
         }
       }
   }
