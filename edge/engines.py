@@ -5,9 +5,14 @@ llama.cpp (edge/llamacpp.py) when llama-cpp-python is installed. Checkpoints (HF
 directory, GGUF file, or a known model name) run on the torch reference path, which lives in the
 toolchain extra; without it the user is told which extra to install.
 
-`engine` chooses explicitly: "auto" (edge for artifacts, llama.cpp for GGUF files when
-llama-cpp-python is importable, torch otherwise), "edge", "llamacpp" or "torch" (a GGUF file is
-also a checkpoint: "torch" dequantizes it and runs the reference).
+An ExecuTorch program (`.pte`, from `--target xnnpack`) runs in executorch's Python runtime
+(edge/executorch_engine.py); an ONNX model (`.onnx`, or the directory holding `model.onnx` from
+`--target onnx`) runs in onnxruntime (edge/onnx_engine.py).
+
+`engine` chooses explicitly: "auto" (edge for artifacts, executorch for .pte, onnxruntime for
+ONNX, llama.cpp for GGUF files when llama-cpp-python is importable, torch otherwise), "edge",
+"executorch", "onnxruntime", "llamacpp" or "torch" (a GGUF file is also a checkpoint: "torch"
+dequantizes it and runs the reference).
 """
 
 from __future__ import annotations
@@ -20,7 +25,17 @@ from .errors import require
 DEFAULT_CONTEXT = 2048
 
 
-ENGINES = ("auto", "edge", "llamacpp", "torch")
+ENGINES = ("auto", "edge", "executorch", "onnxruntime", "llamacpp", "torch")
+
+
+def _is_pte(path: str) -> bool:
+    p = Path(path)
+    return p.is_file() and p.suffix == ".pte"
+
+
+def _is_onnx(path: str) -> bool:
+    p = Path(path)
+    return (p.is_file() and p.suffix == ".onnx") or (p.is_dir() and (p / "model.onnx").is_file())
 
 
 def open_model(path: str, max_context: int | None = None, threads: int | None = None,
@@ -34,8 +49,22 @@ def open_model(path: str, max_context: int | None = None, threads: int | None = 
     if engine == "edge" and not artifact:
         raise EdgeError(f"{path}: --engine edge needs an edge artifact directory (from "
                         "llama-export --target edge)")
-    if engine in ("llamacpp", "torch") and artifact:
+    if engine in ("llamacpp", "torch", "executorch", "onnxruntime") and artifact:
         raise EdgeError(f"{path}: is an edge artifact; it runs on --engine edge (or auto)")
+    if engine == "executorch" or (engine == "auto" and _is_pte(path)):
+        if not _is_pte(path):
+            raise EdgeError(f"{path}: --engine executorch needs a .pte file (from llama-export "
+                            "--target xnnpack)")
+        from .executorch_engine import ExecuTorchEngine
+
+        return ExecuTorchEngine(path, max_context=max_context, threads=threads, kv=kv)
+    if engine == "onnxruntime" or (engine == "auto" and _is_onnx(path)):
+        if not _is_onnx(path):
+            raise EdgeError(f"{path}: --engine onnxruntime needs a .onnx file or a directory "
+                            "with model.onnx (from llama-export --target onnx)")
+        from .onnx_engine import OnnxEngine
+
+        return OnnxEngine(path, max_context=max_context, threads=threads, kv=kv)
     if engine in ("auto", "llamacpp") and not artifact:
         from . import llamacpp
 

@@ -22,7 +22,20 @@ from edge.errors import EdgeError
 
 from .loaders import Checkpoint, load_checkpoint
 
-TARGETS = ("edge", "hf", "gguf")
+TARGETS = ("edge", "hf", "gguf", "xnnpack", "onnx", "qnn", "mediatek")
+# Targets lowered by a module of their own. Each module provides
+#   check_request(cfg, recipe)       refuse an unsupported combination before any work
+#                                    (recipe: the loaded Recipe, or None without quantization)
+#   stage(st)                        write into st.workdir, set st.artifacts[target] and
+#                                    st.report["artifacts"][target] (with "exact": bool)
+#   artifact_logits(path, max_seq_len)  (1, n) ids -> (n, vocab) logits on the artifact's own
+#                                    runtime, for verify and quality; None when the stage has
+#                                    already checked and scored the artifact itself
+# A stage that completes its part but cannot finish the artifact (a vendor compiler that is not
+# installed) appends a one-line message to st.deferred_errors: the other artifacts and the
+# report are still written, then the export fails with that message.
+TARGET_MODULES = {"xnnpack": "export.lower_xnnpack", "onnx": "export.lower_onnx",
+                  "qnn": "export.lower_qnn", "mediatek": "export.lower_mediatek"}
 # Verification: logits on a fixed probe text within this absolute tolerance of the model the
 # artifact was lowered from when the artifact holds it exactly (float weights in the source
 # precision, or weight-only quantized values the reference dequantizes; measured on SmolLM2:
@@ -64,6 +77,7 @@ class ExportState:
     model: object = None  # the quantized LlamaModel (fake-quant reference), when a recipe ran
     artifacts: dict[str, Path] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    deferred_errors: list[str] = field(default_factory=list)
 
 
 def peak_rss_mb() -> float:
@@ -205,8 +219,17 @@ def stage_lower_gguf(st: ExportState) -> ExportState:
     return st
 
 
+def _target_module(target: str):
+    import importlib
+
+    return importlib.import_module(TARGET_MODULES[target])
+
+
 def artifact_logits(target: str, path: Path, max_seq_len: int):
-    """A function (1, n) ids -> (n, vocab) logits running an artifact on its own runtime."""
+    """A function (1, n) ids -> (n, vocab) logits running an artifact on its own runtime (None
+    when the target's stage checked and scored the artifact itself)."""
+    if target in TARGET_MODULES:
+        return _target_module(target).artifact_logits(path, max_seq_len)
     if target == "gguf":
         from edge.llamacpp import LlamaCppEngine, available
 
@@ -236,7 +259,10 @@ def stage_verify(st: ExportState) -> ExportState:
     ref = st.model if st.model is not None else _float_model(ck, len(ids) + 1)
     ref_logits = ref(x)[0]
     for name, path in st.artifacts.items():
-        got = artifact_logits(name, path, len(ids) + 1)(x)
+        run = artifact_logits(name, path, len(ids) + 1)
+        if run is None:
+            continue
+        got = run(x)
         agree = float((got.argmax(-1) == ref_logits.argmax(-1)).float().mean())
         diff = float((got - ref_logits).abs().max())
         info = st.report["artifacts"][name]
@@ -268,7 +294,10 @@ def stage_quality(st: ExportState) -> ExportState:
     ref = LlamaModel.from_state_dict(ck.config, ck.tensors, max_seq_len=QUALITY_CTX)
     ref_fn = lambda w: ref(w)[0]  # noqa: E731
     for name, path in st.artifacts.items():
-        r = compare(artifact_logits(name, path, QUALITY_CTX), ref_fn, ids, QUALITY_CTX)
+        run = artifact_logits(name, path, QUALITY_CTX)
+        if run is None:
+            continue
+        r = compare(run, ref_fn, ids, QUALITY_CTX)
         st.report["artifacts"][name]["quality"] = {**r.to_json(), "text": QUALITY_TEXT.name}
     return st
 
@@ -289,6 +318,7 @@ def build_stages(cfg: ExportConfig) -> list[tuple[str, Callable[[ExportState], E
         if t not in TARGETS:
             raise EdgeError(f"unknown target {t!r}; available: {', '.join(TARGETS)}")
     quantized = cfg.recipe != "none"
+    recipe = None
     if quantized:
         if not cfg.recipe.startswith("auto"):
             recipe = load_recipe(cfg.recipe)  # a bad name or file fails before any work
@@ -301,6 +331,9 @@ def build_stages(cfg: ExportConfig) -> list[tuple[str, Callable[[ExportState], E
         if "hf" in cfg.targets:
             raise EdgeError("target hf holds unquantized weights; with --recipe use --target "
                             "edge or gguf")
+    for t in cfg.targets:
+        if t in TARGET_MODULES:
+            _target_module(t).check_request(cfg, recipe)
     stages = [("load", stage_load)]
     if cfg.prune:
         from .prune import parse_prune
@@ -315,6 +348,9 @@ def build_stages(cfg: ExportConfig) -> list[tuple[str, Callable[[ExportState], E
         stages.append(("lower:hf", stage_lower_hf))
     if "gguf" in cfg.targets:
         stages.append(("lower:gguf", stage_lower_gguf))
+    for t in cfg.targets:
+        if t in TARGET_MODULES:
+            stages.append((f"lower:{t}", _target_module(t).stage))
     stages += [("verify", stage_verify), ("quality", stage_quality), ("report", stage_report)]
     return stages
 
@@ -337,7 +373,11 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportS
                             "peak_rss_mb": round(peak_rss_mb(), 1)})
             log(f"[{name:<10}] {dt:7.2f} s   peak RSS {peak_rss_mb():8.1f} MB")
         st.report["total_seconds"] = round(time.perf_counter() - t_all, 3)
+        if st.deferred_errors:
+            st.report["errors"] = list(st.deferred_errors)
         stage_report(st)
     st.artifacts = {k: Path(cfg.out) / v.name for k, v in st.artifacts.items()}
     st.workdir = Path(cfg.out)
+    if st.deferred_errors:
+        raise EdgeError(st.deferred_errors[0])
     return st
