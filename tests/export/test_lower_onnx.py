@@ -1,0 +1,372 @@
+"""The onnx target: MatMulNBits packing against onnxruntime's own op, quantized values read back
+from the file unchanged, logits and the KV-cache path in onnxruntime against our torch model,
+refused schemes, corrupt artifacts, atomic writes, onnxruntime-genai loading, and the real model
+(greedy text and teacher-forced agreement against the torch reference of the same quantized
+model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from edge.errors import ArtifactError, EdgeError
+from edge.onnx_engine import DATA_FILE, MANIFEST, MODEL_FILE, OnnxEngine
+from export.lower_onnx import pack_nbits, unpack_nbits, write_onnx
+from quant.apply import QuantEmbedding, QuantLinear
+from test_lower_gguf import CFG, quantized, recipe, tiny_model, tiny_tokenizer
+
+try:
+    import onnxruntime_genai  # noqa: F401
+
+    HAVE_GENAI = True
+except ImportError:
+    HAVE_GENAI = False
+
+# Float weights and weight-only int4 / int8 (accuracy_level 0: MatMulNBits dequantizes to fp32):
+# the same fp32 math in another order. Measured on the tiny model: 7.6e-7 (f32), 6.2e-7 (int8),
+# 4.9e-7 (int4), 6.0e-7 (asymmetric int4).
+F32_LOGIT_ATOL = 1e-5
+WEIGHT_ONLY_LOGIT_ATOL = 1e-5
+# The cached path (prefill, then one decode step per token) against one pass over all tokens:
+# the same kernels on different row counts. Measured: 4.6e-7.
+KV_PATH_ATOL = 1e-5
+# 8da4w: onnxruntime rounds activations to int8 blocks of 32 itself (accuracy_level 4) while the
+# reference fake-quantizes them in fp32, so rows near a rounding boundary differ. Measured on
+# the tiny model (100 tokens): max logit diff 0.017, top-1 agreement 0.98.
+ACT_INT8_MIN_TOP1 = 0.95
+ACT_INT8_LOGIT_ATOL = 0.1
+
+INT8 = {"bits": 8, "group_size": 32, "symmetric": True}
+INT4 = {"bits": 4, "group_size": 32, "symmetric": True}
+ACT32 = {"symmetric": True, "group_size": 32}
+
+
+def _ids(n=100, seed=0):
+    return torch.randint(0, 262, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _export(m, tmp_path, name="onnx", **kw):
+    out = tmp_path / name
+    write_onnx(m, tiny_tokenizer(), out, **kw)
+    return out
+
+
+@torch.inference_mode()
+def _compare(m, out):
+    ids = _ids()
+    got = OnnxEngine(out, max_context=128, threads=1).session().logits_all(ids[0].tolist())
+    want = m(ids)[0].numpy()
+    return float(np.abs(got - want).max()), float((got.argmax(-1) == want.argmax(-1)).mean())
+
+
+# ------------------------------------------------------------------------------ packing
+@pytest.mark.parametrize("bits,block", [(4, 32), (4, 16), (8, 32), (8, 64)])
+def test_matmulnbits_layout_against_onnxruntime(bits, block):
+    """Our packing, run by onnxruntime's MatMulNBits, equals the numpy definition."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(bits * 100 + block)
+    n, k = 24, 128
+    u = rng.integers(0, 1 << bits, (n, k)).astype(np.uint8)
+    u[0, :block] = 0  # both ends of the range
+    u[1, :block] = (1 << bits) - 1
+    b = pack_nbits(u, bits, block)
+    assert b.shape == (n, k // block, block * bits // 8)
+    np.testing.assert_array_equal(unpack_nbits(b, bits), u)
+    scales = rng.uniform(0.01, 0.1, (n, k // block)).astype(np.float32)
+    node = helper.make_node("MatMulNBits", ["a", "b", "s"], ["y"], domain="com.microsoft",
+                            K=k, N=n, bits=bits, block_size=block)
+    g = helper.make_graph([node], "t", [helper.make_tensor_value_info("a", TensorProto.FLOAT,
+                                                                      [3, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, n])],
+                          [numpy_helper.from_array(b, "b"), numpy_helper.from_array(scales, "s")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21),
+                                                helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = rng.standard_normal((3, k)).astype(np.float32)
+    w = (u.astype(np.float32) - (1 << (bits - 1))) * np.repeat(scales, block, axis=1)
+    np.testing.assert_allclose(sess.run(None, {"a": a})[0], a @ w.T, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ file contents
+def _initializers(out) -> dict:
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(out / MODEL_FILE))
+    return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}, m.graph
+
+
+@pytest.mark.parametrize("weight,act", [
+    (INT8, None), (INT4, None), ({"bits": 4, "group_size": 64, "symmetric": True}, None),
+    ({"bits": 8, "group_size": None, "symmetric": True}, {"symmetric": False}),  # per channel
+    ({"bits": 4, "group_size": 32, "symmetric": False}, None),  # zero points
+    (INT4, ACT32),
+])
+def test_quantized_values_reach_the_file_unchanged(tmp_path, weight, act):
+    pattern = "model.layers.*" if not weight["symmetric"] else "*"
+    m = quantized(recipe(weight, act, pattern=pattern))
+    out = _export(m, tmp_path)
+    inits, _ = _initializers(out)
+    mods = {n: mod for n, mod in m.named_modules() if isinstance(mod, (QuantLinear,
+                                                                       QuantEmbedding))}
+    assert len(mods) == (2 * 7 + 2 if pattern == "*" else 2 * 7)
+    for n, mod in mods.items():
+        qt = mod.qt
+        b = inits[f"{n}.qweight"]
+        block = b.shape[2] * 8 // qt.bits
+        rep = qt.group_size // block
+        u = unpack_nbits(b, qt.bits).astype(np.int16)
+        if qt.zero_point is None:
+            np.testing.assert_array_equal(u - (1 << (qt.bits - 1)), qt.qdata.numpy(), err_msg=n)
+        else:
+            np.testing.assert_array_equal(u, qt.qdata.numpy(), err_msg=n)
+            zp = unpack_nbits(inits[f"{n}.zero_points"][:, None, :], qt.bits)
+            want_zp = np.repeat(qt.zero_point.numpy(), rep, axis=1)
+            np.testing.assert_array_equal(zp[:, :want_zp.shape[1]], want_zp, err_msg=n)
+        want_s = np.repeat(qt.scale.numpy(), rep, axis=1)
+        np.testing.assert_array_equal(inits[f"{n}.scales"], want_s, err_msg=n)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["exact"] == (act is None)
+
+
+def test_tied_embedding_is_stored_once(tmp_path):
+    cfg = CFG.replace(tie_word_embeddings=True)
+    m = quantized(recipe(INT4), cfg)
+    out = _export(m, tmp_path, "q")
+    inits, graph = _initializers(out)
+    head = next(n for n in graph.node if n.name == "lm_head/MatMulNBits")
+    assert head.input[1] == "model.embed_tokens.qweight"
+    assert not [k for k in inits if k.startswith("lm_head")]
+    assert _compare(m, out)[0] < WEIGHT_ONLY_LOGIT_ATOL
+    m = tiny_model(cfg)  # float: one table, read transposed by the output layer
+    out = _export(m, tmp_path, "f")
+    inits, graph = _initializers(out)
+    assert "model.embed_tokens.weight" in inits and not [k for k in inits if "lm_head" in k]
+    assert _compare(m, out)[0] < F32_LOGIT_ATOL
+
+
+# ------------------------------------------------------------------------------ logits
+@pytest.mark.parametrize("name", ["f32", "int8", "int4", "int4_asym"])
+def test_logits_equal_torch(tmp_path, name):
+    if name == "f32":
+        m = tiny_model()  # CFG: llama3 rope scaling, GQA, untied output layer
+    elif name == "int4_asym":
+        m = quantized(recipe({"bits": 4, "group_size": 64, "symmetric": False},
+                             pattern="model.layers.*"))
+    else:
+        m = quantized(recipe(INT8 if name == "int8" else INT4))
+    diff, top1 = _compare(m, _export(m, tmp_path))
+    assert diff < (F32_LOGIT_ATOL if name == "f32" else WEIGHT_ONLY_LOGIT_ATOL) and top1 == 1.0
+
+
+def test_int8_activations_close_to_torch(tmp_path):
+    m = quantized(recipe(INT4, ACT32))
+    out = _export(m, tmp_path)
+    diff, top1 = _compare(m, out)
+    assert diff < ACT_INT8_LOGIT_ATOL and top1 >= ACT_INT8_MIN_TOP1
+    assert json.loads((out / MANIFEST).read_text())["exact"] is False
+
+
+def test_kv_cache_path_equals_logits_all(tmp_path):
+    m = tiny_model()
+    out = _export(m, tmp_path)
+    ids = _ids(100, seed=1)[0].tolist()
+    s = OnnxEngine(out, max_context=128, threads=1).session()
+    full = s.logits_all(ids)
+    steps = [s.prefill(ids[:60])] + [s.decode(t).copy() for t in ids[60:]]
+    assert s.pos == 100
+    np.testing.assert_allclose(np.stack(steps), full[59:], atol=KV_PATH_ATOL, rtol=0)
+    for _ in range(28):  # up to the end of the context, then a clear error
+        s.decode(1)
+    with pytest.raises(EdgeError, match="do not fit the context of 128"):
+        s.decode(1)
+    s.reset()
+    np.testing.assert_allclose(s.prefill(ids[:10]), full[9], atol=KV_PATH_ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------------------ refusals
+@pytest.mark.parametrize("rule,message", [
+    ({"pattern": "model.layers.*", "config": {"weight": {"type": "fp8"}, "algorithm": "rtn"}},
+     "FP8"),
+    ({"pattern": "*", "config": {"weight": {"type": "int", "bits": 4, "group_size": 8},
+                                 "algorithm": "rtn"}}, "groups of 8"),
+])
+def test_unsupported_schemes_are_refused_before_work(tmp_path, rule, message):
+    from export.pipeline import ExportConfig, build_stages
+
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"name": "bad", "rules": [rule]}))
+    cfg = ExportConfig(checkpoint="x", out=tmp_path / "o", recipe=str(path), targets=("onnx",))
+    with pytest.raises(EdgeError, match=message) as e:
+        build_stages(cfg)
+    msg = str(e.value)
+    assert f"rule '{rule['pattern']}'" in msg and "--recipe int8" in msg and "\n" not in msg
+    for name in ("mobile", "8da4w", "int8", "int4-g128"):
+        ok = ExportConfig(checkpoint="x", out=tmp_path / "o", recipe=name, targets=("onnx",))
+        assert "lower:onnx" in [n for n, _ in build_stages(ok)]
+
+
+def test_unsupported_tensor_is_refused_without_output(tmp_path):
+    m = quantized(recipe({"type": "fp8", "group_size": None}, pattern="model.layers.*"))
+    with pytest.raises(EdgeError) as e:
+        write_onnx(m, tiny_tokenizer(), tmp_path / "o")
+    msg = str(e.value)
+    assert "model.layers.0.self_attn.q_proj" in msg and "FP8" in msg and "\n" not in msg
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_failed_write_keeps_previous_output(tmp_path, monkeypatch):
+    from export import lower_onnx
+
+    out = _export(tiny_model(), tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = []
+
+    def full_disk(self, name, arr):
+        calls.append(name)
+        if len(calls) > 5:
+            raise OSError("No space left on device")
+        return real(self, name, arr)
+
+    real = lower_onnx.DataFile.add
+    monkeypatch.setattr(lower_onnx.DataFile, "add", full_disk)
+    with pytest.raises(OSError):
+        write_onnx(tiny_model(seed=1), tiny_tokenizer(), out, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # no temp directory left
+
+
+# ------------------------------------------------------------------------------ runtime side
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "tiny"
+    write_onnx(quantized(recipe(INT8)), tiny_tokenizer(), out)
+    return out
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "bad"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _manifest_edit(d, fn):
+    m = json.loads((d / MANIFEST).read_text())
+    fn(m)
+    (d / MANIFEST).write_text(json.dumps(m))
+
+
+def _resync(d, name):
+    """Update the manifest to the file's new size and digest (a consistent but bad artifact)."""
+    from export.lower_onnx import file_digest
+
+    p = d / name
+    _manifest_edit(d, lambda m: m["files"].__setitem__(
+        name, {"bytes": p.stat().st_size, "sha256": file_digest(p)}))
+
+
+@pytest.mark.parametrize("case,message", [
+    ("truncate_model", "truncated or replaced"),
+    ("truncate_data", "truncated or replaced"),
+    ("flip_data_byte", "sha256"),
+    ("no_manifest", "no llama_edge_onnx.json"),
+    ("missing_data", "missing"),
+    ("garbage_model", "not a valid ONNX model"),
+    ("short_data", "needs bytes"),
+    ("escaping_location", "not a file of the artifact directory"),
+    ("newer_version", "re-export"),
+])
+def test_corrupt_artifact_gives_one_line_error(tiny_onnx, tmp_path, case, message):
+    d = _copy(tiny_onnx, tmp_path)
+    model, data = d / MODEL_FILE, d / DATA_FILE
+    if case == "truncate_model":
+        model.write_bytes(model.read_bytes()[:1000])
+    elif case == "truncate_data":
+        data.write_bytes(data.read_bytes()[:-100])
+    elif case == "flip_data_byte":
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        data.write_bytes(bytes(raw))
+    elif case == "no_manifest":
+        (d / MANIFEST).unlink()
+    elif case == "missing_data":
+        data.unlink()
+    elif case == "garbage_model":
+        model.write_bytes(b"<html>not found</html>" * 10)
+        _resync(d, MODEL_FILE)
+    elif case == "short_data":
+        data.write_bytes(data.read_bytes()[:len(data.read_bytes()) // 2])
+        _resync(d, DATA_FILE)
+    elif case == "escaping_location":
+        model.write_bytes(model.read_bytes().replace(DATA_FILE.encode(),
+                                                     b"../" + DATA_FILE[3:].encode()))
+        _resync(d, MODEL_FILE)
+    elif case == "newer_version":
+        _manifest_edit(d, lambda m: m.__setitem__("version", 99))
+    with pytest.raises(ArtifactError, match=message) as e:
+        OnnxEngine(d, threads=1)
+    assert str(d) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_runs_the_artifact_and_reports_corruption(tiny_onnx, tmp_path):
+    from click.testing import CliRunner
+
+    from edge.cli import main
+
+    r = CliRunner().invoke(main, ["run", "-m", str(tiny_onnx), "--prompt", "the theory",
+                                  "--max-new-tokens", "8", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output.strip().splitlines()[-1])
+    assert d["engine"] == "onnxruntime" and d["generated_tokens"] >= 1
+    bad = _copy(tiny_onnx, tmp_path)
+    (bad / DATA_FILE).write_bytes((bad / DATA_FILE).read_bytes()[:64])
+    r = CliRunner().invoke(main, ["run", "-m", str(bad), "--prompt", "hi"],
+                           catch_exceptions=False)
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and "truncated" in lines[0]
+
+
+def test_engine_selection(tiny_onnx):
+    from edge.engines import open_model
+
+    eng = open_model(str(tiny_onnx), threads=1)
+    assert eng.name == "onnxruntime" and eng.config.vocab_size == CFG.vocab_size
+    tok = tiny_tokenizer()
+    assert eng.eos_ids == tok.eos_ids and eng.tokenizer.encode("the") == tok.encode("the")
+    assert open_model(str(tiny_onnx / MODEL_FILE), threads=1).name == "onnxruntime"
+    with pytest.raises(EdgeError, match="kv-cache int8"):
+        open_model(str(tiny_onnx), kv="int8")
+
+
+@pytest.mark.skipif(not HAVE_GENAI, reason="onnxruntime-genai is not installed "
+                    "(pip install onnxruntime-genai)")
+def test_onnxruntime_genai_generates_our_tokens(tiny_onnx):
+    import onnxruntime_genai as og
+
+    model = og.Model(str(tiny_onnx))
+    assert og.Tokenizer(model).encode("the theory").tolist() == tiny_tokenizer().encode(
+        "the theory")
+    prompt = [261, 5, 70, 80, 90]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 24, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array([prompt], np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    s = OnnxEngine(tiny_onnx, threads=1).session()
+    logits, want = s.prefill(prompt), []
+    for _ in got:
+        want.append(int(np.argmax(logits)))
+        if want[-1] in tiny_tokenizer().eos_ids:
+            break
+        logits = s.decode(want[-1])
+    assert got == want
