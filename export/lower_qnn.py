@@ -1,0 +1,154 @@
+"""The qnn target: Qualcomm HTP through ExecuTorch's Qualcomm backend.
+
+Everything up to the vendor compiler runs with the public code in the executorch wheel (see
+export/vendor.py): the static chunk program, ExecuTorch's QnnQuantizer (16-bit activations;
+4-bit weights in blocks of 32 along the input -- HTP's block-wise "16a4w_block" -- for the
+transformer linears, 8-bit per-channel weights for the output layer), calibration, and the
+simulated program scored against the unquantized model. The compile (QNN HTP context binary
+inside a .pte) needs the Qualcomm AI Engine Direct SDK, which is licence-gated: with QNN_SDK_ROOT
+pointing to a valid SDK it runs, otherwise the export ends with an error naming the SDK, the
+version executorch expects and the variable.
+
+Building QnnQuantizer asks ExecuTorch to set the SDK up, and its setup downloads one when
+QNN_SDK_ROOT is unset; the quantizer needs no SDK, so QNN_SDK_ROOT is set to the empty value
+("the caller takes charge of the SDK" in ExecuTorch's setup) while the quantizer is built and
+restored after.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from edge.errors import EdgeError
+
+from . import vendor
+
+TARGET = "qnn"
+SDK_NAME = "Qualcomm AI Engine Direct SDK (QNN)"
+SDK_VAR = "QNN_SDK_ROOT"
+# The SDK version executorch 1.5.1 downloads and builds its Qualcomm backend against
+# (QNN_VERSION in executorch/backends/qualcomm/scripts/download_qnn_sdk.py).
+SDK_VERSION = "2.37.0.250724"
+SDK_URL = ("https://softwarecenter.qualcomm.com/api/download/software/sdks/"
+           f"Qualcomm_AI_Runtime_Community/All/{SDK_VERSION}/v{SDK_VERSION}.zip")
+# What a usable SDK directory holds: the host HTP library the compiler loads.
+SDK_HTP_LIB = Path("lib") / "x86_64-linux-clang" / "libQnnHtp.so"
+SOC = "SM8650"  # Snapdragon 8 Gen 3 (HTP v75): block-wise 4-bit weights need v69 or newer
+
+
+def check_request(cfg, recipe) -> None:
+    vendor.check_recipe(TARGET, cfg, recipe)
+
+
+def artifact_logits(path, max_seq_len):
+    return None  # the stage scores the simulated program itself (export/vendor.py)
+
+
+def _module_qconfig(ws: vendor.WeightSpec):
+    from executorch.backends.qualcomm.quantizer.quantizer import ModuleQConfig, QuantDtype
+    from torchao.quantization.pt2e import MinMaxObserver
+
+    dtype = {4: QuantDtype.use_16a4w_block if ws.block else QuantDtype.use_16a4w,
+             8: QuantDtype.use_16a8w, 16: QuantDtype.use_16a16w}[ws.bits]
+    # Activation ranges: min / max over all calibration chunks. (The quantizer's default moving
+    # average keeps ~99% of the first chunk's range, where the KV cache inputs are all zero.)
+    return ModuleQConfig(dtype, is_linear_per_channel=True, act_observer=MinMaxObserver)
+
+
+def make_quantizer(spec):
+    """QnnQuantizer for HTP with each linear's weights as `spec` says (module name ->
+    WeightSpec); every activation 16-bit."""
+    from executorch.backends.qualcomm.quantizer.quantizer import QnnQuantizer
+    from executorch.backends.qualcomm.serialization.qc_schema import (QcomChipset,
+                                                                      QnnExecuTorchBackendType)
+
+    class PlannedQnnQuantizer(QnnQuantizer):
+        def transform_for_annotation(self, model):
+            model = super().transform_for_annotation(model)
+            groups: dict[vendor.WeightSpec, set[str]] = {}
+            blocks = {}
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target != torch.ops.aten.linear.default:
+                    continue
+                name = vendor.linear_module_name(node)
+                if name is None:
+                    raise EdgeError(f"{TARGET}: linear node {node.name} has no module name")
+                ws = spec(name)
+                groups.setdefault(ws, set()).add(node.name)
+                if ws.block:
+                    blocks[node.name] = (1, ws.block)  # (out, in) weight: blocks along input
+            self.set_block_size_map(blocks)
+            self.set_submodule_qconfig_list(
+                [(lambda n, names=frozenset(names): n.name in names, _module_qconfig(ws))
+                 for ws, names in groups.items()])
+            return model
+
+    logging.disable(logging.WARNING)  # the SDK's op-constraint tables are absent: a warning
+    try:
+        q = PlannedQnnQuantizer(backend=QnnExecuTorchBackendType.kHtpBackend,
+                                soc_model=getattr(QcomChipset, SOC))
+    finally:
+        logging.disable(logging.NOTSET)
+    default = _module_qconfig(vendor.WeightSpec(4))
+    q.set_default_quant_config(default.quant_dtype, is_linear_per_channel=True,
+                               act_observer=default.act_observer)
+    return q
+
+
+def sdk_status() -> vendor.SdkStatus:
+    status = vendor.SdkStatus(SDK_NAME, SDK_VERSION, SDK_VAR, present=False)
+    what = (f"download the {SDK_NAME} {SDK_VERSION} (the version executorch 1.5.1 expects; "
+            f"{SDK_URL}), unpack it and set {SDK_VAR} to the directory holding {SDK_HTP_LIB}")
+    root = os.environ.get(SDK_VAR, "")
+    if not root:
+        status.problem = f"the {SDK_NAME} is not installed ({SDK_VAR} is not set): {what}"
+        return status
+    lib = Path(root) / SDK_HTP_LIB
+    if not lib.is_file():
+        status.problem = (f"{SDK_VAR}={root} is not a valid SDK at {root} (no {SDK_HTP_LIB}): "
+                          f"{what}")
+        return status
+    try:
+        from executorch.backends.qualcomm.python import PyQnnManagerAdaptor
+
+        build = PyQnnManagerAdaptor.GetQnnSdkBuildId(str(lib))
+    except Exception as e:  # the SDK's own library could not be loaded or queried
+        status.problem = (f"{SDK_VAR}={root}: {lib} cannot be loaded ({e}); {what}")
+        return status
+    status.present, status.details = True, {"root": root, "build_id": str(build)}
+    return status
+
+
+def compile_program(ep, inputs, dest: Path, sdk: vendor.SdkStatus) -> Path:
+    """The quantized program -> HTP context binary in a .pte (needs the SDK)."""
+    from executorch.backends.qualcomm.serialization.qc_schema import QcomChipset
+    from executorch.backends.qualcomm.utils.utils import (
+        generate_htp_compiler_spec, generate_qnn_executorch_compiler_spec,
+        to_edge_transform_and_lower_to_qnn)
+
+    try:
+        specs = generate_qnn_executorch_compiler_spec(
+            soc_model=getattr(QcomChipset, SOC),
+            backend_options=generate_htp_compiler_spec(use_fp16=False))
+        edge = to_edge_transform_and_lower_to_qnn(ep.module(), inputs, specs)
+        program = edge.to_executorch()
+    except Exception as e:
+        raise EdgeError(f"{TARGET}: the QNN compile with the SDK at {sdk.details['root']} "
+                        f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                        ) from e
+    out = dest / "model.pte"
+    out.write_bytes(program.buffer)
+    return out
+
+
+VENDOR = vendor.Vendor(target=TARGET, title="Qualcomm HTP", block_weights=True,
+                       quantizer=make_quantizer, sdk=sdk_status, compile=compile_program,
+                       fallback_env={SDK_VAR: ""})
+
+
+def stage(st):
+    return vendor.run_stage(st, VENDOR)

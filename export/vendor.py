@@ -1,0 +1,443 @@
+"""Shared machinery of the vendor NPU targets (qnn: Qualcomm HTP, mediatek: NeuroPilot APU).
+
+Both vendor compilers take a static graph with integer activations, so everything up to the
+compiler is the same and lives here; export/lower_qnn.py and export/lower_mediatek.py add the
+vendor's own quantizer, the SDK check and the compile call.
+
+The static program (StaticLlama) processes one chunk of CHUNK tokens with the KV cache held
+outside the graph, as the vendor LLM flows do:
+
+    inputs   tokens (1, T) int64, positions (T,) int64, mask (1, T, C) float32 (0 or MASK_VALUE),
+             caches: per layer past keys, then per layer past values, each (1, n_kv, C - T, hd)
+    outputs  logits (1, T, vocab), per layer new keys, then per layer new values (1, n_kv, T, hd)
+
+with T = chunk and C = context. Every shape is fixed; the runner (ChunkRunner) writes the T new
+keys / values of a chunk into its cache at the chunk's positions and builds the mask (past slots
+below the chunk's start plus the causal triangle of the chunk). A text of up to C tokens runs as
+ceil(n / T) chunks; the last one is padded, its padding rows discarded.
+
+Quantization is the vendor's: torch.export -> prepare_pt2e(vendor quantizer) -> calibration on
+the calibration text -> convert_pt2e. The converted program still runs on the CPU, with every
+quantize / dequantize the vendor program performs in place, so its logits are the vendor
+program's simulated output; they are scored against the unquantized model on the packaged
+evaluation text (mean KLD, top-1 agreement, PPL) before any compile. The program is saved with
+torch.export.save, reloaded and checked to give the same logits.
+
+Recipes only choose weight bits per linear (int4 / int8; a rule without a scheme keeps 16-bit
+weights); activations are always 16-bit integers, the precision both NPUs run LLMs with. The
+embedding is a gather whose table the vendor quantizer treats as an activation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.errors import EdgeError
+
+CHUNK = 128  # tokens per call: the vendor flows' prompt-chunk length
+DEFAULT_CONTEXT = 512  # positions of the static cache (past slots + one chunk)
+# Additive mask value for positions a query must not see: exp(-128) ~ 3e-56 is zero after
+# softmax, and a 16-bit activation over a range this wide still resolves ~0.003.
+MASK_VALUE = -128.0
+CALIB_WINDOWS = 8  # calibration windows of `context` tokens
+DEFAULT_BLOCK = 32  # weight block along the input for block-wise 4-bit (as our g32 recipes)
+# The saved program reloaded must reproduce the in-memory program's logits (same graph, same
+# kernels: measured 0.0 on the tiny model and SmolLM2).
+RELOAD_ATOL = 1e-5
+
+
+# ------------------------------------------------------------------------------ static program
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class StaticLlama(nn.Module):
+    """A LlamaModel's weights in a fixed-shape chunk program (see the module docstring).
+
+    Submodules keep the LlamaModel's names (`model.layers.N.self_attn.q_proj`, `lm_head`), so
+    recipe patterns and the vendor quantizers' module predicates match them."""
+
+    def __init__(self, llama, chunk: int, context: int):
+        super().__init__()
+        from .model import rope_tables
+
+        cfg = llama.config
+        if not 0 < chunk < context <= cfg.max_position_embeddings:
+            raise EdgeError(f"static program: need 0 < chunk ({chunk}) < context ({context}) "
+                            f"<= the model's {cfg.max_position_embeddings} positions")
+        self.config, self.chunk, self.context = cfg, chunk, context
+        self.model = llama.model
+        self.lm_head = llama.lm_head
+        cos, sin = rope_tables(cfg, context)
+        self.register_buffer("rope_cos", cos)  # (context, head_dim)
+        self.register_buffer("rope_sin", sin)
+
+    def forward(self, tokens, positions, mask, caches):
+        cfg = self.config
+        t, n_layers = self.chunk, cfg.num_layers
+        nh, nkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        g = nh // nkv
+        cos = F.embedding(positions, self.rope_cos).view(1, 1, t, hd)
+        sin = F.embedding(positions, self.rope_sin).view(1, 1, t, hd)
+        # Query rows are grouped by KV head: (1, n_kv, g * T, C), mask repeated per group.
+        mask_g = torch.cat([mask] * g, dim=1).unsqueeze(1)
+        x = self.model.embed_tokens(tokens)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.model.layers):
+            a = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = a.q_proj(h).view(1, t, nh, hd).transpose(1, 2)
+            k = a.k_proj(h).view(1, t, nkv, hd).transpose(1, 2)
+            v = a.v_proj(h).view(1, t, nkv, hd).transpose(1, 2)
+            q = (q * cos + _rotate_half(q) * sin) * (hd ** -0.5)
+            k = k * cos + _rotate_half(k) * sin
+            new_k.append(k)
+            new_v.append(v)
+            keys = torch.cat([caches[i], k], dim=2)  # (1, n_kv, C, hd)
+            vals = torch.cat([caches[n_layers + i], v], dim=2)
+            s = q.reshape(1, nkv, g * t, hd) @ keys.transpose(2, 3) + mask_g
+            y = torch.softmax(s, dim=-1) @ vals  # (1, n_kv, g * T, hd)
+            y = y.reshape(1, nh, t, hd).transpose(1, 2).reshape(1, t, nh * hd)
+            x = x + a.o_proj(y)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = self.lm_head(self.model.norm(x))
+        return (logits, *new_k, *new_v)
+
+
+def example_inputs(cfg, chunk: int, context: int) -> tuple:
+    cache = (1, cfg.num_kv_heads, context - chunk, cfg.head_dim)
+    caches = tuple(torch.zeros(cache) for _ in range(2 * cfg.num_layers))
+    return (torch.zeros(1, chunk, dtype=torch.long), torch.arange(chunk),
+            torch.zeros(1, chunk, context), caches)
+
+
+class ChunkRunner:
+    """(1, n) ids -> (n, vocab) logits through a static chunk program, n <= context."""
+
+    def __init__(self, program: Callable, cfg, chunk: int, context: int):
+        self.program, self.cfg, self.chunk, self.context = program, cfg, chunk, context
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        cfg, t, c = self.cfg, self.chunk, self.context
+        n = ids.shape[1]
+        if n > c:
+            raise EdgeError(f"{n} tokens exceed the static program's context of {c}")
+        past = c - t
+        caches = [torch.zeros(1, cfg.num_kv_heads, past, cfg.head_dim)
+                  for _ in range(2 * cfg.num_layers)]
+        causal = torch.full((t, t), MASK_VALUE).triu(1)
+        out = []
+        for p in range(0, n, t):
+            m = min(t, n - p)
+            tokens = torch.zeros(1, t, dtype=torch.long)
+            tokens[0, :m] = ids[0, p:p + m]
+            positions = torch.arange(p, p + t).clamp(max=c - 1)  # padding rows: any position
+            mask = torch.full((1, t, c), MASK_VALUE)
+            mask[0, :, :p] = 0.0
+            mask[0, :, past:] = causal
+            res = self.program(tokens, positions, mask, tuple(caches))
+            out.append(res[0][0, :m].float())
+            if p + t < n:  # another chunk follows: keep this chunk's keys and values
+                for j in range(2 * cfg.num_layers):
+                    caches[j][:, :, p:p + m] = res[1 + j][:, :, :m]
+        return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------ recipes
+@dataclass(frozen=True)
+class WeightSpec:
+    bits: int  # 4, 8 or 16
+    block: int | None = None  # None: one scale per output channel
+
+    @property
+    def name(self) -> str:
+        return f"int{self.bits}_{'pc' if self.block is None else f'b{self.block}'}"
+
+
+def weight_plan(target: str, recipe, block_weights: bool) -> tuple[Callable[[str], WeightSpec],
+                                                                     list[str]]:
+    """Module name -> weight precision for the vendor quantizer, and notes on what the vendor
+    path does differently from the recipe. recipe None: the vendor default (4-bit transformer
+    linears, in blocks of DEFAULT_BLOCK where the quantizer has blocks, 8-bit per-channel output
+    layer, the sensitive layer the vendor flows keep at 8 bits)."""
+    notes = ["activations: 16-bit integers (static ranges from calibration)",
+             "embedding: a gather whose table the vendor quantizer holds as a 16-bit activation"]
+    if recipe is None:
+        layer = WeightSpec(4, DEFAULT_BLOCK if block_weights else None)
+        head = WeightSpec(8)
+        return (lambda name: head if name == "lm_head" else layer), notes
+    from quant.schemes import IntWeight
+
+    def spec(name: str) -> WeightSpec:
+        c = recipe.config_for(name)
+        if c is None:
+            return WeightSpec(16)
+        w = c.weight
+        assert isinstance(w, IntWeight) and w.bits in (4, 8)  # check_recipe ran before
+        return WeightSpec(w.bits, w.group_size if block_weights else None)
+
+    if any(r.config is not None and r.config.algorithm != "rtn" for r in recipe.rules):
+        notes.append("weights: the vendor quantizer's min / max rounding (the recipe's "
+                     "algorithm is not applied)")
+    if not block_weights and any(r.config is not None and r.config.weight.group_size
+                                 for r in recipe.rules):
+        notes.append(f"weights: one scale per output channel ({target}'s quantizer has no "
+                     "groups; the recipe's group sizes are not applied)")
+    if any(r.config is not None and r.config.act is not None for r in recipe.rules):
+        notes.append("the recipe's dynamic 8-bit activations are replaced by static 16-bit ones")
+    if recipe.kv_cache is not None:
+        notes.append("KV cache: 16-bit activations (the recipe's int8 cache is not applied)")
+    return spec, notes
+
+
+def check_recipe(target: str, cfg, recipe) -> None:
+    """Refuse, before any work, what the vendor quantizers cannot express."""
+    from quant.schemes import IntWeight
+
+    if cfg.recipe.startswith("auto"):
+        raise EdgeError(f"--target {target} quantizes with the vendor's quantizer and takes "
+                        "--recipe none (its default: 16-bit activations x 4-bit weights, 8-bit "
+                        f"output layer) or a fixed int4 / int8 recipe, not {cfg.recipe}")
+    if recipe is None:
+        return
+    for r in recipe.rules:
+        w = None if r.config is None else r.config.weight
+        if w is None:
+            continue
+        if not isinstance(w, IntWeight):
+            raise EdgeError(f"--target {target}: recipe {recipe.name!r} rule {r.pattern!r} "
+                            f"uses {w.name}; the vendor quantizer has integer weights only "
+                            "(int4 / int8)")
+        if w.group_size is not None and (w.group_size < 16 or w.group_size & (w.group_size - 1)):
+            raise EdgeError(f"--target {target}: recipe {recipe.name!r} rule {r.pattern!r} "
+                            f"has groups of {w.group_size}; vendor weight blocks are powers of "
+                            "two from 16")
+
+
+def check_blocks(model, spec: Callable[[str], WeightSpec]) -> None:
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            b = spec(name).block
+            if b is not None and mod.in_features % b:
+                raise EdgeError(f"{name}: {mod.in_features} inputs are not a multiple of the "
+                                f"weight block {b}")
+
+
+def linear_module_name(node) -> str | None:
+    """The qualified name of the nn.Linear a graph node was traced from (None otherwise)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path, kind = list(stack.values())[-1]
+    kind = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
+    if not kind.endswith("Linear"):
+        return None
+    return path.removeprefix("L['self'].").replace("L__self___", "")
+
+
+# ------------------------------------------------------------------------------ SDK status
+@dataclass
+class SdkStatus:
+    """Whether a vendor compiler can run here, and if not, the one-line reason."""
+
+    name: str  # "Qualcomm AI Engine Direct SDK (QNN)"
+    version: str  # the version the installed executorch expects
+    variable: str  # the environment variable that points to it
+    present: bool
+    problem: str | None = None  # why it cannot run (None when present)
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, {})}
+
+
+# ------------------------------------------------------------------------------ the stage
+@dataclass(frozen=True)
+class Vendor:
+    """One vendor target: its quantizer, SDK check and compile call."""
+
+    target: str  # "qnn"
+    title: str  # "Qualcomm HTP"
+    block_weights: bool  # the quantizer has block-wise weights
+    quantizer: Callable  # (spec: module name -> WeightSpec) -> a pt2e Quantizer
+    sdk: Callable[[], SdkStatus]
+    compile: Callable  # (exported program, example inputs, dest dir, sdk) -> .pte path
+    fallback_env: dict = field(default_factory=dict)  # env while the quantizer runs
+
+
+def static_context(cfg, model_cfg) -> int:
+    c = cfg.max_context or min(DEFAULT_CONTEXT, model_cfg.max_position_embeddings)
+    if not CHUNK < c <= model_cfg.max_position_embeddings:
+        raise EdgeError(f"--max-context {c}: the static program needs more than one chunk "
+                        f"({CHUNK} tokens) and at most the model's "
+                        f"{model_cfg.max_position_embeddings} positions")
+    return c
+
+
+def _calibration_windows(ck, cfg, context: int) -> torch.Tensor:
+    from .quantize import calibration_ids
+
+    return calibration_ids(ck.tokenizer, cfg.calib, CALIB_WINDOWS, context)
+
+
+class _Env:
+    """Set environment variables for a block, restoring them after."""
+
+    def __init__(self, values: dict):
+        self.values, self.saved = values, {}
+
+    def __enter__(self):
+        for k, v in self.values.items():
+            self.saved[k] = os.environ.get(k)
+            if self.saved[k] is None:
+                os.environ[k] = v
+        return self
+
+    def __exit__(self, *exc):
+        for k, old in self.saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+
+
+def quantize_static(vendor: Vendor, static: StaticLlama, spec, calib: torch.Tensor,
+                    log=print) -> tuple[torch.fx.GraphModule, tuple, dict]:
+    """torch.export -> prepare_pt2e(vendor quantizer) -> calibrate -> convert_pt2e."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    cfg, t, c = static.config, static.chunk, static.context
+    inputs = example_inputs(cfg, t, c)
+    times = {}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        gm = torch.export.export(static, inputs, strict=False).module()
+    times["export_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    with _Env(vendor.fallback_env):
+        prepared = prepare_pt2e(gm, vendor.quantizer(spec))
+    times["prepare_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    run = ChunkRunner(prepared, cfg, t, c)
+    for w in calib:
+        run(w.unsqueeze(0))
+    times["calibrate_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    converted = convert_pt2e(prepared)
+    times["convert_s"] = round(time.perf_counter() - t0, 2)
+    return converted, inputs, times
+
+
+def _score(run: Callable, ck, context: int) -> dict:
+    """The simulated program against the unquantized model on the packaged evaluation text."""
+    from quant.eval import compare
+
+    from .evaluate import read_text
+    from .model import LlamaModel
+    from .pipeline import QUALITY_CTX, QUALITY_TEXT
+
+    if ck.tokenizer is None:
+        return {"skipped": "the checkpoint has no tokenizer"}
+    ctx = min(QUALITY_CTX, context)
+    ids = ck.tokenizer.encode(read_text(QUALITY_TEXT))
+    ref = LlamaModel.from_state_dict(ck.config, ck.tensors, max_seq_len=ctx)
+    with torch.inference_mode():
+        r = compare(run, lambda w: ref(w)[0], ids, ctx)
+    return {**r.to_json(), "text": QUALITY_TEXT.name, "simulated": True}
+
+
+def run_stage(st, vendor: Vendor):
+    """The lower stage of a vendor target: quantize, save, reload, score, then compile with the
+    SDK or defer a one-line error naming what is missing."""
+    from quant.recipes import load_recipe
+
+    from .model import LlamaModel
+
+    ck, cfg, target = st.checkpoint, st.cfg, vendor.target
+    recipe = load_recipe(cfg.recipe) if cfg.recipe != "none" else None
+    spec, notes = weight_plan(target, recipe, vendor.block_weights)
+    context = static_context(cfg, ck.config)
+    dest = st.workdir / target
+    dest.mkdir()
+    float_model = LlamaModel.from_state_dict(ck.config, ck.tensors, torch.float32,
+                                             max_seq_len=context)
+    check_blocks(float_model, spec)
+    static = StaticLlama(float_model, CHUNK, context).eval()
+    calib = _calibration_windows(ck, cfg, context)
+    converted, inputs, times = quantize_static(vendor, static, spec, calib)
+
+    # Save the converted program, reload it, and check it reproduces the in-memory logits.
+    t0 = time.perf_counter()
+    path = dest / "model_quantized.pt2"
+    ep = torch.export.export(converted, inputs, strict=False)
+    torch.export.save(ep, path)
+    reloaded = torch.export.load(path).module()
+    times["save_s"] = round(time.perf_counter() - t0, 2)
+    probe = _probe_ids(ck, context)
+    in_memory = ChunkRunner(converted, ck.config, CHUNK, context)
+    run = ChunkRunner(reloaded, ck.config, CHUNK, context)
+    diff = float((run(probe) - in_memory(probe)).abs().max())
+    if not diff <= RELOAD_ATOL:
+        raise EdgeError(f"{target}: the saved program {path.name} gives logits {diff:.3g} away "
+                        "from the program it was saved from")
+    t0 = time.perf_counter()
+    quality = _score(run, ck, context)
+    times["score_s"] = round(time.perf_counter() - t0, 2)
+
+    layers = sorted({spec(n).name for n, m in static.named_modules()
+                     if isinstance(m, nn.Linear) and n != "lm_head"})
+    meta = {"format": f"llama-edge-{target}-quantized-program", "version": 1,
+            "program": path.name, "chunk": CHUNK, "context": context,
+            "inputs": ["tokens (1, chunk) int64", "positions (chunk,) int64",
+                       "mask (1, chunk, context) float32, 0 or mask_value",
+                       f"caches: {ck.config.num_layers} past keys then "
+                       f"{ck.config.num_layers} past values, each (1, "
+                       f"{ck.config.num_kv_heads}, {context - CHUNK}, {ck.config.head_dim})"],
+            "outputs": ["logits (1, chunk, vocab)",
+                        "new keys then new values per layer, each (1, "
+                        f"{ck.config.num_kv_heads}, chunk, {ck.config.head_dim})"],
+            "mask_value": MASK_VALUE, "model_config": ck.config.to_hf_dict(),
+            "quantization": {"activations": "16-bit", "layers": layers,
+                             "lm_head": spec("lm_head").name, "notes": notes,
+                             "calibration": {"windows": int(calib.shape[0]),
+                                             "tokens": int(calib.numel())}}}
+    (dest / "program.json").write_text(json.dumps(meta, indent=2) + "\n")
+    sdk = vendor.sdk()
+    info = {"path": target, "bytes": sum(p.stat().st_size for p in dest.iterdir()),
+            "program": path.name, "dtype": "16a+" + "+".join(layers + [spec("lm_head").name]),
+            "chunk": CHUNK, "context": context, "exact": False, "compiled": False,
+            "quality": quality, "reload_max_abs_logit_diff": diff, "seconds": times,
+            "quantization_notes": notes, "sdk": sdk.to_json()}
+    st.report.setdefault("artifacts", {})[target] = info
+    st.artifacts[target] = dest
+    if not sdk.present:
+        kld = quality.get("kld_mean")
+        kld = f" (simulated mean KLD {kld:.4f})" if isinstance(kld, float) else ""
+        st.deferred_errors.append(f"{target}: {sdk.problem}; the quantized program{kld} is in "
+                                  f"{Path(cfg.out) / target}")
+        return st
+    t0 = time.perf_counter()
+    pte = vendor.compile(ep, inputs, dest, sdk)
+    info.update(compiled=True, pte=pte.name, pte_bytes=pte.stat().st_size,
+                bytes=sum(p.stat().st_size for p in dest.iterdir()))
+    times["compile_s"] = round(time.perf_counter() - t0, 2)
+    return st
+
+
+def _probe_ids(ck, context: int) -> torch.Tensor:
+    from .pipeline import PROBE_TEXT
+
+    if ck.tokenizer is not None:
+        ids = ck.tokenizer.encode(PROBE_TEXT)
+    else:
+        ids = list(range(1, 33))
+    return torch.tensor([ids[:context]]) % ck.config.vocab_size
