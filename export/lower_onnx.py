@@ -184,30 +184,39 @@ class DataFile:
         self.path = Path(directory) / name
         self.f = open(self.path, "wb")
         self.tensors = []
+        self.written = {}  # name -> TensorProto of external initializers
 
     def add(self, name: str, arr: np.ndarray) -> str:
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import helper, numpy_helper
 
         arr = np.ascontiguousarray(arr)
         if arr.nbytes <= INLINE_BYTES:
             self.tensors.append(numpy_helper.from_array(arr, name))
             return name
-        align = ALIGN_LARGE if arr.nbytes >= LARGE_BYTES else ALIGN_SMALL
+        return self.add_raw(name, arr, helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape)
+
+    def add_raw(self, name: str, raw: np.ndarray, data_type: int, shape) -> str:
+        """An external initializer of ONNX type `data_type` and `shape` from its bytes."""
+        from onnx import TensorProto
+
+        raw = np.ascontiguousarray(raw)
+        align = ALIGN_LARGE if raw.nbytes >= LARGE_BYTES else ALIGN_SMALL
         pos = self.f.tell()
         if pos % align:
             self.f.write(b"\0" * (align - pos % align))
             pos = self.f.tell()
-        self.f.write(memoryview(arr).cast("B"))
+        self.f.write(memoryview(raw).cast("B"))
         t = TensorProto()
         t.name = name
-        t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
-        t.dims.extend(arr.shape)
+        t.data_type = data_type
+        t.dims.extend(shape)
         t.data_location = TensorProto.EXTERNAL
         for key, value in (("location", self.name), ("offset", str(pos)),
-                           ("length", str(arr.nbytes))):
+                           ("length", str(raw.nbytes))):
             e = t.external_data.add()
             e.key, e.value = key, value
         self.tensors.append(t)
+        self.written[name] = t
         return name
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from edge.errors import EdgeError
 
 from .loaders import Checkpoint, load_checkpoint
 
-TARGETS = ("edge", "hf", "gguf", "xnnpack", "onnx", "qnn", "mediatek")
+TARGETS = ("edge", "hf", "gguf", "xnnpack", "onnx", "onnx-qdq", "qnn", "mediatek")
 # Targets lowered by a module of their own. Each module provides
 #   check_request(cfg, recipe)       refuse an unsupported combination before any work
 #                                    (recipe: the loaded Recipe, or None without quantization)
@@ -35,6 +35,7 @@ TARGETS = ("edge", "hf", "gguf", "xnnpack", "onnx", "qnn", "mediatek")
 # installed) appends a one-line message to st.deferred_errors: the other artifacts and the
 # report are still written, then the export fails with that message.
 TARGET_MODULES = {"xnnpack": "export.lower_xnnpack", "onnx": "export.lower_onnx",
+                  "onnx-qdq": "export.lower_onnx_qdq",
                   "qnn": "export.lower_qnn", "mediatek": "export.lower_mediatek"}
 # Verification: logits on a fixed probe text within this absolute tolerance of the model the
 # artifact was lowered from when the artifact holds it exactly (float weights in the source

@@ -370,3 +370,72 @@ def test_onnxruntime_genai_generates_our_tokens(tiny_onnx):
             break
         logits = s.decode(want[-1])
     assert got == want
+
+
+# ------------------------------------------------------------------------------ onnx-qdq (QNN)
+# Static uint16 activation encodings calibrated on 4 x 256 tokens, against the fake-quant
+# reference of the same weights. Measured on the tiny model (120 tokens): KLD 6e-6..9e-6, top-1
+# 0.925..0.967; the one-token graph against the prompt graph: max logit diff 0.014 (both
+# quantize every activation, the encodings are the same, the rows differ in rounding only).
+QDQ_MAX_KLD = 1e-4
+QDQ_MIN_TOP1 = 0.85
+QDQ_S1_LOGIT_ATOL = 0.05
+
+
+@pytest.fixture(scope="module")
+def tiny_qdq(tmp_path_factory):
+    from export.lower_onnx_qdq import write_qdq_into
+
+    m = quantized(recipe(INT4, ACT32))
+    d = tmp_path_factory.mktemp("qdq")
+    calib = torch.randint(0, 262, (4, 256), generator=torch.Generator().manual_seed(3))
+    write_qdq_into(d, m, tiny_tokenizer(), calib.tolist(), cache=256)
+    return m, d
+
+
+@torch.inference_mode()
+def test_qdq_graphs_hold_our_values_and_track_the_reference(tiny_qdq):
+    import onnx
+    from onnx import numpy_helper
+
+    from edge.config import LlamaConfig
+    from export.lower_onnx_qdq import CHUNK, QDQ_FILE, StaticRunner
+
+    m, d = tiny_qdq
+    meta = json.loads((d / QDQ_FILE).read_text())
+    assert meta["graphs"] == {f"model_s{CHUNK}.onnx": CHUNK, "model_s1.onnx": 1}
+    graph = onnx.load(str(d / f"model_s{CHUNK}.onnx")).graph
+    for i in graph.input:  # every shape static
+        assert all(dim.dim_value > 0 for dim in i.type.tensor_type.shape.dim), i.name
+    inits = {t.name: t for t in graph.initializer}
+    qt = m.get_submodule("model.layers.1.mlp.down_proj").qt
+    w = inits["model.layers.1.mlp.down_proj.q"]
+    assert w.data_type == onnx.TensorProto.INT4
+    q = numpy_helper.to_array(w).astype(np.int8)  # (in, out)
+    np.testing.assert_array_equal(q.T, qt.qdata.numpy())
+    np.testing.assert_array_equal(
+        numpy_helper.to_array(inits["model.layers.1.mlp.down_proj.scale"]).T, qt.scale.numpy())
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "MatMul", "Softmax"} <= ops
+    assert not ops & {"MatMulNBits", "GroupQueryAttention"}  # standard ops only
+    cfg = LlamaConfig.from_hf_dict(meta["config"])
+    x = _ids(120, seed=4)
+    got = StaticRunner(d / f"model_s{CHUNK}.onnx", cfg, CHUNK, 256, 1).logits_all(x[0].tolist())
+    want = m(x)[0].double()
+    p, lq = torch.log_softmax(want, -1), torch.log_softmax(torch.from_numpy(got).double(), -1)
+    kld = float((p.exp() * (p - lq)).sum(-1).mean())
+    top1 = float((got.argmax(-1) == want.numpy().argmax(-1)).mean())
+    assert kld < QDQ_MAX_KLD and top1 >= QDQ_MIN_TOP1, (kld, top1)
+    r1 = StaticRunner(d / "model_s1.onnx", cfg, 1, 256, 1)
+    steps = np.stack([r1.run([t])[0][0] for t in x[0, :40].tolist()])
+    np.testing.assert_allclose(steps, got[:40], atol=QDQ_S1_LOGIT_ATOL, rtol=0)
+
+
+def test_qdq_needs_a_recipe(tmp_path):
+    from export.pipeline import ExportConfig, build_stages
+
+    with pytest.raises(EdgeError, match="give a recipe") as e:
+        build_stages(ExportConfig(checkpoint="x", out=tmp_path / "o", targets=("onnx-qdq",)))
+    assert "\n" not in str(e.value)
+    ok = ExportConfig(checkpoint="x", out=tmp_path / "o", recipe="8da4w", targets=("onnx-qdq",))
+    assert "lower:onnx-qdq" in [n for n, _ in build_stages(ok)]
