@@ -80,7 +80,11 @@ def main():
               help="Comma-separated targets: edge (the llama-edge runtime's bundle), hf (a "
               "normalized Hugging Face checkpoint, unquantized only), gguf (model.gguf for "
               "llama.cpp: Q8_0 / Q4_0 from symmetric int8 / int4 weights in groups of 32k, "
-              "F32 / F16 / BF16 otherwise).")
+              "F32 / F16 / BF16 otherwise), onnx (onnx/model.onnx + external data for "
+              "onnxruntime and onnxruntime-genai: MatMulNBits int4 / int8 weights, "
+              "GroupQueryAttention KV cache), onnx-qdq (static-shape QDQ graphs for "
+              "onnxruntime's QNN execution provider, uint16 activations calibrated on --calib "
+              "text; needs a recipe).")
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
               show_default=True, help="Dtype of unquantized weights (auto keeps the source "
               "precision).")
