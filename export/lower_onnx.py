@@ -333,12 +333,18 @@ def activation_note(summary: dict) -> str | None:
 def stage(st):
     import onnxruntime
 
-    from .pipeline import QUALITY_CTX, _float_model
+    import torch
+
+    from .model import LlamaModel
 
     ck = st.checkpoint
     dest = st.workdir / "onnx"
     dest.mkdir()
-    model = st.model if st.model is not None else _float_model(ck, QUALITY_CTX)
+    # Unquantized: the checkpoint's own tensors (no fp32 copy of the whole model); each weight
+    # is converted to float32 on its own as it is written.
+    model = st.model if st.model is not None else LlamaModel.from_state_dict(
+        ck.config, ck.tensors, ck.dtype if ck.dtype.is_floating_point else torch.float32,
+        max_seq_len=1)
     template = (ck.tokenizer.chat_template or ck.chat_template) if ck.tokenizer else None
     summary = write_onnx_into(dest, model, ck.tokenizer, chat_template=template,
                               max_context=st.cfg.max_context, recipe=st.cfg.recipe)
