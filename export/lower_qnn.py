@@ -9,16 +9,19 @@ inside a .pte) needs the Qualcomm AI Engine Direct SDK, which is licence-gated: 
 pointing to a valid SDK it runs, otherwise the export ends with an error naming the SDK, the
 version executorch expects and the variable.
 
-Building QnnQuantizer asks ExecuTorch to set the SDK up, and its setup downloads one when
-QNN_SDK_ROOT is unset; the quantizer needs no SDK, so QNN_SDK_ROOT is set to the empty value
-("the caller takes charge of the SDK" in ExecuTorch's setup) while the quantizer is built and
-restored after.
+Building and preparing QnnQuantizer asks ExecuTorch to set the SDK up (its setup downloads one
+when QNN_SDK_ROOT is unset) and to read the SDK's version (its native adaptor aborts the process
+on a directory without the SDK's libraries). The quantizer needs no SDK, so without a usable one
+QNN_SDK_ROOT is set to the empty value ("the caller takes charge of the SDK" in ExecuTorch's
+setup, "no SDK" to its version checks) while the quantizer runs, and restored after.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -37,6 +40,7 @@ SDK_URL = ("https://softwarecenter.qualcomm.com/api/download/software/sdks/"
            f"Qualcomm_AI_Runtime_Community/All/{SDK_VERSION}/v{SDK_VERSION}.zip")
 # What a usable SDK directory holds: the host HTP library the compiler loads.
 SDK_HTP_LIB = Path("lib") / "x86_64-linux-clang" / "libQnnHtp.so"
+SDK_QUERY_TIMEOUT_S = 60
 SOC = "SM8650"  # Snapdragon 8 Gen 3 (HTP v75): block-wise 4-bit weights need v69 or newer
 
 
@@ -112,15 +116,29 @@ def sdk_status() -> vendor.SdkStatus:
         status.problem = (f"{SDK_VAR}={root} is not a valid SDK at {root} (no {SDK_HTP_LIB}): "
                           f"{what}")
         return status
-    try:
-        from executorch.backends.qualcomm.python import PyQnnManagerAdaptor
-
-        build = PyQnnManagerAdaptor.GetQnnSdkBuildId(str(lib))
-    except Exception as e:  # the SDK's own library could not be loaded or queried
-        status.problem = (f"{SDK_VAR}={root}: {lib} cannot be loaded ({e}); {what}")
+    build, error = _sdk_build_id(lib)
+    if build is None:
+        status.problem = f"{SDK_VAR}={root} is not a valid SDK at {root} ({error}): {what}"
         return status
-    status.present, status.details = True, {"root": root, "build_id": str(build)}
+    status.present, status.details = True, {"root": root, "build_id": build}
     return status
+
+
+def _sdk_build_id(lib: Path) -> tuple[str | None, str]:
+    """The SDK build id from its HTP library, or (None, why). Asked in a child process: the
+    backend's native adaptor aborts the whole process on a library it cannot load."""
+    code = ("import sys\n"
+            "from executorch.backends.qualcomm.python import PyQnnManagerAdaptor as A\n"
+            "print(A.GetQnnSdkBuildId(sys.argv[1]))\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(lib)], capture_output=True,
+                           text=True, timeout=SDK_QUERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, f"{lib} did not answer within {SDK_QUERY_TIMEOUT_S} s"
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        return None, f"{lib} cannot be loaded (exit status {r.returncode})"
+    return lines[-1], ""
 
 
 def compile_program(ep, inputs, dest: Path, sdk: vendor.SdkStatus) -> Path:
@@ -147,7 +165,7 @@ def compile_program(ep, inputs, dest: Path, sdk: vendor.SdkStatus) -> Path:
 
 VENDOR = vendor.Vendor(target=TARGET, title="Qualcomm HTP", block_weights=True,
                        quantizer=make_quantizer, sdk=sdk_status, compile=compile_program,
-                       fallback_env={SDK_VAR: ""})
+                       no_sdk_env={SDK_VAR: ""})
 
 
 def stage(st):

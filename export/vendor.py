@@ -273,7 +273,9 @@ class Vendor:
     quantizer: Callable  # (spec: module name -> WeightSpec) -> a pt2e Quantizer
     sdk: Callable[[], SdkStatus]
     compile: Callable  # (exported program, example inputs, dest dir, sdk) -> .pte path
-    fallback_env: dict = field(default_factory=dict)  # env while the quantizer runs
+    # Environment while the quantizer is built and prepared when the SDK is not usable (the
+    # vendor code would otherwise look for the SDK, or download it)
+    no_sdk_env: dict = field(default_factory=dict)
 
 
 def static_context(cfg, model_cfg) -> int:
@@ -292,7 +294,7 @@ def _calibration_windows(ck, cfg, context: int) -> torch.Tensor:
 
 
 class _Env:
-    """Set environment variables for a block, restoring them after."""
+    """Set environment variables for a block, restoring the previous values after."""
 
     def __init__(self, values: dict):
         self.values, self.saved = values, {}
@@ -300,19 +302,21 @@ class _Env:
     def __enter__(self):
         for k, v in self.values.items():
             self.saved[k] = os.environ.get(k)
-            if self.saved[k] is None:
-                os.environ[k] = v
+            os.environ[k] = v
         return self
 
     def __exit__(self, *exc):
         for k, old in self.saved.items():
             if old is None:
                 os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
 
 
 def quantize_static(vendor: Vendor, static: StaticLlama, spec, calib: torch.Tensor,
-                    log=print) -> tuple[torch.fx.GraphModule, tuple, dict]:
-    """torch.export -> prepare_pt2e(vendor quantizer) -> calibrate -> convert_pt2e."""
+                    env: dict | None = None) -> tuple[torch.fx.GraphModule, tuple, dict]:
+    """torch.export -> prepare_pt2e(vendor quantizer) -> calibrate -> convert_pt2e, with `env`
+    set while the quantizer is built and prepared."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     cfg, t, c = static.config, static.chunk, static.context
@@ -323,7 +327,7 @@ def quantize_static(vendor: Vendor, static: StaticLlama, spec, calib: torch.Tens
         gm = torch.export.export(static, inputs, strict=False).module()
     times["export_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    with _Env(vendor.fallback_env):
+    with _Env(env or {}):
         prepared = prepare_pt2e(gm, vendor.quantizer(spec))
     times["prepare_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
@@ -335,6 +339,22 @@ def quantize_static(vendor: Vendor, static: StaticLlama, spec, calib: torch.Tens
     converted = convert_pt2e(prepared)
     times["convert_s"] = round(time.perf_counter() - t0, 2)
     return converted, inputs, times
+
+
+def load_program(path) -> torch.fx.GraphModule:
+    """A saved quantized program, callable (the quantize / dequantize operators it uses are
+    registered by torchao, imported first)."""
+    import torchao.quantization.pt2e  # noqa: F401  quantized_decomposed operators
+    import torchao.quantization.quant_primitives  # noqa: F401  torchao.dequantize_affine
+
+    p = Path(path)
+    if not p.is_file():
+        raise EdgeError(f"{p}: quantized program not found")
+    try:
+        return torch.export.load(p).module()
+    except Exception as e:  # torch reports a corrupt or foreign archive in many ways
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EdgeError(f"{p}: not a loadable quantized program ({first})") from None
 
 
 def _score(run: Callable, ck, context: int) -> dict:
@@ -373,14 +393,16 @@ def run_stage(st, vendor: Vendor):
     check_blocks(float_model, spec)
     static = StaticLlama(float_model, CHUNK, context).eval()
     calib = _calibration_windows(ck, cfg, context)
-    converted, inputs, times = quantize_static(vendor, static, spec, calib)
+    sdk = vendor.sdk()
+    converted, inputs, times = quantize_static(vendor, static, spec, calib,
+                                               env=None if sdk.present else vendor.no_sdk_env)
 
     # Save the converted program, reload it, and check it reproduces the in-memory logits.
     t0 = time.perf_counter()
     path = dest / "model_quantized.pt2"
     ep = torch.export.export(converted, inputs, strict=False)
     torch.export.save(ep, path)
-    reloaded = torch.export.load(path).module()
+    reloaded = load_program(path)
     times["save_s"] = round(time.perf_counter() - t0, 2)
     probe = _probe_ids(ck, context)
     in_memory = ChunkRunner(converted, ck.config, CHUNK, context)
@@ -411,7 +433,6 @@ def run_stage(st, vendor: Vendor):
                              "calibration": {"windows": int(calib.shape[0]),
                                              "tokens": int(calib.numel())}}}
     (dest / "program.json").write_text(json.dumps(meta, indent=2) + "\n")
-    sdk = vendor.sdk()
     info = {"path": target, "bytes": sum(p.stat().st_size for p in dest.iterdir()),
             "program": path.name, "dtype": "16a+" + "+".join(layers + [spec("lm_head").name]),
             "chunk": CHUNK, "context": context, "exact": False, "compiled": False,
