@@ -84,14 +84,19 @@ def main():
               "onnxruntime and onnxruntime-genai: MatMulNBits int4 / int8 weights, "
               "GroupQueryAttention KV cache), onnx-qdq (static-shape QDQ graphs for "
               "onnxruntime's QNN execution provider, uint16 activations calibrated on --calib "
-              "text; needs a recipe).")
+              "text; needs a recipe), qnn / mediatek (Qualcomm HTP / MediaTek APU: static "
+              "chunk program quantized by the vendor's quantizer to 16-bit activations x 4-bit "
+              "weights, 8-bit output layer, calibrated on --calib text and scored by "
+              "simulation; compiled when the vendor SDK is installed, otherwise the export "
+              "ends with an error naming it).")
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
               show_default=True, help="Dtype of unquantized weights (auto keeps the source "
               "precision).")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Calibration text for GPTQ/AWQ recipes (default: the packaged text).")
 @click.option("--max-context", type=int, default=None,
-              help="Longest context the edge artifact supports (default: min(model, 4096)).")
+              help="Longest context the edge artifact supports (default: min(model, 4096)); "
+              "for qnn / mediatek the static program's context (default: min(model, 512)).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin pickles (loaded "
               "with weights_only=True).")
