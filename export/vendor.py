@@ -393,6 +393,9 @@ def run_stage(st, vendor: Vendor):
     check_blocks(float_model, spec)
     static = StaticLlama(float_model, CHUNK, context).eval()
     calib = _calibration_windows(ck, cfg, context)
+    probe = _probe_ids(ck, context)
+    with torch.inference_mode():
+        probe_ref = float_model(probe)[0]  # (n, vocab) before the quantizer sees the weights
     sdk = vendor.sdk()
     converted, inputs, times = quantize_static(vendor, static, spec, calib,
                                                env=None if sdk.present else vendor.no_sdk_env)
@@ -404,10 +407,10 @@ def run_stage(st, vendor: Vendor):
     torch.export.save(ep, path)
     reloaded = load_program(path)
     times["save_s"] = round(time.perf_counter() - t0, 2)
-    probe = _probe_ids(ck, context)
     in_memory = ChunkRunner(converted, ck.config, CHUNK, context)
     run = ChunkRunner(reloaded, ck.config, CHUNK, context)
-    diff = float((run(probe) - in_memory(probe)).abs().max())
+    got = run(probe)
+    diff = float((got - in_memory(probe)).abs().max())
     if not diff <= RELOAD_ATOL:
         raise EdgeError(f"{target}: the saved program {path.name} gives logits {diff:.3g} away "
                         "from the program it was saved from")
@@ -436,7 +439,12 @@ def run_stage(st, vendor: Vendor):
     info = {"path": target, "bytes": sum(p.stat().st_size for p in dest.iterdir()),
             "program": path.name, "dtype": "16a+" + "+".join(layers + [spec("lm_head").name]),
             "chunk": CHUNK, "context": context, "exact": False, "compiled": False,
-            "quality": quality, "reload_max_abs_logit_diff": diff, "seconds": times,
+            "quality": quality, "reload_max_abs_logit_diff": diff,
+            # the probe text against the unquantized model, as the pipeline's verify reports
+            "verify_tokens": probe.shape[1],
+            "top1_agreement": round(float((got.argmax(-1) == probe_ref.argmax(-1)).float()
+                                          .mean()), 4),
+            "max_abs_logit_diff": float((got - probe_ref).abs().max()), "seconds": times,
             "quantization_notes": notes, "sdk": sdk.to_json()}
     st.report.setdefault("artifacts", {})[target] = info
     st.artifacts[target] = dest
