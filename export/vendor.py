@@ -209,6 +209,10 @@ def check_recipe(target: str, cfg, recipe) -> None:
         raise EdgeError(f"--target {target} quantizes with the vendor's quantizer and takes "
                         "--recipe none (its default: 16-bit activations x 4-bit weights, 8-bit "
                         f"output layer) or a fixed int4 / int8 recipe, not {cfg.recipe}")
+    if cfg.max_context is not None and cfg.max_context <= CHUNK:
+        raise EdgeError(f"--target {target}: --max-context {cfg.max_context} leaves no past "
+                        f"positions; the static program runs chunks of {CHUNK} tokens and needs "
+                        "a larger context")
     if recipe is None:
         return
     for r in recipe.rules:
@@ -268,7 +272,6 @@ class Vendor:
     """One vendor target: its quantizer, SDK check and compile call."""
 
     target: str  # "qnn"
-    title: str  # "Qualcomm HTP"
     block_weights: bool  # the quantizer has block-wise weights
     quantizer: Callable  # (spec: module name -> WeightSpec) -> a pt2e Quantizer
     sdk: Callable[[], SdkStatus]
@@ -469,4 +472,4 @@ def _probe_ids(ck, context: int) -> torch.Tensor:
         ids = ck.tokenizer.encode(PROBE_TEXT)
     else:
         ids = list(range(1, 33))
-    return torch.tensor([ids[:context]]) % ck.config.vocab_size
+    return torch.tensor([ids[:context]])

@@ -224,6 +224,14 @@ def test_unsupported_recipes_fail_before_any_work(target, recipe, message, tmp_p
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("target", list(MODULES))
+def test_context_without_past_positions_is_refused(target, tmp_path):
+    cfg = ExportConfig(checkpoint="x", out=tmp_path / "o", targets=(target,),
+                       max_context=vendor.CHUNK)
+    with pytest.raises(EdgeError, match="leaves no past positions"):
+        build_stages(cfg)
+
+
 def test_recipes_choose_weight_bits(tmp_path):
     from quant.recipes import load_recipe
 
