@@ -30,11 +30,12 @@ largest such power (at most MAX_BLOCK) dividing g, its scale repeated over the b
 group (exact). A quantized embedding is a GatherBlockQuantized over the same bytes; a tied
 output layer shares that initializer. Float weights are stored as float32.
 
-Activations: onnxruntime has no op that rounds activations per token the way our dynamic int8
-reference does. A layer whose recipe quantizes activations runs MatMulNBits with
-accuracy_level 4, where onnxruntime rounds the input to int8 itself (per block of `block` values,
-symmetric, one float scale per block) before integer dot products; weight-only layers run with
-accuracy_level 0 (float32 activations, the dequantized weights exactly).
+Activations: weight-only layers run MatMulNBits with accuracy_level 0 (float32 activations, the
+dequantized weights exactly). A recipe that rounds activations to symmetric int8 blocks of the
+weight block length (8da4w) runs accuracy_level 4, where onnxruntime does that rounding itself
+and multiplies in integers. Other dynamic int8 schemes (per token, asymmetric: `mobile`) have no
+onnxruntime kernel; the graph rounds the input exactly as the reference does with standard ops
+(ReduceMin / ReduceMax / Round / Clip) and MatMulNBits multiplies in float32.
 """
 
 from __future__ import annotations
@@ -321,13 +322,17 @@ def write_onnx(model, tokenizer, out, force: bool = False, **kw) -> dict:
 
 # ------------------------------------------------------------------------------ pipeline stage
 def activation_note(summary: dict) -> str | None:
+    notes = []
     blocks = sorted(summary["int8_act_blocks"])
-    if not blocks:
-        return None
-    return ("onnxruntime's own: MatMulNBits with accuracy_level 4 rounds each input to int8 in "
-            f"blocks of {'/'.join(map(str, blocks))} values (symmetric, one float scale per "
-            "block) for the layers whose recipe quantizes activations; the reference rounds "
-            "them as its recipe says")
+    if blocks:
+        notes.append("MatMulNBits with accuracy_level 4 rounds its input to symmetric int8 in "
+                     f"blocks of {'/'.join(map(str, blocks))} values (one float scale per "
+                     "block, the recipe's own scheme) and multiplies in integers")
+    if summary["act_emulated"]:
+        notes.append(f"the recipe's {', '.join(summary['act_emulated'])} rounding is computed in "
+                     "the graph with standard ops (ReduceMin / ReduceMax / Round / Clip, as the "
+                     "reference), then MatMulNBits multiplies in float32 (accuracy_level 0)")
+    return "; ".join(notes) or None
 
 
 def stage(st):

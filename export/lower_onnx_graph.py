@@ -57,7 +57,9 @@ class _Lowering:
     def __init__(self, model, data):
         self.model, self.cfg, self.g = model, model.config, GraphBuilder(data)
         self.weights: dict[str, int] = {}  # kind -> count
-        self.int8_act_blocks: set[int] = set()
+        self.int8_act_blocks: set[int] = set()  # MatMulNBits accuracy_level 4 block lengths
+        self.act_emulated: set[str] = set()  # activation schemes rounded with standard ops
+        self.fq: dict = {}  # (input, scheme) -> its fake-quantized tensor
         self.exact = True
         self.shared: dict[int, tuple] = {}  # id(QuantizedTensor) -> (B name, block, scales...)
 
@@ -93,9 +95,14 @@ class _Lowering:
             n, k = qt.shape
             acc = ACCURACY_FP32
             if m.act is not None:
-                acc = ACCURACY_INT8
-                self.int8_act_blocks.add(block)
                 self.exact = False
+                if m.act.group_size == block and m.act.symmetric:
+                    # The recipe's own rounding (symmetric int8 blocks of this length): what
+                    # MatMulNBits' accuracy_level 4 does, with integer dot products.
+                    acc = ACCURACY_INT8
+                    self.int8_act_blocks.add(block)
+                else:
+                    x = self.fake_quantize(x, m.act)
             self._count(f"int{qt.bits}" + ("" if qt.zero_point is None else "_asym"))
             inputs = [x, b, s] + ([z] if z else [])
             return g.node("MatMulNBits", inputs, domain=MS, name=f"{name}/MatMulNBits",
@@ -105,6 +112,54 @@ class _Lowering:
             w = g.const(f"{name}.weight_t", m.weight.detach().float().t().contiguous().numpy())
             return g.node("MatMul", [x, w], name=f"{name}/MatMul")
         raise EdgeError(f"module '{name}': {type(m).__name__} has no ONNX lowering")
+
+    def fake_quantize(self, x: str, act) -> str:
+        """x (B, S, K) rounded as the recipe's DynamicInt8Act does (quant/schemes/activation.py),
+        in float with standard ops; shared by the linears reading the same input."""
+        from quant.schemes.activation import EPS
+
+        key = (x, act)
+        if key in self.fq:
+            return self.fq[key]
+        g, p = self.g, f"{x}/act_{act.name}"
+        c = lambda n, v: g.const(f"act.{n}", np.array(v, np.float32))  # noqa: E731
+        axes = g.const("axes_last", np.array([-1], np.int64))
+        y = x
+        if act.group_size is not None:  # (B, S, K) -> (B, S, K / g, g)
+            y = g.node("Reshape", [x, g.const(f"shape_blocks_{act.group_size}", np.array(
+                [0, 0, -1, act.group_size], np.int64))], name=f"{p}/blocks")
+        if act.symmetric:
+            amax = g.node("ReduceMax", [g.node("Abs", [y], name=f"{p}/abs"), axes],
+                          name=f"{p}/amax", keepdims=1)
+            sc = g.node("Max", [g.node("Div", [amax, c("127", 127.0)], name=f"{p}/div127"),
+                                c("eps", EPS)], name=f"{p}/scale")
+            q = g.node("Clip", [g.node("Round", [g.node("Div", [y, sc], name=f"{p}/x_s")],
+                                       name=f"{p}/round"), c("m127", -127.0), c("127", 127.0)],
+                       name=f"{p}/q")
+            out = g.node("Mul", [q, sc], name=f"{p}/dq")
+        else:
+            lo = g.node("Min", [g.node("ReduceMin", [y, axes], name=f"{p}/min", keepdims=1),
+                                c("zero", 0.0)], name=f"{p}/lo")
+            hi = g.node("Max", [g.node("ReduceMax", [y, axes], name=f"{p}/max", keepdims=1),
+                                c("zero", 0.0)], name=f"{p}/hi")
+            sc = g.node("Max", [g.node("Div", [g.node("Sub", [hi, lo], name=f"{p}/range"),
+                                               c("255", 255.0)], name=f"{p}/div255"),
+                                c("eps", EPS)], name=f"{p}/scale")
+            zp = g.node("Clip", [g.node("Round", [g.node("Sub", [c("m128", -128.0), g.node(
+                "Div", [lo, sc], name=f"{p}/lo_s")], name=f"{p}/zp_f")], name=f"{p}/zp_r"),
+                c("m128", -128.0), c("127", 127.0)], name=f"{p}/zp")
+            q = g.node("Clip", [g.node("Add", [g.node("Round", [g.node(
+                "Div", [y, sc], name=f"{p}/x_s")], name=f"{p}/round"), zp], name=f"{p}/q_z"),
+                c("m128", -128.0), c("127", 127.0)], name=f"{p}/q")
+            out = g.node("Mul", [g.node("Sub", [q, zp], name=f"{p}/q_minus_z"), sc],
+                         name=f"{p}/dq")
+        if act.group_size is not None:
+            out = g.node("Reshape", [out, g.const("shape_bs_hidden", np.array([0, 0, -1],
+                                                                              np.int64))],
+                         name=f"{p}/unblocks")
+        self.fq[key] = out
+        self.act_emulated.add(act.name)
+        return out
 
     def embedding(self, ids: str) -> str:
         from torch import nn
@@ -258,4 +313,5 @@ def build_graph(model, data, max_ctx: int):
     low = _Lowering(model, data)
     graph = low.build(max_ctx)
     return graph, {"weights": low.weights, "ops": dict(sorted(low.g.ops.items())),
-                   "int8_act_blocks": low.int8_act_blocks, "exact": low.exact}
+                   "int8_act_blocks": low.int8_act_blocks,
+                   "act_emulated": sorted(low.act_emulated), "exact": low.exact}

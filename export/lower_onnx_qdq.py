@@ -164,7 +164,7 @@ class _Graph:
                           name=f"{name}/Cast", to=1)
             scales = g.node("Gather", [f"{name}.scale", "input_ids"], name=f"{name}/scales",
                             axis=0)
-            shp = g.const(f"shape_emb_groups", np.array([1, self.s, h // gs, gs], np.int64))
+            shp = g.const("shape_emb_groups", np.array([1, self.s, h // gs, gs], np.int64))
             y = g.node("Mul", [g.node("Reshape", [rows, shp], name=f"{name}/groups"),
                                g.node("Unsqueeze", [scales, g.const("axes_last",
                                                                     np.array([-1], np.int64))],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,10 @@ KV_PATH_ATOL = 1e-5
 # the tiny model (100 tokens): max logit diff 0.017, top-1 agreement 0.98.
 ACT_INT8_MIN_TOP1 = 0.95
 ACT_INT8_LOGIT_ATOL = 0.1
+# Per-token int8 activations (mobile) rounded in the graph exactly as the reference rounds them,
+# then float32 matmuls: measured 3e-7 on the tiny model; a value on a rounding boundary may
+# still go the other way after a float sum in another order, hence a looser bound.
+EMULATED_ACT_LOGIT_ATOL = 1e-3
 
 INT8 = {"bits": 8, "group_size": 32, "symmetric": True}
 INT4 = {"bits": 4, "group_size": 32, "symmetric": True}
@@ -172,6 +177,20 @@ def test_int8_activations_close_to_torch(tmp_path):
     diff, top1 = _compare(m, out)
     assert diff < ACT_INT8_LOGIT_ATOL and top1 >= ACT_INT8_MIN_TOP1
     assert json.loads((out / MANIFEST).read_text())["exact"] is False
+
+
+@pytest.mark.parametrize("act", [{"symmetric": False}, {"symmetric": True},
+                                 {"symmetric": True, "group_size": 16}])
+def test_emulated_activation_rounding_equals_torch(tmp_path, act):
+    """Per-token (mobile) and other block lengths: the graph rounds as the reference does."""
+    import onnx
+
+    m = quantized(recipe({"bits": 8, "group_size": None, "symmetric": True}, act))
+    out = _export(m, tmp_path)
+    ops = {n.op_type for n in onnx.load(str(out / MODEL_FILE)).graph.node}
+    assert {"Round", "Clip"} <= ops
+    diff, top1 = _compare(m, out)
+    assert diff < EMULATED_ACT_LOGIT_ATOL and top1 == 1.0
 
 
 def test_kv_cache_path_equals_logits_all(tmp_path):
@@ -439,3 +458,82 @@ def test_qdq_needs_a_recipe(tmp_path):
     assert "\n" not in str(e.value)
     ok = ExportConfig(checkpoint="x", out=tmp_path / "o", recipe="8da4w", targets=("onnx-qdq",))
     assert "lower:onnx-qdq" in [n for n, _ in build_stages(ok)]
+
+
+# ------------------------------------------------------------------------------ real model
+# SmolLM2 through the export pipeline. int8 (weight-only, groups of 32) runs MatMulNBits with
+# float32 activations: the same math as the reference, so greedy text must be identical.
+# `mobile` rounds activations per token; the graph does that rounding as the reference does,
+# but a value next to a rounding boundary can go the other way after float sums in another
+# order, and SmolLM2's few huge activations make top-1 flip under such perturbations, so mobile
+# is held to teacher-forced top-1 agreement and KLD along the reference's own greedy
+# continuation (as the gguf target's quantized files are). The mobile schemes are used with
+# round-to-nearest here (the preset's AWQ + GPTQ search takes minutes on this machine; the
+# lowering is the same).
+GREEDY_TOKENS_ONNX = 48
+MOBILE_MIN_TOP1 = 0.9
+MOBILE_MAX_KLD = 0.05
+
+
+@pytest.fixture(scope="module")
+def smollm2_onnx(smollm2_gguf, tmp_path_factory):
+    from export.pipeline import ExportConfig, run_export
+
+    torch.set_num_threads(2)
+    spec = json.loads((Path(__file__).resolve().parents[2] / "quant" / "recipes" /
+                       "mobile.json").read_text())
+    for rule in spec["rules"]:
+        rule["config"]["algorithm"] = "rtn"
+    spec["name"] = "mobile-rtn"
+    base = tmp_path_factory.mktemp("smol_onnx")
+    (base / "mobile-rtn.json").write_text(json.dumps(spec))
+    out = {}
+    for name, r in (("int8", "int8"), ("mobile", str(base / "mobile-rtn.json"))):
+        out[name] = run_export(ExportConfig(checkpoint=str(smollm2_gguf), out=base / name,
+                                            recipe=r, targets=("onnx",)), log=lambda s: None)
+    return out
+
+
+def _engines(st):
+    from export.reference import TorchEngine
+
+    eng = OnnxEngine(st.artifacts["onnx"], max_context=256, threads=2)
+    return eng, TorchEngine(st.checkpoint, max_context=256, threads=2, model=st.model)
+
+
+@pytest.mark.slow
+def test_smollm2_int8_onnx_greedy_equals_torch(smollm2_onnx):
+    from test_lower_gguf import PROMPTS, _chat_ids, _greedy
+
+    st = smollm2_onnx["int8"]
+    rep = st.report["artifacts"]["onnx"]
+    assert rep["exact"] and rep["weights"] == {"int8": 30 * 7 + 2}  # + embedding, lm_head
+    assert rep["max_abs_logit_diff"] < 1e-3 and rep["top1_agreement"] == 1.0
+    eng, ref = _engines(st)
+    for text in PROMPTS:
+        ids = _chat_ids(eng.tokenizer, text)
+        assert ids == _chat_ids(st.checkpoint.tokenizer, text)
+        got = _greedy(eng.session(), ids, GREEDY_TOKENS_ONNX)
+        assert got == _greedy(ref.session(), ids, GREEDY_TOKENS_ONNX), eng.tokenizer.decode(got)
+
+
+@pytest.mark.slow
+def test_smollm2_mobile_onnx_tracks_torch(smollm2_onnx):
+    from test_lower_gguf import PROMPTS, _chat_ids, _greedy
+
+    st = smollm2_onnx["mobile"]
+    rep = st.report["artifacts"]["onnx"]
+    assert not rep["exact"] and "ReduceMin" in rep["activations"]
+    assert rep["weights"] == {"int4": 30 * 7, "int8": 2}
+    eng, ref = _engines(st)
+    for text in PROMPTS:
+        ids = _chat_ids(eng.tokenizer, text)
+        seq = ids + _greedy(ref.session(), ids, GREEDY_TOKENS_ONNX)
+        got = torch.from_numpy(eng.session().logits_all(seq)).double()
+        with torch.inference_mode():
+            want = st.model(torch.tensor([seq]))[0].double()
+        n = len(ids) - 1  # the prompt's last position onwards: the generated tokens
+        top1 = float((got[n:].argmax(-1) == want[n:].argmax(-1)).double().mean())
+        p, q = torch.log_softmax(want[n:], -1), torch.log_softmax(got[n:], -1)
+        kld = float((p.exp() * (p - q)).sum(-1).mean())
+        assert top1 >= MOBILE_MIN_TOP1 and kld <= MOBILE_MAX_KLD, (top1, kld)
