@@ -77,7 +77,9 @@ def main():
               help="Quantization recipe: none, mobile (8da4w g32, int8 embedding/output), "
               "int4-g32, int4-g128, int8, fp8, 8da4w, auto[:BITS|:SIZEMB], or a recipe .json.")
 @click.option("--target", "targets", default="edge", show_default=True, callback=_csv,
-              help="Comma-separated targets: edge (the llama-edge runtime's bundle), hf (a "
+              help="Comma-separated targets: edge (the llama-edge runtime's bundle), xnnpack "
+              "(xnnpack/model.pte + tokenizer.json for ExecuTorch's LLM runner on Arm CPUs: "
+              "float, or --recipe mobile), hf (a "
               "normalized Hugging Face checkpoint, unquantized only), gguf (model.gguf for "
               "llama.cpp: Q8_0 / Q4_0 from symmetric int8 / int4 weights in groups of 32k, "
               "F32 / F16 / BF16 otherwise), onnx (onnx/model.onnx + external data for "

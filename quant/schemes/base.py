@@ -72,3 +72,16 @@ def fp16_scale(scale: torch.Tensor) -> torch.Tensor:
     tiny = torch.finfo(torch.float16).tiny
     s = scale.clamp(min=tiny, max=torch.finfo(torch.float16).max)
     return s.to(torch.float16).float()
+
+
+def bf16_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Round scales to bf16 within fp16's normal range: values every target stores exactly (bf16
+    for XNNPACK's block-wise int4, fp16 for the rest: a bf16 value in fp16's normal range is an
+    fp16 value)."""
+    tiny = torch.finfo(torch.float16).tiny
+    big = float(torch.tensor(torch.finfo(torch.float16).max).to(torch.bfloat16).float()) / 2
+    s = scale.clamp(min=tiny, max=big)
+    return s.to(torch.bfloat16).float()
+
+
+SCALE_ROUNDING = {"fp16": fp16_scale, "bf16": bf16_scale}

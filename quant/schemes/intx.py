@@ -7,6 +7,8 @@ symmetric:  q = clamp(round(w / s), -2^(b-1), 2^(b-1) - 1)
                   on -8, all 16 levels used, as Q4_0), max|w| / 7 otherwise (nothing clipped)
 asymmetric: q = clamp(round(w / s) + z, 0, 2^b - 1),  s = (max - min) / (2^b - 1),
             z = round(-min / s)   (min <= 0 <= max, so zero is exact)
+Scales are rounded to fp16 (scale_dtype "fp16"), or to bf16 values inside fp16's range
+(scale_dtype "bf16": what XNNPACK's block-wise int4 stores, and still exact in fp16 targets).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import QuantizedTensor, fp16_scale, grouped
+from .base import SCALE_ROUNDING, QuantizedTensor, grouped
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,12 @@ class IntWeight:
     bits: int = 4  # 4 or 8
     group_size: int | None = 32  # None: one group per output row (per channel)
     symmetric: bool = True
+    scale_dtype: str = "fp16"  # "fp16" or "bf16" (see the module docstring)
 
     def __post_init__(self):
+        if self.scale_dtype not in SCALE_ROUNDING:
+            raise ValueError(f"IntWeight.scale_dtype must be one of {', '.join(SCALE_ROUNDING)}, "
+                             f"got {self.scale_dtype!r}")
         if self.bits not in (4, 8):
             raise ValueError(f"IntWeight.bits must be 4 or 8, got {self.bits}")
         if self.group_size is not None and self.group_size <= 0:
@@ -48,19 +54,20 @@ class IntWeight:
         """scale (out, groups) float32 > 0 [, zero point (out, groups) uint8]."""
         g = grouped(w, self.group_for(w.shape[1]), name)
         qmin, qmax = self.qrange()
+        rounded = SCALE_ROUNDING[self.scale_dtype]
         if self.symmetric:
             if self.bits == 8:  # max|w| -> 127, as Q8_0 (an extra level is worth ~nothing)
-                return fp16_scale(g.abs().amax(-1) / qmax), None
+                return rounded(g.abs().amax(-1) / qmax), None
             # 4-bit: the group's largest-magnitude value lands exactly on a grid end: on -8
             # when it is negative (all 16 levels used, as Q4_0 does), on 7 otherwise, so
             # nothing is clipped and no scale is negative.
             idx = g.abs().argmax(-1, keepdim=True)
             extreme = torch.gather(g, -1, idx).squeeze(-1)
             div = torch.where(extreme < 0, float(-qmin), float(qmax))
-            return fp16_scale(extreme.abs() / div), None
+            return rounded(extreme.abs() / div), None
         lo = g.amin(-1).clamp(max=0.0)
         hi = g.amax(-1).clamp(min=0.0)
-        scale = fp16_scale((hi - lo) / (qmax - qmin))
+        scale = rounded((hi - lo) / (qmax - qmin))
         zp = torch.clamp(torch.round(-lo / scale), qmin, qmax).to(torch.uint8)
         return scale, zp
 

@@ -32,7 +32,7 @@ def test_presets_exist_and_round_trip():
 def test_mobile_is_metas_recipe():
     r = load_recipe("mobile")
     lin = r.config_for("model.layers.7.mlp.down_proj")
-    assert lin.weight == IntWeight(4, 32, True) and lin.act == DynamicInt8Act(False)
+    assert lin.weight == IntWeight(4, 32, True, scale_dtype="bf16") and lin.act == DynamicInt8Act(False)
     assert r.config_for("model.embed_tokens").weight == IntWeight(8, None)
     assert r.config_for("lm_head").weight == IntWeight(8, None)
 

@@ -154,3 +154,26 @@ def test_kv_int8_per_token_head():
     q, s = kv.quantize(x)
     assert q.dtype == torch.int8 and s.shape == (2, 4, 10, 1)
     assert rmse(kv.dequantize(q, s), x) / float(x.std()) < 0.01
+
+
+def test_bf16_scales_are_exact_in_bf16_and_fp16():
+    """scale_dtype bf16 (XNNPACK's block-wise int4 stores bf16 scales): every scale is a bf16
+    value inside fp16's normal range, so fp16 targets hold it exactly too."""
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(0)) * 0.05
+    w[0] = 0.0  # an all-zero row: the smallest scale
+    w[1, :32] *= 1e-4  # tiny groups
+    qt = IntWeight(4, 32, scale_dtype="bf16").quantize_tensor(w)
+    s = qt.scale
+    assert torch.equal(s.to(torch.bfloat16).float(), s)
+    assert torch.equal(s.half().float(), s)
+    assert float(s.min()) >= torch.finfo(torch.float16).tiny
+    err16 = (IntWeight(4, 32).quantize_tensor(w).dequantize() - w).abs().mean()
+    err_bf = (qt.dequantize() - w).abs().mean()
+    assert err_bf <= BF16_SCALE_ERROR_RATIO * err16
+    with pytest.raises(ValueError, match="scale_dtype"):
+        IntWeight(4, 32, scale_dtype="fp8")
+
+
+# Coarser scales cost little: the mean weight error with bf16 scales stays within this factor
+# of fp16 scales' (the rounding step of a 4-bit grid dwarfs a 2^-9 relative scale change).
+BF16_SCALE_ERROR_RATIO = 1.01

@@ -1,0 +1,253 @@
+"""The ExecuTorch engine: runs a `.pte` (from `llama-export --target xnnpack`) in executorch's
+Python runtime behind the same engine / session interface as the edge runtime.
+
+The program is checked before the runtime sees it: the file identifier, the extended header's
+program and segment sizes against the file's length, and (with verify) the SHA-256 recorded in
+the sidecar `llama_edge.json`; then the runtime loads it with full flatbuffer verification. A
+truncated or corrupt file gives a one-line error naming the file and what is wrong.
+
+Tokenization and chat formatting are ours, from the tokenizer files shipped beside the program
+(the same tokenizer.json ExecuTorch's own runner reads), so a prompt becomes the same token ids
+on every engine. The program returns the last token's logits of each forward call: prompts go
+in chunks of the program's `get_max_seq_len`, and `logits_all` runs one token per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactError, EdgeError, require
+
+SIDECAR = "llama_edge.json"
+SIDECAR_FORMAT = "llama-edge-pte"
+SIDECAR_VERSION = 1
+_IDENT = b"ET"  # flatbuffer file identifier "ETxx" at offset 4
+_EXT_MAGIC = b"eh00"  # extended header at offset 8
+RUNNER_METHODS = ("get_max_seq_len", "get_max_context_len", "get_vocab_size", "get_n_layers",
+                  "use_kv_cache", "enable_dynamic_shape")
+
+
+@dataclass(frozen=True)
+class PteModelInfo:
+    """What callers read from engine.config for a .pte model."""
+
+    vocab_size: int
+    max_position_embeddings: int
+    name: str
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_pte_file(path: Path) -> None:
+    """Sizes and identifiers of a .pte against the file, before any runtime reads it."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise ArtifactError(path, f"cannot be read ({e.strerror})") from None
+    if len(head) < 32 or head[4:6] != _IDENT:
+        raise ArtifactError(path, "is not an ExecuTorch program (no 'ET' file identifier at "
+                            "offset 4); re-export it with llama-export --target xnnpack")
+    if head[8:12] != _EXT_MAGIC:
+        raise ArtifactError(path, "has no extended header ('eh00' at offset 8); re-export it")
+    program_size = int.from_bytes(head[16:24], "little")
+    base = int.from_bytes(head[24:32], "little")
+    length = int.from_bytes(head[12:16], "little")
+    data_size = int.from_bytes(head[32:40], "little") if length > 24 else 0
+    if program_size > size:
+        raise ArtifactError(path, f"is truncated: the program needs {program_size} bytes, the "
+                            f"file has {size}")
+    if base and base + data_size > size:
+        raise ArtifactError(path, f"is truncated: its weight segments end at byte "
+                            f"{base + data_size}, the file has {size}")
+
+
+def read_sidecar(path: Path) -> dict | None:
+    side = path.parent / SIDECAR
+    if not side.is_file():
+        return None
+    try:
+        d = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(side, f"is not valid JSON ({e})") from None
+    if not isinstance(d, dict) or (d.get("format"), d.get("version")) != (SIDECAR_FORMAT,
+                                                                          SIDECAR_VERSION):
+        raise ArtifactError(side, f"field 'format'/'version': expected {SIDECAR_FORMAT} "
+                            f"{SIDECAR_VERSION}; re-export with a matching llama-export")
+    return d
+
+
+def write_sidecar(pte: Path, extra: dict) -> None:
+    d = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "program": pte.name,
+         "bytes": pte.stat().st_size, "sha256": sha256_file(pte), **extra}
+    side = pte.parent / SIDECAR
+    tmp = side.with_suffix(".tmp")
+    tmp.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, side)
+
+
+def _runtime():
+    require("executorch", "running a .pte program", "export")
+    import executorch.kernels.quantized  # noqa: F401 (quantized embedding kernels)
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 (KV cache, SDPA)
+    from executorch.runtime import Runtime, Verification
+
+    return Runtime.get(), Verification
+
+
+def _load_program(path: Path):
+    rt, verification = _runtime()
+    try:
+        return rt.load_program(path, verification=verification.InternalConsistency)
+    except (RuntimeError, ValueError) as e:
+        raise ArtifactError(path, f"ExecuTorch could not load the program ({e})") from None
+
+
+def program_metadata(program, path: Path) -> dict:
+    """The runner's constant methods (get_max_seq_len, ...) of a loaded program."""
+    names = set(program.method_names)
+    missing = [m for m in RUNNER_METHODS if m not in names] + (
+        [] if "forward" in names else ["forward"])
+    if missing:
+        raise ArtifactError(path, f"lacks the LLM runner's method(s) {', '.join(missing)}; it is "
+                            "not a program from llama-export --target xnnpack")
+    meta = {}
+    for n in sorted(names - {"forward"}):
+        try:
+            out = program.load_method(n).execute([])
+        except RuntimeError as e:
+            raise ArtifactError(path, f"method {n} cannot run ({e})") from None
+        values = list(out)
+        meta[n] = values if n == "get_eos_ids" else (values[0] if values else None)
+    return meta
+
+
+class ExecuTorchSession:
+    def __init__(self, engine: "ExecuTorchEngine"):
+        import torch
+
+        self.engine, self.max_context = engine, engine.max_context
+        self._torch = torch
+        try:
+            self._forward = engine.program.load_method("forward")
+        except RuntimeError as e:
+            raise ArtifactError(engine.path, f"method forward cannot be loaded ({e}); the "
+                                "program needs kernels this executorch does not have") from None
+        self._chunk = engine.max_seq_len
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.pos = 0  # positions past `pos` in the program's cache are never read
+
+    def _check_room(self, n: int) -> None:
+        if self.pos + n > self.max_context:
+            raise EdgeError(f"context full: {self.pos} + {n} tokens exceed the context of "
+                            f"{self.max_context}")
+
+    def _run(self, ids) -> np.ndarray:
+        torch = self._torch
+        tokens = torch.tensor([list(ids)], dtype=torch.long)
+        out = self._forward.execute([tokens, torch.tensor([self.pos], dtype=torch.long)])[0]
+        self.pos += len(ids)
+        return out.reshape(-1).numpy()
+
+    def _checked(self, ids) -> list[int]:
+        ids = [int(i) for i in ids]
+        v = self.engine.config.vocab_size
+        bad = [i for i in ids if not 0 <= i < v]
+        if bad:
+            raise EdgeError(f"token id {bad[0]} is outside the vocabulary (0..{v - 1})")
+        return ids
+
+    def prefill(self, ids) -> np.ndarray:
+        ids = self._checked(ids)
+        if not ids:
+            raise EdgeError("prefill needs at least one token")
+        self._check_room(len(ids))
+        out = None
+        for i in range(0, len(ids), self._chunk):
+            out = self._run(ids[i:i + self._chunk])
+        return out
+
+    def decode(self, token: int) -> np.ndarray:
+        ids = self._checked([token])
+        self._check_room(1)
+        return self._run(ids)
+
+    def logits_all(self, ids) -> np.ndarray:
+        """Logits after every token of `ids` from position 0 (one forward call per token)."""
+        ids = self._checked(ids)
+        self.reset()
+        self._check_room(len(ids))
+        out = np.empty((len(ids), self.engine.config.vocab_size), dtype=np.float32)
+        for i, t in enumerate(ids):
+            out[i] = self._run([t])
+        return out
+
+
+class ExecuTorchEngine:
+    """A .pte program in executorch's runtime (XNNPACK delegate), shared by its sessions."""
+
+    name = "executorch"
+
+    def __init__(self, path, max_context: int | None = None, threads: int | None = None,
+                 kv: str = "f32", verify: bool = True):
+        from .tokenizer import Tokenizer
+
+        if kv != "f32":
+            raise EdgeError(f"--kv-cache {kv} needs an edge artifact; a .pte keeps the fp32 "
+                            "cache it was exported with")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(self.path, "does not exist")
+        check_pte_file(self.path)
+        side = read_sidecar(self.path)
+        if side is not None and verify:
+            if side.get("bytes") != self.path.stat().st_size or \
+                    side.get("sha256") != sha256_file(self.path):
+                raise ArtifactError(self.path, f"does not match the SHA-256 recorded in "
+                                    f"{SIDECAR} (the file was changed or damaged); re-export it")
+        try:
+            self.tokenizer = Tokenizer.from_hf_dir(self.path.parent)
+        except Exception as e:  # noqa: BLE001 - any tokenizer problem is one line for the user
+            raise ArtifactError(self.path.parent, f"tokenizer files next to the program cannot "
+                                f"be read ({e})") from None
+        self.program = _load_program(self.path)
+        self.meta = program_metadata(self.program, self.path)
+        ctx = int(self.meta["get_max_context_len"])
+        self.config = PteModelInfo(int(self.meta["get_vocab_size"]), ctx,
+                                   (side or {}).get("name", self.path.stem))
+        if self.tokenizer.vocab_size > self.config.vocab_size:
+            raise ArtifactError(self.path, f"the tokenizer has {self.tokenizer.vocab_size} "
+                                f"tokens but the program's vocabulary is {self.config.vocab_size}")
+        self.max_context = min(max_context or ctx, ctx)
+        if self.max_context < 1:
+            raise EdgeError(f"--ctx {max_context} must be at least 1")
+        self.max_seq_len = int(self.meta["get_max_seq_len"])
+        self.chat_format = (side or {}).get("chat_format")
+        self.threads = threads or len(os.sched_getaffinity(0))
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(self.threads)
+        self.isa = None
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.meta.get("get_eos_ids") or ()) |
+                            set(self.tokenizer.eos_ids)))
+
+    def session(self) -> ExecuTorchSession:
+        return ExecuTorchSession(self)

@@ -1,0 +1,391 @@
+"""Lower a (possibly quantized) LlamaModel to an ExecuTorch program for Arm CPUs: a `.pte` whose
+linears run in the XNNPACK delegate, loadable by ExecuTorch's stock LLM runner (the C++
+TextLLMRunner that Android's LlmModule wraps).
+
+The program follows the runner's contract:
+  forward(tokens (1, T) int64, input_pos (1,) int64) -> logits of the last token (1, vocab)
+with T in 1..max_seq_len (one prompt chunk, or one token when decoding), a KV cache held in the
+program's mutable buffers (written by ExecuTorch's `llama::update_cache`, read by its
+`llama::custom_sdpa`, which handles grouped-query heads and the causal mask without copies), and
+the constant methods the runner reads: get_max_seq_len, get_max_context_len, get_vocab_size,
+get_n_layers, get_bos_id, get_eos_ids, use_kv_cache, use_sdpa_with_kv_cache,
+enable_dynamic_shape. The directory also holds tokenizer.json (the file the runner reads) and
+tokenizer_config.json (chat template, end-of-generation ids) for llama-edge's own engine.
+
+Weights are written in the patterns XNNPACK's partitioners consume, with the integers and
+scales our algorithms chose (never re-quantized):
+  int4 in groups (symmetric)    -> dequantize_affine(int8 values in [-8, 7], block (1, g)) ->
+                                   linear; XNNPACK packs it as block-wise 4-bit with bf16
+                                   scales, so those scales must be bf16 values (scale_dtype
+                                   "bf16" in the recipe, as `mobile` has)
+  int8 / int4 per channel       -> the same with block (1, in): XNNPACK's per-channel kinds
+  dynamic int8 activations      -> choose_qparams / quantize / dequantize per token,
+                                   asymmetric (XNNPACK quantizes the input of every such
+                                   linear per token at run time)
+  int8 / int4 embedding         -> quantized_decomposed.embedding_byte / embedding_4bit
+                                   (ExecuTorch's quantized kernels, outside the delegate)
+  float weights                 -> fp32 linear in XNNPACK
+XNNPACK has no weight-only integer linear and no per-block activation quantization; recipes
+that ask for them are refused before any work (use --recipe mobile).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.errors import EdgeError
+from quant.apply import QuantEmbedding, QuantLinear
+
+from .model import LlamaModel, rope_tables, rotate_half
+
+TARGET = "xnnpack"
+PTE_NAME = "model.pte"
+# Longest prompt chunk one forward call takes (the runner prefills longer prompts in chunks of
+# this many tokens) and the default context (KV cache positions) of the program.
+MAX_SEQ_LEN = 128
+DEFAULT_MAX_CONTEXT = 2048
+# Weight-group sizes XNNPACK's block-wise 4-bit kernels take.
+XNNPACK_BLOCK_MULTIPLE = 32
+
+
+# ----------------------------------------------------------------------------- checks
+def _refusal(pattern: str, what: str) -> str:
+    return (f"target xnnpack: rule '{pattern}' asks for {what}, which XNNPACK does not run; "
+            "use --recipe mobile (8-bit per-token activations x 4-bit group weights, 8-bit "
+            "embedding and output)")
+
+
+def _check_config(pattern: str, qc, embedding: bool) -> None:
+    from quant.schemes import IntWeight
+
+    w = qc.weight
+    if not isinstance(w, IntWeight):
+        raise EdgeError(_refusal(pattern, f"{w.name} weights"))
+    if not w.symmetric:
+        raise EdgeError(_refusal(pattern, f"asymmetric weights ({w.name})"))
+    if embedding:
+        return
+    if qc.act is None:
+        raise EdgeError(_refusal(pattern, f"weight-only {w.name} linears"))
+    if qc.act.group_size is not None or qc.act.symmetric:
+        raise EdgeError(_refusal(pattern, f"{qc.act.name} activations (XNNPACK quantizes "
+                                          "activations per token, asymmetric)"))
+    if w.group_size is not None:
+        if w.bits != 4:
+            raise EdgeError(_refusal(pattern, f"{w.name} weights (8-bit weights are per channel "
+                                              "in XNNPACK)"))
+        if w.group_size % XNNPACK_BLOCK_MULTIPLE:
+            raise EdgeError(_refusal(pattern, f"groups of {w.group_size} (XNNPACK takes "
+                                              f"multiples of {XNNPACK_BLOCK_MULTIPLE})"))
+        if w.scale_dtype != "bf16":
+            raise EdgeError(f"target xnnpack: rule '{pattern}' rounds its {w.name} scales to fp16, "
+                            "but XNNPACK's block-wise int4 stores bf16 scales; add \"scale_dtype\": "
+                            "\"bf16\" to the rule's weight (as --recipe mobile does)")
+
+
+def check_request(cfg, recipe) -> None:
+    """Refuse recipes XNNPACK cannot hold, before any work."""
+    if recipe is None:
+        if cfg.recipe != "none":
+            raise EdgeError(f"target xnnpack takes a fixed recipe (e.g. --recipe mobile), not "
+                            f"{cfg.recipe!r}")
+        return
+    if recipe.kv_cache:
+        raise EdgeError("target xnnpack keeps an fp32 KV cache; remove \"kv_cache\" from the "
+                        "recipe")
+    for rule in recipe.rules:
+        if rule.config is not None:
+            _check_config(rule.pattern, rule.config, embedding="embed_tokens" in rule.pattern)
+
+
+# ----------------------------------------------------------------------------- modules
+def _quant_ops():
+    import torchao.quantization.quant_primitives as qp
+
+    return qp
+
+
+class PteLinear(nn.Module):
+    """A linear in the form XNNPACK's partitioners take: float, or integer weights behind
+    dequantize_affine with an optional per-token dynamic quantization of its input."""
+
+    def __init__(self, module: nn.Module, name: str):
+        super().__init__()
+        self.name = name
+        if not isinstance(module, QuantLinear):
+            self.register_buffer("weight", module.weight.detach().float().contiguous())
+            self.qt = None
+            self.act = False
+            return
+        qt = module.qt
+        if qt.zero_point is not None or not qt.scheme.startswith("int"):
+            raise EdgeError(f"tensor '{name}' ({qt.scheme}): XNNPACK takes symmetric integer "
+                            "weights; use --recipe mobile")
+        if module.act is None or module.act.group_size is not None or module.act.symmetric:
+            act = "no" if module.act is None else module.act.name
+            raise EdgeError(f"tensor '{name}' ({qt.scheme}, {act} activation quantization): "
+                            "XNNPACK runs integer linears with per-token asymmetric int8 "
+                            "activations only; use --recipe mobile")
+        if qt.bits == 4 and qt.group_size != qt.shape[1]:
+            s = qt.scale.to(torch.bfloat16).float()
+            if not torch.equal(s, qt.scale):
+                raise EdgeError(f"tensor '{name}' ({qt.scheme}): its scales are not bf16 values, "
+                                "and XNNPACK's block-wise int4 stores bf16 scales; quantize "
+                                "with \"scale_dtype\": \"bf16\" (as --recipe mobile does)")
+        self.qt = qt
+        self.act = True
+        self.register_buffer("qdata", qt.qdata.contiguous())
+        self.register_buffer("scale", qt.scale.float().contiguous())
+        self.register_buffer("zero", torch.zeros(qt.scale.shape, dtype=torch.int8))
+        self.block = [1, qt.group_size]
+        self.qmin, self.qmax = -(1 << (qt.bits - 1)), (1 << (qt.bits - 1)) - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qt is None:
+            return F.linear(x, self.weight)
+        qp = _quant_ops()
+        block = [1] * (x.dim() - 1) + [x.shape[-1]]
+        s, z = qp.choose_qparams_affine(x, qp.MappingType.ASYMMETRIC, block, torch.int8,
+                                        -128, 127, torch.finfo(torch.float32).eps,
+                                        scale_dtype=torch.float32, zero_point_dtype=torch.int8)
+        xq = qp.quantize_affine(x, block, s, z, torch.int8, -128, 127)
+        x = qp.dequantize_affine(xq, block, s, z, torch.int8, -128, 127,
+                                 output_dtype=torch.float32)
+        w = qp.dequantize_affine(self.qdata, self.block, self.scale, self.zero, torch.int8,
+                                 self.qmin, self.qmax, output_dtype=torch.float32)
+        return F.linear(x, w)
+
+
+class PteEmbedding(nn.Module):
+    """Embedding rows: fp32, or ExecuTorch's quantized embedding kernels (int8 per row / group,
+    int4 in groups, two values per byte) reading our integers and scales."""
+
+    def __init__(self, module: nn.Module, name: str):
+        super().__init__()
+        if not isinstance(module, QuantEmbedding):
+            self.register_buffer("weight", module.weight.detach().float().contiguous())
+            self.bits = 0
+            return
+        qt = module.qt
+        if qt.zero_point is not None or not qt.scheme.startswith("int"):
+            raise EdgeError(f"tensor '{name}' ({qt.scheme}): ExecuTorch's quantized embedding "
+                            "takes symmetric integer rows; use --recipe mobile")
+        self.bits = qt.bits
+        q = qt.qdata
+        if qt.bits == 4:  # (v0 + 8) << 4 | (v1 + 8): the kernel's packing of two values a byte
+            u = (q.to(torch.int16) + 8).to(torch.uint8)
+            q = (u[:, 0::2] << 4) | u[:, 1::2]
+        self.register_buffer("qdata", q.contiguous())
+        scale = qt.scale.float()
+        self.register_buffer("scale", scale.squeeze(1) if scale.shape[1] == 1 else scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.bits == 0:
+            return F.embedding(ids, self.weight)
+        op = (torch.ops.quantized_decomposed.embedding_byte if self.bits == 8 else
+              torch.ops.quantized_decomposed.embedding_4bit)
+        lo, hi = (-128, 127) if self.bits == 8 else (-8, 7)
+        return op.dtype(self.qdata, self.scale, None, lo, hi, ids, dtype=torch.float32)
+
+
+class PteAttention(nn.Module):
+    def __init__(self, attn, cfg, max_context: int, name: str):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, p, PteLinear(getattr(attn, p), f"{name}.{p}"))
+        shape = (1, max_context, cfg.num_kv_heads, cfg.head_dim)  # the custom ops' layout
+        self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
+
+    def forward(self, x, cos, sin, pos: int):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim)
+        q = q * cos + rotate_half(q) * sin  # cos / sin: (1, t, 1, head_dim)
+        k = k * cos + rotate_half(k) * sin
+        torch.ops.llama.update_cache(k, self.k_cache, pos)
+        torch.ops.llama.update_cache(v, self.v_cache, pos)
+        y = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, pos, None, 0.0, True)
+        return self.o_proj(y.reshape(b, t, self.n_heads * self.head_dim))
+
+
+class PteLayer(nn.Module):
+    def __init__(self, layer, cfg, max_context: int, name: str):
+        super().__init__()
+        self.input_layernorm = layer.input_layernorm
+        self.post_attention_layernorm = layer.post_attention_layernorm
+        self.self_attn = PteAttention(layer.self_attn, cfg, max_context, f"{name}.self_attn")
+        mlp = layer.mlp
+        self.gate_proj = PteLinear(mlp.gate_proj, f"{name}.mlp.gate_proj")
+        self.up_proj = PteLinear(mlp.up_proj, f"{name}.mlp.up_proj")
+        self.down_proj = PteLinear(mlp.down_proj, f"{name}.mlp.down_proj")
+
+    def forward(self, x, cos, sin, pos: int):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, pos)
+        h = self.post_attention_layernorm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class PteLlama(nn.Module):
+    """The runner's forward(tokens, input_pos) over our model's weights."""
+
+    def __init__(self, model: LlamaModel, max_context: int):
+        super().__init__()
+        cfg = model.config
+        self.max_context = max_context
+        self.embed_tokens = PteEmbedding(model.model.embed_tokens, "model.embed_tokens")
+        self.layers = nn.ModuleList(
+            PteLayer(layer, cfg, max_context, f"model.layers.{i}")
+            for i, layer in enumerate(model.model.layers))
+        self.norm = model.model.norm
+        self.lm_head = PteLinear(model.lm_head, "lm_head")
+        cos, sin = rope_tables(cfg, max_context)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        t = tokens.shape[1]
+        pos = input_pos[0].item()
+        torch._check_is_size(pos)
+        torch._check(pos + t <= self.max_context)
+        x = self.embed_tokens(tokens)
+        cos = self.rope_cos.narrow(0, pos, t).view(1, t, 1, -1)
+        sin = self.rope_sin.narrow(0, pos, t).view(1, t, 1, -1)
+        for layer in self.layers:
+            x = layer(x, cos, sin, pos)
+        return self.lm_head(self.norm(x[:, -1, :]))
+
+
+# ----------------------------------------------------------------------------- lowering
+def runner_metadata(model: LlamaModel, tokenizer, max_context: int, max_seq_len: int) -> dict:
+    """The constant methods ExecuTorch's LLM runner reads."""
+    cfg = model.config
+    eos = sorted(set(cfg.eos_token_ids) | set(tokenizer.eos_ids if tokenizer else ()))
+    bos = tokenizer.bos_id if tokenizer is not None and tokenizer.bos_id is not None else \
+        cfg.bos_token_id
+    meta = {"get_max_seq_len": max_seq_len, "get_max_context_len": max_context,
+            "get_vocab_size": cfg.vocab_size, "get_n_layers": cfg.num_layers,
+            "use_kv_cache": True, "use_sdpa_with_kv_cache": True, "enable_dynamic_shape": True,
+            "get_eos_ids": eos}
+    if bos is not None:
+        meta["get_bos_id"] = int(bos)
+    return meta
+
+
+def lower_to_pte(model: LlamaModel, tokenizer, max_context: int,
+                 max_seq_len: int = MAX_SEQ_LEN) -> bytes:
+    """The .pte bytes of `model` (fp32 activations, XNNPACK-delegated linears)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
+    from executorch.exir import (EdgeCompileConfig, ExecutorchBackendConfig,
+                                 to_edge_transform_and_lower)
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 (registers ops)
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401
+
+    max_seq_len = min(max_seq_len, max_context)
+    pte = PteLlama(model, max_context).eval()
+    tokens = torch.zeros((1, min(2, max_seq_len)), dtype=torch.long)
+    pos = torch.tensor([0], dtype=torch.long)
+    seq = torch.export.Dim("seq", min=1, max=max_seq_len)
+    with torch.no_grad():
+        ep = torch.export.export(pte, (tokens, pos), dynamic_shapes=({1: seq}, None),
+                                 strict=False)
+    del pte
+    edge = to_edge_transform_and_lower(
+        ep, partitioner=[XnnpackDynamicallyQuantizedPartitioner(), XnnpackPartitioner()],
+        constant_methods=runner_metadata(model, tokenizer, max_context, max_seq_len),
+        compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True))
+    del ep
+    prog = edge.to_executorch(ExecutorchBackendConfig(
+        extract_delegate_segments=True, do_quant_fusion_and_const_prop=True,
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
+    return prog.buffer
+
+
+def delegated_share(pte: bytes) -> dict:
+    """How much of the program runs in XNNPACK: counts of delegate calls and other kernels."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(pte).program
+    plan = program.execution_plan[0]
+    ops = [plan.operators[i.instr_args.op_index].name for i in plan.chains[0].instructions
+           if hasattr(i.instr_args, "op_index")]
+    delegates = sum(1 for i in plan.chains[0].instructions
+                    if type(i.instr_args).__name__ == "DelegateCall")
+    counts: dict[str, int] = {}
+    for o in ops:
+        counts[o] = counts.get(o, 0) + 1
+    return {"delegate_calls": delegates, "other_kernels": counts}
+
+
+def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
+                  chat_template: str | None = None, recipe: str = "none") -> dict:
+    """Write dest/ (model.pte, tokenizer.json, tokenizer_config.json, llama_edge.json); returns
+    a summary."""
+    from edge.chat import detect_chat_format
+    from edge.executorch_engine import write_sidecar
+
+    if tokenizer is None:
+        raise EdgeError("target xnnpack ships the tokenizer file ExecuTorch's runner reads, and "
+                        "this checkpoint has none; add tokenizer.json to the checkpoint directory")
+    data = lower_to_pte(model, tokenizer, max_context)
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / (PTE_NAME + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dest / PTE_NAME)
+    tokenizer.save(dest, chat_template)
+    write_sidecar(dest / PTE_NAME, {"name": model.config.name or "llama", "recipe": recipe,
+                                    "chat_format": detect_chat_format(tokenizer)})
+    return {"bytes": len(data), **delegated_share(data)}
+
+
+def stage(st):
+    """Pipeline stage lower:xnnpack."""
+    from .pipeline import QUALITY_CTX, _float_model
+
+    ck = st.checkpoint
+    model = st.model if st.model is not None else _float_model(ck, QUALITY_CTX)
+    max_ctx = st.cfg.max_context or min(ck.config.max_position_embeddings, DEFAULT_MAX_CONTEXT)
+    if not 0 < max_ctx <= ck.config.max_position_embeddings:
+        raise EdgeError(f"--max-context {max_ctx} is outside 1.."
+                        f"{ck.config.max_position_embeddings} (the model's positions)")
+    template = (ck.tokenizer.chat_template or ck.chat_template) if ck.tokenizer else None
+    dest = st.workdir / TARGET
+    summary = write_xnnpack(model, ck.tokenizer, dest, max_ctx, template, st.cfg.recipe)
+    quantized = any(isinstance(m, QuantLinear) for m in model.modules())
+    info = {"path": f"{TARGET}/{PTE_NAME}", "bytes": sum(p.stat().st_size for p in dest.iterdir()),
+            "pte_bytes": summary["bytes"], "max_context": max_ctx, "max_seq_len":
+            min(MAX_SEQ_LEN, max_ctx), "delegate_calls": summary["delegate_calls"],
+            "other_kernels": summary["other_kernels"],
+            # XNNPACK quantizes activations itself (per token, its own rounding of the scale
+            # and zero point) and sums in its own order: close to the reference, not equal.
+            "exact": False, "runtime": "executorch (XNNPACK)"}
+    if quantized:
+        info["activations"] = "XNNPACK's own per-token asymmetric int8 quantization"
+    st.artifacts[TARGET] = dest / PTE_NAME
+    st.report.setdefault("artifacts", {})[TARGET] = info
+    return st
+
+
+def artifact_logits(path: Path, max_seq_len: int):
+    """(1, n) ids -> (n, vocab) logits from the program in ExecuTorch's runtime, one token per
+    forward call (the program returns the last token's logits)."""
+    from edge.executorch_engine import ExecuTorchEngine
+
+    eng = ExecuTorchEngine(path, max_context=None)
+    sess = eng.session()
+    return lambda w: torch.from_numpy(sess.logits_all(w[0].tolist()))
+

@@ -1,0 +1,272 @@
+"""The xnnpack target: an ExecuTorch program that ExecuTorch's own LLM runner runs, holding the
+integers and scales our algorithms chose, checked against the torch reference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("executorch")
+
+from edge.errors import ArtifactError, EdgeError  # noqa: E402
+from export.lower_xnnpack import (PTE_NAME, XNNPACK_BLOCK_MULTIPLE, check_request,  # noqa: E402
+                                  write_xnnpack)
+from export.pipeline import ExportConfig, build_stages, run_export  # noqa: E402
+from quant.apply import QuantEmbedding, QuantLinear, quantize  # noqa: E402
+from quant.recipes import Recipe, load_recipe  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_lower_gguf import CFG, recipe, tiny_model, tiny_tokenizer  # noqa: E402
+
+CTX = 64
+# XNNPACK quantizes each linear's input per token itself and sums in its own order; on the
+# tiny random model (logits std ~0.15) the program's logits stay within this of the reference
+# (measured: 0.013 max over 12 positions) and agree on every top-1 token.
+TINY_LOGIT_ATOL = 0.05
+# Float weights: the same fp32 math in XNNPACK's kernels (measured 2e-6).
+FLOAT_LOGIT_ATOL = 1e-4
+GREEDY_TOKENS = 32
+PROMPT = "Rewrite in a formal tone: hey, the meeting got moved to thursday, can u make it?"
+
+
+def mobile_rtn(cfg=CFG):
+    m = tiny_model(cfg)
+    quantize(m, load_recipe("mobile").with_algorithm("rtn"), None)
+    return m
+
+
+@pytest.fixture(scope="module")
+def tiny_pte(tmp_path_factory):
+    """A tiny model quantized with the mobile recipe (round to nearest), lowered once."""
+    m = mobile_rtn()
+    dest = tmp_path_factory.mktemp("pte") / "xnnpack"
+    write_xnnpack(m, tiny_tokenizer(), dest, CTX, recipe="mobile")
+    return m, dest / PTE_NAME
+
+
+def _xnnpack_int4(q: torch.Tensor) -> bytes:
+    """XNNPACK's block-wise 4-bit bytes: value + 8, even column in the low nibble."""
+    u = (q.to(torch.int16) + 8).to(torch.uint8).reshape(-1)
+    return (u[1::2] << 4 | u[0::2]).numpy().tobytes()
+
+
+def test_quantized_values_reach_the_pte_unchanged(tiny_pte):
+    m, pte = tiny_pte
+    data = pte.read_bytes()
+    checked = 0
+    for name, mod in m.named_modules():
+        if isinstance(mod, QuantLinear):
+            qt = mod.qt
+            if qt.bits == 4:
+                assert _xnnpack_int4(qt.qdata) in data, name
+                scale = qt.scale.to(torch.bfloat16)
+                assert torch.equal(scale.float(), qt.scale), name  # bf16 values: stored exactly
+                assert scale.view(torch.int16).numpy().tobytes() in data, name
+            else:
+                assert qt.qdata.numpy().tobytes() in data, name
+                assert qt.scale.float().reshape(-1).numpy().tobytes() in data, name
+            checked += 1
+        elif isinstance(mod, QuantEmbedding):
+            assert mod.qt.qdata.numpy().tobytes() in data, name
+            assert mod.qt.scale.float().reshape(-1).numpy().tobytes() in data, name
+            checked += 1
+    assert checked == 2 * 7 + 2  # every linear of both layers, the embedding and the output
+
+
+def test_runner_metadata_and_tokenizer_files(tiny_pte):
+    from edge.executorch_engine import ExecuTorchEngine
+
+    _, pte = tiny_pte
+    eng = ExecuTorchEngine(pte)
+    meta = eng.meta
+    assert meta["get_max_context_len"] == CTX and meta["get_vocab_size"] == CFG.vocab_size
+    assert meta["get_n_layers"] == CFG.num_layers and meta["get_bos_id"] == CFG.bos_token_id
+    assert meta["use_kv_cache"] and meta["use_sdpa_with_kv_cache"] and \
+        meta["enable_dynamic_shape"]
+    assert set(CFG.eos_token_ids) <= set(meta["get_eos_ids"])
+    assert (pte.parent / "tokenizer.json").is_file()
+    cfg = json.loads((pte.parent / "tokenizer_config.json").read_text())
+    assert "<|im_start|>" in cfg["chat_template"]
+
+
+def _same_top1_unless_tied(got: np.ndarray, want: np.ndarray, atol: float) -> bool:
+    """Top-1 tokens agree wherever the reference's two best logits are further apart than two
+    tolerances (a closer pair may swap under differences within the tolerance)."""
+    top2 = np.sort(want, -1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * atol
+    return bool((got.argmax(-1) == want.argmax(-1))[clear].all())
+
+
+def test_prompt_chunks_and_decode_match_the_reference(tiny_pte):
+    from edge.executorch_engine import ExecuTorchEngine
+
+    m, pte = tiny_pte
+    ids = torch.randint(0, CFG.vocab_size, (1, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = m(ids)[0].numpy()
+    eng = ExecuTorchEngine(pte)
+    eng.max_seq_len = 8  # prompts longer than a chunk go in several calls
+    s = eng.session()
+    got = [s.prefill(ids[0, :13].tolist())]
+    got += [s.decode(int(t)) for t in ids[0, 13:]]
+    want = ref[12:]
+    assert np.abs(np.stack(got) - want).max() <= TINY_LOGIT_ATOL
+    assert _same_top1_unless_tied(np.stack(got), want, TINY_LOGIT_ATOL)
+    # logits_all (one token per call) restarts at position 0
+    all_ = s.logits_all(ids[0].tolist())
+    assert np.abs(all_ - ref).max() <= TINY_LOGIT_ATOL
+    # a second session has its own cache
+    s2 = eng.session()
+    assert np.abs(s2.prefill(ids[0, :13].tolist()) - ref[12]).max() <= TINY_LOGIT_ATOL
+
+
+def test_float_model_is_exact(tmp_path):
+    from edge.executorch_engine import ExecuTorchEngine
+
+    cfg = CFG.replace(num_layers=1)
+    m = tiny_model(cfg)
+    write_xnnpack(m, tiny_tokenizer(), tmp_path / "x", 32)
+    ids = list(range(3, 40, 3))
+    with torch.no_grad():
+        ref = m(torch.tensor([ids]))[0].numpy()
+    got = ExecuTorchEngine(tmp_path / "x" / PTE_NAME).session().logits_all(ids)
+    assert np.abs(got - ref).max() <= FLOAT_LOGIT_ATOL
+
+
+@pytest.mark.parametrize("name, message", [
+    ("8da4w", "int8_dyn_g32_sym activations"),
+    ("int4-g32", "weight-only int"),
+    ("int8", "weight-only int8"),
+    ("fp8", "fp8"),
+])
+def test_recipes_xnnpack_cannot_run_are_refused_before_any_work(tmp_path, name, message):
+    cfg = ExportConfig(checkpoint="missing", out=tmp_path / "o", recipe=name,
+                       targets=("xnnpack",))
+    with pytest.raises(EdgeError) as e:
+        build_stages(cfg)
+    msg = str(e.value)
+    assert message in msg and "--recipe mobile" in msg and "\n" not in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_fp16_group_scales_are_refused():
+    r = recipe({"bits": 4, "group_size": 32, "symmetric": True}, {"symmetric": False})
+    with pytest.raises(EdgeError, match="scale_dtype"):
+        check_request(ExportConfig(checkpoint="x", out=Path("o"), recipe="r"), r)
+    odd = Recipe.from_dict({"name": "t", "rules": [{"pattern": "*", "config": {
+        "weight": {"type": "int", "bits": 4, "group_size": 48, "scale_dtype": "bf16"},
+        "act": {"symmetric": False}}}]})
+    with pytest.raises(EdgeError, match=f"multiples of {XNNPACK_BLOCK_MULTIPLE}"):
+        check_request(ExportConfig(checkpoint="x", out=Path("o"), recipe="t"), odd)
+
+
+def _run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("cut", [0.0, 0.01, 0.5, 0.9, 0.999])
+def test_truncated_pte_gives_one_line_error(tiny_pte, tmp_path, cut):
+    from edge.executorch_engine import ExecuTorchEngine
+
+    _, pte = tiny_pte
+    d = tmp_path / "x"
+    d.mkdir()
+    for f in pte.parent.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    data = pte.read_bytes()
+    (d / PTE_NAME).write_bytes(data[:int(len(data) * cut)])
+    with pytest.raises(ArtifactError) as e:
+        ExecuTorchEngine(d / PTE_NAME, verify=False)
+    assert PTE_NAME in str(e.value) and "\n" not in str(e.value)
+
+
+def test_corrupt_pte_in_the_cli(tiny_pte, tmp_path):
+    _, pte = tiny_pte
+    d = tmp_path / "x"
+    d.mkdir()
+    for f in pte.parent.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    data = bytearray(pte.read_bytes())
+    data[len(data) // 2] ^= 0x40  # one flipped bit in the weights
+    (d / PTE_NAME).write_bytes(bytes(data))
+    r = _run_cli("run", "-m", str(d / PTE_NAME), "--prompt", "hi", "--max-new-tokens", "2")
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "SHA-256" in err[0] and "Traceback" not in r.stderr
+    (d / PTE_NAME).write_bytes(b"\x00" * 100)
+    r = _run_cli("run", "-m", str(d / PTE_NAME), "--prompt", "hi")
+    assert r.returncode != 0 and "not an ExecuTorch program" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_engine_selection(tiny_pte):
+    from edge.engines import open_model
+    from edge.executorch_engine import ExecuTorchEngine
+
+    _, pte = tiny_pte
+    assert isinstance(open_model(str(pte)), ExecuTorchEngine)
+    assert isinstance(open_model(str(pte), engine="executorch"), ExecuTorchEngine)
+    with pytest.raises(EdgeError, match="needs a .pte"):
+        open_model(str(pte.parent / "tokenizer.json"), engine="executorch")
+
+
+# ------------------------------------------------------------------------- real model
+@pytest.fixture(scope="module")
+def smollm2_pte(smollm2_gguf, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smollm2_xnnpack") / "out"
+    st = run_export(ExportConfig(checkpoint=str(smollm2_gguf), out=out, recipe="mobile",
+                                 targets=("xnnpack",)), log=lambda s: None)
+    return st
+
+
+def _greedy(session, ids, n) -> list[int]:
+    logits = session.prefill(ids)
+    out = []
+    for _ in range(n):
+        t = int(np.argmax(logits))
+        out.append(t)
+        logits = session.decode(t)
+    return out
+
+
+@pytest.mark.slow
+def test_smollm2_pte_in_executorch_runner_equals_torch_reference(smollm2_pte):
+    """The stock C++ runner (what Android's LlmModule wraps), reading the shipped tokenizer
+    file, generates greedily the text our torch reference of the same quantized model does."""
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    from export.reference import TorchEngine
+
+    st = smollm2_pte
+    pte = st.artifacts["xnnpack"]
+    rep = st.report["artifacts"]["xnnpack"]
+    assert rep["delegate_calls"] >= 1 and rep["top1_agreement"] >= 0.9
+    ref = TorchEngine(st.checkpoint, max_context=256, model=st.model)
+    ids = ref.tokenizer.encode(PROMPT)
+    want = _greedy(ref.session(), ids, GREEDY_TOKENS)
+    pieces: list[str] = []
+    runner = TextLLMRunner(str(pte), str(pte.parent / "tokenizer.json"))
+    runner.generate(PROMPT, GenerationConfig(max_new_tokens=GREEDY_TOKENS, temperature=0.0,
+                                             echo=False), token_callback=pieces.append)
+    text = "".join(pieces)
+    assert text == ref.tokenizer.decode(want)
+
+
+@pytest.mark.slow
+def test_smollm2_pte_in_our_engine_equals_torch_reference(smollm2_pte):
+    from edge.executorch_engine import ExecuTorchEngine
+    from export.reference import TorchEngine
+
+    st = smollm2_pte
+    ref = TorchEngine(st.checkpoint, max_context=256, model=st.model)
+    ids = ref.tokenizer.encode(PROMPT)
+    eng = ExecuTorchEngine(st.artifacts["xnnpack"])
+    assert _greedy(eng.session(), ids, GREEDY_TOKENS) == _greedy(ref.session(), ids,
+                                                                 GREEDY_TOKENS)
