@@ -168,7 +168,7 @@ def compile_program(ep, inputs, dest: Path, sdk: vendor.SdkStatus) -> Path:
     return out
 
 
-VENDOR = vendor.Vendor(target=TARGET, block_weights=False,
+VENDOR = vendor.Vendor(target=TARGET, fused_norm=False, block_weights=False,
                        quantizer=make_quantizer, sdk=sdk_status, compile=compile_program)
 
 

@@ -163,7 +163,7 @@ def compile_program(ep, inputs, dest: Path, sdk: vendor.SdkStatus) -> Path:
     return out
 
 
-VENDOR = vendor.Vendor(target=TARGET, block_weights=True,
+VENDOR = vendor.Vendor(target=TARGET, fused_norm=True, block_weights=True,
                        quantizer=make_quantizer, sdk=sdk_status, compile=compile_program,
                        no_sdk_env={SDK_VAR: ""})
 

@@ -67,7 +67,7 @@ class StaticLlama(nn.Module):
     Submodules keep the LlamaModel's names (`model.layers.N.self_attn.q_proj`, `lm_head`), so
     recipe patterns and the vendor quantizers' module predicates match them."""
 
-    def __init__(self, llama, chunk: int, context: int):
+    def __init__(self, llama, chunk: int, context: int, fused_norm: bool = True):
         super().__init__()
         from .model import rope_tables
 
@@ -76,11 +76,21 @@ class StaticLlama(nn.Module):
             raise EdgeError(f"static program: need 0 < chunk ({chunk}) < context ({context}) "
                             f"<= the model's {cfg.max_position_embeddings} positions")
         self.config, self.chunk, self.context = cfg, chunk, context
+        self.fused_norm = fused_norm
         self.model = llama.model
         self.lm_head = llama.lm_head
         cos, sin = rope_tables(cfg, context)
         self.register_buffer("rope_cos", cos)  # (context, head_dim)
         self.register_buffer("rope_sin", sin)
+
+    def _norm(self, norm, x):
+        """RMSNorm as one operator (aten.rms_norm: quantized as a whole, only its output rounded)
+        or spelled out as x * rsqrt(mean(x^2) + eps) * w (the pattern a quantizer may match as a
+        unit). Rounding each step of the spelled-out form to 16 bits breaks on the residual
+        stream's outliers: mean(x^2) spans so wide a range that small rows round to zero."""
+        if self.fused_norm:
+            return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
 
     def forward(self, tokens, positions, mask, caches):
         cfg = self.config
@@ -95,7 +105,7 @@ class StaticLlama(nn.Module):
         new_k, new_v = [], []
         for i, layer in enumerate(self.model.layers):
             a = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = self._norm(layer.input_layernorm, x)
             q = a.q_proj(h).view(1, t, nh, hd).transpose(1, 2)
             k = a.k_proj(h).view(1, t, nkv, hd).transpose(1, 2)
             v = a.v_proj(h).view(1, t, nkv, hd).transpose(1, 2)
@@ -109,8 +119,8 @@ class StaticLlama(nn.Module):
             y = torch.softmax(s, dim=-1) @ vals  # (1, n_kv, g * T, hd)
             y = y.reshape(1, nh, t, hd).transpose(1, 2).reshape(1, t, nh * hd)
             x = x + a.o_proj(y)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = self.lm_head(self.model.norm(x))
+            x = x + layer.mlp(self._norm(layer.post_attention_layernorm, x))
+        logits = self.lm_head(self._norm(self.model.norm, x))
         return (logits, *new_k, *new_v)
 
 
@@ -273,6 +283,7 @@ class Vendor:
 
     target: str  # "qnn"
     block_weights: bool  # the quantizer has block-wise weights
+    fused_norm: bool  # RMSNorm as aten.rms_norm (see StaticLlama._norm)
     quantizer: Callable  # (spec: module name -> WeightSpec) -> a pt2e Quantizer
     sdk: Callable[[], SdkStatus]
     compile: Callable  # (exported program, example inputs, dest dir, sdk) -> .pte path
@@ -360,6 +371,55 @@ def load_program(path) -> torch.fx.GraphModule:
         raise EdgeError(f"{p}: not a loadable quantized program ({first})") from None
 
 
+def drop_unused_constants(gm: torch.fx.GraphModule) -> None:
+    """Delete parameters and buffers the graph no longer reads (convert_pt2e leaves the float
+    weights beside their quantized replacements; saved, they would triple the file)."""
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    names = [n for n, _ in gm.named_parameters(remove_duplicate=False)]
+    names += [n for n, _ in gm.named_buffers(remove_duplicate=False)]
+    for name in names:
+        if name in used:
+            continue
+        path, _, attr = name.rpartition(".")
+        owner = gm.get_submodule(path) if path else gm
+        if hasattr(owner, attr):
+            delattr(owner, attr)
+
+
+def fold_weight_dequantize(gm: torch.fx.GraphModule) -> None:
+    """Compute once the dequantize operators whose inputs are all constants (the quantized
+    weights) and read their float results instead: the same arithmetic, done once rather than on
+    every call, for simulation only (the saved program keeps its integer weights)."""
+    import operator
+
+    ops = {torch.ops.quantized_decomposed.dequantize_per_channel.default,
+           torch.ops.quantized_decomposed.dequantize_per_tensor.default,
+           torch.ops.torchao.dequantize_affine.default}
+    def value(a):
+        return operator.attrgetter(a.target)(gm) if isinstance(a, torch.fx.Node) else a
+
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in ops:
+            continue
+        args = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.fx.Node)]
+        if not args or any(a.op != "get_attr" for a in args):
+            continue
+        with torch.no_grad():
+            out = node.target(*[value(a) for a in node.args],
+                              **{k: value(v) for k, v in node.kwargs.items()})
+        name = f"_dequantized_{folded}"
+        gm.register_buffer(name, out)
+        with gm.graph.inserting_before(node):
+            const = gm.graph.get_attr(name)
+        node.replace_all_uses_with(const)
+        gm.graph.erase_node(node)
+        folded += 1
+    gm.graph.eliminate_dead_code()
+    drop_unused_constants(gm)
+    gm.recompile()
+
+
 def _score(run: Callable, ck, context: int) -> dict:
     """The simulated program against the unquantized model on the packaged evaluation text."""
     from quant.eval import compare
@@ -394,7 +454,7 @@ def run_stage(st, vendor: Vendor):
     float_model = LlamaModel.from_state_dict(ck.config, ck.tensors, torch.float32,
                                              max_seq_len=context)
     check_blocks(float_model, spec)
-    static = StaticLlama(float_model, CHUNK, context).eval()
+    static = StaticLlama(float_model, CHUNK, context, vendor.fused_norm).eval()
     calib = _calibration_windows(ck, cfg, context)
     probe = _probe_ids(ck, context)
     with torch.inference_mode():
@@ -406,6 +466,7 @@ def run_stage(st, vendor: Vendor):
     # Save the converted program, reload it, and check it reproduces the in-memory logits.
     t0 = time.perf_counter()
     path = dest / "model_quantized.pt2"
+    drop_unused_constants(converted)
     ep = torch.export.export(converted, inputs, strict=False)
     torch.export.save(ep, path)
     reloaded = load_program(path)
@@ -417,6 +478,12 @@ def run_stage(st, vendor: Vendor):
     if not diff <= RELOAD_ATOL:
         raise EdgeError(f"{target}: the saved program {path.name} gives logits {diff:.3g} away "
                         "from the program it was saved from")
+    del in_memory, converted
+    fold_weight_dequantize(reloaded)  # scored with its weights dequantized once
+    folded_diff = float((run(probe) - got).abs().max())
+    if not folded_diff <= RELOAD_ATOL:
+        raise EdgeError(f"{target}: the program with its weights dequantized once gives logits "
+                        f"{folded_diff:.3g} away from the saved program")
     t0 = time.perf_counter()
     quality = _score(run, ck, context)
     times["score_s"] = round(time.perf_counter() - t0, 2)

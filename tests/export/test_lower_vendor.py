@@ -82,10 +82,11 @@ def exports(tiny_ckpt, texts, tmp_path_factory, no_sdk_env):
 
 
 # ------------------------------------------------------------------------------ static program
+@pytest.mark.parametrize("fused_norm", [True, False])
 @torch.no_grad()
-def test_static_program_matches_the_model():
+def test_static_program_matches_the_model(fused_norm):
     m = LlamaModel.from_state_dict(CFG, tiny_model().state_dict(), max_seq_len=128)
-    static = vendor.StaticLlama(m, 32, 128).eval()
+    static = vendor.StaticLlama(m, 32, 128, fused_norm).eval()
     ids = torch.randint(0, CFG.vocab_size, (1, 100), generator=torch.Generator().manual_seed(0))
     got = vendor.ChunkRunner(static, CFG, 32, 128)(ids)
     assert got.shape == (100, CFG.vocab_size)
@@ -128,6 +129,10 @@ def test_saved_program_reloads_with_the_reported_quality(exports, texts, target)
     out, _ = exports[target]
     rep = json.loads((out / "export_report.json").read_text())
     prog = vendor.load_program(out / target / "model_quantized.pt2")
+    # HTP quantizes RMSNorm as one operator; rounding each of its steps to 16 bits broke
+    # SmolLM2 (mean KLD 8.9). MediaTek's quantizer matches the spelled-out form as a unit.
+    norms = [n for n in prog.graph.nodes if n.target == torch.ops.aten.rms_norm.default]
+    assert len(norms) == (2 * CFG.num_layers + 1 if target == "qnn" else 0)
     run = vendor.ChunkRunner(prog, CFG, vendor.CHUNK, CONTEXT)
     tok = tiny_tokenizer()
     ids = tok.encode(texts[1].read_text(encoding="utf-8"))
