@@ -25,7 +25,13 @@ torch.export.save, reloaded and checked to give the same logits.
 
 Recipes only choose weight bits per linear (int4 / int8; a rule without a scheme keeps 16-bit
 weights); activations are always 16-bit integers, the precision both NPUs run LLMs with. The
-embedding is a gather whose table the vendor quantizer treats as an activation.
+embedding is a gather whose table the vendor quantizer treats as an activation. With a recipe
+the pipeline's own quantize stage still runs (for the other targets); the vendor program starts
+from the unquantized weights.
+
+Limits: one program, the prompt-chunk shape (a device runner also decodes with it, one token in
+a chunk of T); the KV-cache inputs and outputs carry their own 16-bit ranges (the runner
+requantizes between them); the compile call is ExecuTorch's and runs only with the SDK.
 """
 
 from __future__ import annotations
