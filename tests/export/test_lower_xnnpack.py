@@ -17,7 +17,7 @@ pytest.importorskip("executorch")
 from edge.errors import ArtifactError, EdgeError  # noqa: E402
 from export.lower_xnnpack import (PTE_NAME, XNNPACK_BLOCK_MULTIPLE, check_request,  # noqa: E402
                                   write_xnnpack)
-from export.pipeline import ExportConfig, build_stages, run_export  # noqa: E402
+from export.pipeline import ExportConfig, build_stages  # noqa: E402
 from quant.apply import QuantEmbedding, QuantLinear, quantize  # noqa: E402
 from quant.recipes import Recipe, load_recipe  # noqa: E402
 
@@ -218,12 +218,44 @@ def test_engine_selection(tiny_pte):
 
 
 # ------------------------------------------------------------------------- real model
+# SmolLM2's first layers with its real weights and tokenizer: ExecuTorch's lowering of all 30
+# layers takes minutes on a 2-core machine, and what is checked here (the runner's contract,
+# the tokenizer file, kernels against the reference) does not depend on the depth. The full
+# model is measured in benchmarks/pte_compare.py.
+REAL_LAYERS = 6
+REAL_CTX = 256
+# Per-token int8 activations make SmolLM2 rounding-sensitive (see tests/edge/test_runtime.py):
+# a one-part-in-10^7 perturbation of the reference flips a few percent of its top-1 tokens, so
+# the program is held to that spread, teacher-forced along the reference's own continuation.
+ACT_KLD_FACTOR, ACT_KLD_FLOOR = 3.0, 2e-3
+ACT_TOP1_MARGIN = 0.03
+
+
 @pytest.fixture(scope="module")
-def smollm2_pte(smollm2_gguf, tmp_path_factory):
-    out = tmp_path_factory.mktemp("smollm2_xnnpack") / "out"
-    st = run_export(ExportConfig(checkpoint=str(smollm2_gguf), out=out, recipe="mobile",
-                                 targets=("xnnpack",)), log=lambda s: None)
-    return st
+def smollm2_ptes(smollm2_ck, tmp_path_factory):
+    """SmolLM2 (first REAL_LAYERS layers) as a float program and with the mobile recipe's
+    schemes (round to nearest; the lowering does not depend on how the integers were
+    chosen)."""
+    import dataclasses
+
+    from export.model import LlamaModel
+    from export.quantize import quantized_model
+
+    cfg = smollm2_ck.config.replace(num_layers=REAL_LAYERS)
+    keep = set(cfg.expected_shapes())
+    ck = dataclasses.replace(smollm2_ck, config=cfg,
+                             tensors={k: v for k, v in smollm2_ck.tensors.items() if k in keep})
+    tmp = tmp_path_factory.mktemp("smollm2_xnnpack")
+    rfile = tmp / "mobile-rtn.json"
+    rfile.write_text(json.dumps(load_recipe("mobile").with_algorithm("rtn").to_dict()))
+    models = {"float": LlamaModel.from_state_dict(cfg, ck.tensors, torch.float32,
+                                                  max_seq_len=REAL_CTX),
+              "mobile": quantized_model(ck, str(rfile), None, max_seq_len=REAL_CTX)[0]}
+    out = {}
+    for name, m in models.items():
+        write_xnnpack(m, ck.tokenizer, tmp / name, REAL_CTX, recipe=name)
+        out[name] = (m, tmp / name / PTE_NAME)
+    return ck, out
 
 
 def _greedy(session, ids, n) -> list[int]:
@@ -236,37 +268,79 @@ def _greedy(session, ids, n) -> list[int]:
     return out
 
 
-@pytest.mark.slow
-def test_smollm2_pte_in_executorch_runner_equals_torch_reference(smollm2_pte):
-    """The stock C++ runner (what Android's LlmModule wraps), reading the shipped tokenizer
-    file, generates greedily the text our torch reference of the same quantized model does."""
+def _runner_text(pte: Path, prompt: str, n: int) -> tuple[str, int]:
+    """Greedy text from ExecuTorch's C++ TextLLMRunner reading the shipped tokenizer file."""
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
+    pieces: list[str] = []
+    stats = []
+    runner = TextLLMRunner(str(pte), str(pte.parent / "tokenizer.json"))
+    runner.generate(prompt, GenerationConfig(max_new_tokens=n, temperature=0.0, echo=False),
+                    token_callback=pieces.append, stats_callback=stats.append)
+    return "".join(pieces), stats[-1].num_prompt_tokens
+
+
+def _reference(ck, model):
     from export.reference import TorchEngine
 
-    st = smollm2_pte
-    pte = st.artifacts["xnnpack"]
-    rep = st.report["artifacts"]["xnnpack"]
-    assert rep["delegate_calls"] >= 1 and rep["top1_agreement"] >= 0.9
-    ref = TorchEngine(st.checkpoint, max_context=256, model=st.model)
-    ids = ref.tokenizer.encode(PROMPT)
-    want = _greedy(ref.session(), ids, GREEDY_TOKENS)
-    pieces: list[str] = []
-    runner = TextLLMRunner(str(pte), str(pte.parent / "tokenizer.json"))
-    runner.generate(PROMPT, GenerationConfig(max_new_tokens=GREEDY_TOKENS, temperature=0.0,
-                                             echo=False), token_callback=pieces.append)
-    text = "".join(pieces)
-    assert text == ref.tokenizer.decode(want)
+    return TorchEngine(ck, max_context=REAL_CTX, model=model)
 
 
 @pytest.mark.slow
-def test_smollm2_pte_in_our_engine_equals_torch_reference(smollm2_pte):
-    from edge.executorch_engine import ExecuTorchEngine
-    from export.reference import TorchEngine
+def test_smollm2_float_pte_in_executorch_runner_equals_torch(smollm2_ptes):
+    """The stock runner (what Android's LlmModule wraps) generates, greedily, the text of our
+    torch model from the same prompt."""
+    ck, ptes = smollm2_ptes
+    model, pte = ptes["float"]
+    ref = _reference(ck, model)
+    ids = ck.tokenizer.encode(PROMPT)
+    want = _greedy(ref.session(), ids, GREEDY_TOKENS)
+    text, n_prompt = _runner_text(pte, PROMPT, GREEDY_TOKENS)
+    assert n_prompt == len(ids)  # the runner's tokenizer reads the shipped file as we do
+    assert text == ck.tokenizer.decode(want)
 
-    st = smollm2_pte
-    ref = TorchEngine(st.checkpoint, max_context=256, model=st.model)
-    ids = ref.tokenizer.encode(PROMPT)
-    eng = ExecuTorchEngine(st.artifacts["xnnpack"])
-    assert _greedy(eng.session(), ids, GREEDY_TOKENS) == _greedy(ref.session(), ids,
-                                                                 GREEDY_TOKENS)
+
+@pytest.mark.slow
+def test_smollm2_mobile_pte_runner_equals_our_engine(smollm2_ptes):
+    """The same quantized program in ExecuTorch's runner and in llama-edge's engine gives the
+    same greedy text."""
+    from edge.executorch_engine import ExecuTorchEngine
+
+    ck, ptes = smollm2_ptes
+    _, pte = ptes["mobile"]
+    ids = ck.tokenizer.encode(PROMPT)
+    ours = _greedy(ExecuTorchEngine(pte).session(), ids, GREEDY_TOKENS)
+    text, _ = _runner_text(pte, PROMPT, GREEDY_TOKENS)
+    assert text == ck.tokenizer.decode(ours)
+
+
+@pytest.mark.slow
+def test_smollm2_mobile_pte_within_the_references_own_spread(smollm2_ptes):
+    from edge.executorch_engine import ExecuTorchEngine
+
+    ck, ptes = smollm2_ptes
+    model, pte = ptes["mobile"]
+    ref = _reference(ck, model)
+    ids = ck.tokenizer.encode(PROMPT)
+    seq = ids + _greedy(ref.session(), ids, 48)
+    with torch.inference_mode():
+        r = model(torch.tensor([seq]))[0]
+        emb = model.model.embed_tokens.weight
+        orig = emb.detach().clone()
+        emb.copy_(orig * (1 + 1e-7 * torch.randn(orig.shape,
+                                                   generator=torch.Generator().manual_seed(0))))
+        try:
+            perturbed = model(torch.tensor([seq]))[0]
+        finally:
+            emb.copy_(orig)
+    got = torch.from_numpy(ExecuTorchEngine(pte).session().logits_all(seq))
+
+    def kld_top1(p, q):
+        lp, lq = torch.log_softmax(p.double(), -1), torch.log_softmax(q.double(), -1)
+        return (float((lp.exp() * (lp - lq)).sum(-1).mean()),
+                float((p.argmax(-1) == q.argmax(-1)).double().mean()))
+
+    kld, top1 = kld_top1(r, got)
+    kld_ref, top1_ref = kld_top1(r, perturbed)
+    assert kld <= ACT_KLD_FACTOR * kld_ref + ACT_KLD_FLOOR, (kld, kld_ref)
+    assert top1 >= top1_ref - ACT_TOP1_MARGIN, (top1, top1_ref)

@@ -1,0 +1,244 @@
+"""Our xnnpack .pte against ExecuTorch's own `export_llama` recipe for the same model, in one run:
+export wall time and peak RSS, file size, prefill / decode speed in ExecuTorch's C++ LLM runner
+(TextLLMRunner, the runner Android's LlmModule wraps), and quality against the float model.
+
+    python benchmarks/pte_compare.py --name smollm2 --checkpoint smollm2-135m-instruct \\
+        --recipe mobile --runs 3
+    python benchmarks/pte_compare.py --name llama3.2-1b --checkpoint preset:llama3.2-1b \\
+        --recipe mobile --runs 3 --no-quality
+
+ExecuTorch's program comes from `python -m executorch.examples.models.llama.export_llama` on a
+Meta-format copy of the same weights with its XNNPACK recipe for 8-bit dynamic activations x
+4-bit weights (`-kv --use_sdpa_with_kv_cache -X --xnnpack-extended-ops -d fp32 --qmode 8da4w
+--group_size 32 -E 8,0`), the same prompt-chunk length and context. Each export and each speed
+measurement runs in a fresh process (peak RSS from wait4), the two programs alternate round by
+round, and each figure is the median over rounds. Speeds are the runner's own statistics:
+prompt tokens / (prompt evaluated - inference start), (generated - 1) / (end - first token).
+Quality: mean KLD, same-top-token rate and perplexity against the float model over windows of
+the held-out text (never used for calibration or tuning), one token per forward call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
+MAX_SEQ_LEN = 128
+
+
+def run_measured(cmd: list[str], log: Path, env=None) -> dict:
+    """Run a command; its wall time and peak RSS (this child only)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        _, status, ru = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n" + "\n".join(tail))
+    return {"seconds": round(dt, 1), "peak_rss_mb": round(ru.ru_maxrss / 1024, 1)}
+
+
+def export_ours(ck: str, recipe: str, out: Path, ctx: int) -> tuple[Path, dict]:
+    cmd = [sys.executable, "-m", "export.cli", "export", ck, "-o", str(out), "--recipe", recipe,
+           "--target", "xnnpack", "--max-context", str(ctx), "--force"]
+    m = run_measured(cmd, out.parent / "ours_export.log")
+    rep = json.loads((out / "export_report.json").read_text())
+    m["stages"] = rep["stages"]
+    return out / "xnnpack" / "model.pte", m
+
+
+def export_executorch(ck: str, work: Path, ctx: int, name: str) -> tuple[Path, dict]:
+    """Meta-format weights (not timed: the same for both), then export_llama (timed)."""
+    import torch
+
+    from export.loaders import load_checkpoint
+    from export.writers import write_meta
+
+    c = load_checkpoint(ck)
+    meta_dir = work / "meta"
+    if not (meta_dir / "params.json").is_file():
+        write_meta(c, meta_dir, dtype=torch.bfloat16 if c.dtype == torch.bfloat16 else
+                   torch.float32, force=True)
+    eos = sorted(set(c.config.eos_token_ids) | set(c.tokenizer.eos_ids if c.tokenizer else ()))
+    bos = c.config.bos_token_id if c.config.bos_token_id is not None else 0
+    out = work / "executorch"
+    out.mkdir(parents=True, exist_ok=True)
+    model = "smollm2" if "smollm2" in name else "llama3_2"
+    cmd = [sys.executable, "-m", "executorch.examples.models.llama.export_llama",
+           "--model", model, "--checkpoint", str(meta_dir / "consolidated.00.pth"),
+           "--params", str(meta_dir / "params.json"), "-kv", "--use_sdpa_with_kv_cache",
+           "-X", "--xnnpack-extended-ops", "-d", "fp32", "--qmode", "8da4w", "--group_size",
+           "32", "-E", "8,0", "--max_seq_length", str(MAX_SEQ_LEN), "--max_context_length",
+           str(ctx), "--metadata", json.dumps({"get_bos_id": bos, "get_eos_ids": eos}),
+           "--output_dir", str(out), "--output_name", "model.pte"]
+    m = run_measured(cmd, work / "executorch_export.log")
+    pte = out / "model.pte"
+    if c.tokenizer is not None:  # the runner and our engine read the tokenizer beside it
+        c.tokenizer.save(out)
+    return pte, m
+
+
+# --------------------------------------------------------------------------- speed (child)
+def runner_child(pte: str, tokenizer: str, prompt_file: str, gen: int) -> None:
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    prompt = Path(prompt_file).read_text()
+    t0 = time.perf_counter()
+    runner = TextLLMRunner(pte, tokenizer)
+    load_s = time.perf_counter() - t0
+    stats = []
+    cfg = GenerationConfig(max_new_tokens=gen, temperature=0.0, echo=False)
+    runner.generate(prompt, GenerationConfig(max_new_tokens=4, temperature=0.0, echo=False),
+                    token_callback=lambda s: None)  # warm-up
+    runner.reset()
+    runner.generate(prompt, cfg, token_callback=lambda s: None, stats_callback=stats.append)
+    s = stats[-1]
+    pp = s.num_prompt_tokens / max(1e-9, (s.prompt_eval_end_ms - s.inference_start_ms) / 1e3)
+    tg = (s.num_generated_tokens - 1) / max(1e-9, (s.inference_end_ms - s.first_token_ms) / 1e3)
+    import resource
+
+    print(json.dumps({"prompt_tokens": s.num_prompt_tokens, "generated": s.num_generated_tokens,
+                      "prefill_tok_s": pp, "decode_tok_s": tg, "load_s": load_s,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def measure_speed(pte: Path, prompt_file: Path, gen: int) -> dict:
+    cmd = [sys.executable, __file__, "--runner-child", str(pte), str(pte.parent / "tokenizer.json"),
+           str(prompt_file), str(gen)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if r.returncode != 0:
+        raise SystemExit(f"runner failed on {pte}:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- quality
+def quality(ptes: dict[str, Path], ck: str, text: str, ctx: int, max_tokens: int) -> dict:
+    import torch
+
+    from edge.executorch_engine import ExecuTorchEngine
+    from export.evaluate import read_text
+    from export.loaders import load_checkpoint
+    from export.model import LlamaModel
+    from quant.eval import compare
+
+    c = load_checkpoint(ck)
+    ids = c.tokenizer.encode(read_text(Path(text)))[:max_tokens]
+    ref = LlamaModel.from_state_dict(c.config, c.tensors, torch.float32, max_seq_len=ctx)
+    out = {}
+    with torch.inference_mode():
+        for name, pte in ptes.items():
+            sess = ExecuTorchEngine(pte, max_context=ctx).session()
+            run = lambda w: torch.from_numpy(sess.logits_all(w[0].tolist()))  # noqa: E731
+            out[name] = compare(run, lambda w: ref(w)[0], ids, ctx).to_json()
+    return out
+
+
+def prompt_text(ck: str, n: int, work: Path) -> Path:
+    """About n tokens of the held-out text (plain continuation, no chat template)."""
+    from export.evaluate import read_text
+    from export.loaders import load_checkpoint
+
+    tok = load_checkpoint(ck).tokenizer
+    ids = tok.encode(read_text(Path(DEFAULT_TEXT)))[:n]
+    f = work / f"prompt{n}.txt"
+    f.write_text(tok.decode(ids))
+    return f
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--runner-child":
+        runner_child(*sys.argv[2:5], int(sys.argv[5]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--recipe", default="mobile")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/pte_compare"))
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--prompt-tokens", type=int, default=MAX_SEQ_LEN)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--quality-tokens", type=int, default=1024)
+    ap.add_argument("--reuse", action="store_true", help="keep existing exports (no export "
+                    "measurements)")
+    args = ap.parse_args()
+    work = args.work / args.name
+    work.mkdir(parents=True, exist_ok=True)
+    res: dict = {"name": args.name, "checkpoint": args.checkpoint, "recipe": args.recipe,
+                 "ctx": args.ctx, "max_seq_len": MAX_SEQ_LEN, "exports": {}}
+    ours_pte = work / "ours" / "xnnpack" / "model.pte"
+    et_pte = work / "executorch" / "model.pte"
+    if not args.reuse or not ours_pte.is_file():
+        _, res["exports"]["ours"] = export_ours(args.checkpoint, args.recipe, work / "ours",
+                                                args.ctx)
+    if not args.reuse or not et_pte.is_file():
+        _, res["exports"]["executorch"] = export_executorch(args.checkpoint, work, args.ctx,
+                                                            args.name)
+    ptes = {"ours": ours_pte, "executorch": et_pte}
+    res["file_mb"] = {k: round(p.stat().st_size / 1e6, 2) for k, p in ptes.items()}
+    prompt = prompt_text(args.checkpoint, args.prompt_tokens, work)
+    rounds: dict[str, list[dict]] = {k: [] for k in ptes}
+    order = list(ptes)
+    for r in range(args.runs):
+        for k in order[r % 2:] + order[:r % 2]:
+            m = measure_speed(ptes[k], prompt, args.gen)
+            rounds[k].append(m)
+            print(f"round {r} {k}: pp {m['prefill_tok_s']:.1f} tg {m['decode_tok_s']:.1f}",
+                  flush=True)
+    res["rounds"] = rounds
+    res["speed"] = {k: {f: round(statistics.median(x[f] for x in v), 2) for f in
+                        ("prefill_tok_s", "decode_tok_s", "load_s", "peak_rss_mb")}
+                    | {"prompt_tokens": v[0]["prompt_tokens"]} for k, v in rounds.items()}
+    if not args.no_quality:
+        res["quality"] = quality(ptes, args.checkpoint, DEFAULT_TEXT, 256, args.quality_tokens)
+        res["quality_text"] = DEFAULT_TEXT
+    o, e = res["speed"]["ours"], res["speed"]["executorch"]
+    res["ratios"] = {"prefill": round(o["prefill_tok_s"] / e["prefill_tok_s"], 3),
+                     "decode": round(o["decode_tok_s"] / e["decode_tok_s"], 3),
+                     "file_size": round(res["file_mb"]["ours"] / res["file_mb"]["executorch"], 3)}
+    dest = HERE / "results" / f"pte_compare_{args.name}"
+    dest.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    dest.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# {res['name']}: our .pte vs ExecuTorch's export_llama (recipe {res['recipe']}, "
+             f"context {res['ctx']}, prompt chunk {res['max_seq_len']})", "",
+             "| program | file MB | prefill tok/s | decode tok/s | load s | runner RSS MB |"
+             " export s | export peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    for k in ("ours", "executorch"):
+        s, ex = res["speed"][k], res["exports"].get(k, {})
+        lines.append(f"| {k} | {res['file_mb'][k]} | {s['prefill_tok_s']} | {s['decode_tok_s']} | "
+                     f"{s['load_s']:.2f} | {s['peak_rss_mb']:.0f} | {ex.get('seconds', '-')} | "
+                     f"{ex.get('peak_rss_mb', '-')} |")
+    r = res["ratios"]
+    lines += ["", f"ours / executorch: prefill {r['prefill']}x, decode {r['decode']}x, file size "
+              f"{r['file_size']}x (prompt {res['speed']['ours']['prompt_tokens']} tokens; medians "
+              f"of {len(res['rounds']['ours'])} rounds, fresh process each)"]
+    if "quality" in res:
+        lines += ["", f"Quality vs the float model on {res['quality_text']}:", "",
+                  "| program | mean KLD | top-1 agreement | PPL | float PPL |", "|---|---|---|---|---|"]
+        for k, q in res["quality"].items():
+            lines.append(f"| {k} | {q['kld_mean']:.4f} | {q['top1_agreement']:.3f} | "
+                         f"{q['ppl']:.2f} | {q['ref_ppl']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
