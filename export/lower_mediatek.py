@@ -9,6 +9,10 @@ the unquantized model. NeuropilotQuantizer has one precision for a whole graph; 
 A16W16 configuration, the rest by the quantizer itself. It has no weight groups: a recipe's group
 sizes become per-channel scales (noted in the report).
 
+Measured on SmolLM2-135M-Instruct (default plan, packaged evaluation text, 256-token windows):
+simulated mean KLD 0.73, top-1 agreement 53 %, PPL 65.7 against 40.3 (4-bit weights with one
+scale per output channel); with 16-bit weights mean KLD 0.034.
+
 The compile needs the NeuroPilot Express SDK's Python packages mtk_converter and mtk_neuron
 (licence-gated, from MediaTek's NeuroPilot portal). When both import, the program is compiled to
 a .pte; otherwise the export ends with an error naming the packages, their versions and

@@ -9,6 +9,11 @@ inside a .pte) needs the Qualcomm AI Engine Direct SDK, which is licence-gated: 
 pointing to a valid SDK it runs, otherwise the export ends with an error naming the SDK, the
 version executorch expects and the variable.
 
+Measured on SmolLM2-135M-Instruct (default plan, packaged evaluation text, 256-token windows):
+simulated mean KLD 0.41, top-1 agreement 64 %, PPL 53.7 against 40.3; with 16-bit weights (the
+activations' share alone) mean KLD 0.010. The 4-bit weights are min / max rounded (no GPTQ): a
+recipe with 8-bit layers trades size for quality.
+
 Building and preparing QnnQuantizer asks ExecuTorch to set the SDK up (its setup downloads one
 when QNN_SDK_ROOT is unset) and to read the SDK's version (its native adaptor aborts the process
 on a directory without the SDK's libraries). The quantizer needs no SDK, so without a usable one
