@@ -73,6 +73,12 @@ def export_executorch(ck: str, work: Path, ctx: int, name: str) -> tuple[Path, d
     if not (meta_dir / "params.json").is_file():
         write_meta(c, meta_dir, dtype=torch.bfloat16 if c.dtype == torch.bfloat16 else
                    torch.float32, force=True)
+        if c.config.tie_word_embeddings:  # export_llama's model wants the output layer spelled out
+            f = meta_dir / "consolidated.00.pth"
+            sd = torch.load(f, weights_only=True)
+            sd["output.weight"] = sd["tok_embeddings.weight"]
+            torch.save(sd, f)
+            del sd
     eos = sorted(set(c.config.eos_token_ids) | set(c.tokenizer.eos_ids if c.tokenizer else ()))
     bos = c.config.bos_token_id if c.config.bos_token_id is not None else 0
     out = work / "executorch"
@@ -81,10 +87,10 @@ def export_executorch(ck: str, work: Path, ctx: int, name: str) -> tuple[Path, d
     cmd = [sys.executable, "-m", "executorch.examples.models.llama.export_llama",
            "--model", model, "--checkpoint", str(meta_dir / "consolidated.00.pth"),
            "--params", str(meta_dir / "params.json"), "-kv", "--use_sdpa_with_kv_cache",
-           "-X", "--xnnpack-extended-ops", "-d", "fp32", "--qmode", "8da4w", "--group_size",
+           "-X", "--xnnpack-extended-ops", "-d", "fp32", "-qmode", "8da4w", "--group_size",
            "32", "-E", "8,0", "--max_seq_length", str(MAX_SEQ_LEN), "--max_context_length",
            str(ctx), "--metadata", json.dumps({"get_bos_id": bos, "get_eos_ids": eos}),
-           "--output_dir", str(out), "--output_name", "model.pte"]
+           "--output-dir", str(out), "--output_name", "model.pte"]
     m = run_measured(cmd, work / "executorch_export.log")
     pte = out / "model.pte"
     if c.tokenizer is not None:  # the runner and our engine read the tokenizer beside it
@@ -186,6 +192,12 @@ def main() -> None:
     if not args.reuse or not ours_pte.is_file():
         _, res["exports"]["ours"] = export_ours(args.checkpoint, args.recipe, work / "ours",
                                                 args.ctx)
+    elif (work / "ours" / "export_report.json").is_file():  # the export's own stage log
+        rep = json.loads((work / "ours" / "export_report.json").read_text())
+        res["exports"]["ours"] = {
+            "seconds": round(sum(x["seconds"] for x in rep["stages"]), 1),
+            "peak_rss_mb": max(x["peak_rss_mb"] for x in rep["stages"]),
+            "stages": rep["stages"], "from": "export_report.json"}
     if not args.reuse or not et_pte.is_file():
         _, res["exports"]["executorch"] = export_executorch(args.checkpoint, work, args.ctx,
                                                             args.name)

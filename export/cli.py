@@ -120,9 +120,13 @@ def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, forc
         click.echo(json.dumps(st.report, indent=2))
     else:
         for name, info in st.report.get("artifacts", {}).items():
-            click.echo(f"{name:8} {out / info['path']}  {info['bytes'] / 1e6:8.1f} MB  "
-                       f"{info['dtype']}  top-1 agreement {info['top1_agreement']:.1%}  "
-                       f"max |dlogit| {info['max_abs_logit_diff']:.2e}")
+            line = f"{name:8} {out / info['path']}  {info['bytes'] / 1e6:8.1f} MB"
+            if "dtype" in info:
+                line += f"  {info['dtype']}"
+            if "top1_agreement" in info:
+                line += (f"  top-1 agreement {info['top1_agreement']:.1%}  max |dlogit| "
+                         f"{info['max_abs_logit_diff']:.2e}")
+            click.echo(line)
         click.echo(f"report: {out / 'export_report.json'}")
 
 

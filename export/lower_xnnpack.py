@@ -366,7 +366,10 @@ def stage(st):
     dest = st.workdir / TARGET
     summary = write_xnnpack(model, ck.tokenizer, dest, max_ctx, template, st.cfg.recipe)
     quantized = any(isinstance(m, QuantLinear) for m in model.modules())
-    info = {"path": f"{TARGET}/{PTE_NAME}", "bytes": sum(p.stat().st_size for p in dest.iterdir()),
+    kinds = sorted({m.qt.scheme for m in model.modules()
+                    if isinstance(m, (QuantLinear, QuantEmbedding))} or {"f32"})
+    info = {"path": f"{TARGET}/{PTE_NAME}", "dtype": "+".join(kinds),
+            "bytes": sum(p.stat().st_size for p in dest.iterdir()),
             "pte_bytes": summary["bytes"], "max_context": max_ctx, "max_seq_len":
             min(MAX_SEQ_LEN, max_ctx), "delegate_calls": summary["delegate_calls"],
             "other_kernels": summary["other_kernels"],
