@@ -471,8 +471,9 @@ def test_qdq_needs_a_recipe(tmp_path):
 # round-to-nearest here (the preset's AWQ + GPTQ search takes minutes on this machine; the
 # lowering is the same).
 GREEDY_TOKENS_ONNX = 48
-MOBILE_MIN_TOP1 = 0.9
-MOBILE_MAX_KLD = 0.05
+# The mobile graph against the reference's own perturbation spread (the edge kernels' criterion).
+MOBILE_KLD_FACTOR, MOBILE_KLD_FLOOR = 3.0, 2e-3
+MOBILE_TOP1_MARGIN = 0.03
 
 
 @pytest.fixture(scope="module")
@@ -519,6 +520,9 @@ def test_smollm2_int8_onnx_greedy_equals_torch(smollm2_onnx):
 
 @pytest.mark.slow
 def test_smollm2_mobile_onnx_tracks_torch(smollm2_onnx):
+    """Per-token int8 activations make SmolLM2 rounding-sensitive (tests/edge/test_runtime.py):
+    the graph is held to the reference's own spread under a one-part-in-10^7 perturbation,
+    teacher-forced along the reference's greedy continuation."""
     from test_lower_gguf import PROMPTS, _chat_ids, _greedy
 
     st = smollm2_onnx["mobile"]
@@ -526,14 +530,32 @@ def test_smollm2_mobile_onnx_tracks_torch(smollm2_onnx):
     assert not rep["exact"] and "ReduceMin" in rep["activations"]
     assert rep["weights"] == {"int4": 30 * 7, "int8": 2}
     eng, ref = _engines(st)
+    model = st.model
+    emb = model.model.embed_tokens.weight
+    orig = emb.detach().clone()
+    noise = 1 + 1e-7 * torch.randn(orig.shape, generator=torch.Generator().manual_seed(0))
+    ours, spread = [], []
     for text in PROMPTS:
         ids = _chat_ids(eng.tokenizer, text)
         seq = ids + _greedy(ref.session(), ids, GREEDY_TOKENS_ONNX)
         got = torch.from_numpy(eng.session().logits_all(seq)).double()
         with torch.inference_mode():
-            want = st.model(torch.tensor([seq]))[0].double()
+            want = model(torch.tensor([seq]))[0].double()
+            emb.copy_(orig * noise)
+            try:
+                perturbed = model(torch.tensor([seq]))[0].double()
+            finally:
+                emb.copy_(orig)
         n = len(ids) - 1  # the prompt's last position onwards: the generated tokens
-        top1 = float((got[n:].argmax(-1) == want[n:].argmax(-1)).double().mean())
-        p, q = torch.log_softmax(want[n:], -1), torch.log_softmax(got[n:], -1)
-        kld = float((p.exp() * (p - q)).sum(-1).mean())
-        assert top1 >= MOBILE_MIN_TOP1 and kld <= MOBILE_MAX_KLD, (top1, kld)
+        ours.append(_kld_top1(want[n:], got[n:]))
+        spread.append(_kld_top1(want[n:], perturbed[n:]))
+    kld, top1 = (float(np.mean([o[i] for o in ours])) for i in (0, 1))
+    kld_ref, top1_ref = (float(np.mean([o[i] for o in spread])) for i in (0, 1))
+    assert kld <= MOBILE_KLD_FACTOR * kld_ref + MOBILE_KLD_FLOOR, (kld, kld_ref)
+    assert top1 >= top1_ref - MOBILE_TOP1_MARGIN, (top1, top1_ref)
+
+
+def _kld_top1(p_logits, q_logits):
+    p, q = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
+    return (float((p.exp() * (p - q)).sum(-1).mean()),
+            float((p_logits.argmax(-1) == q_logits.argmax(-1)).double().mean()))
