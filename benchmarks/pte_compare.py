@@ -90,7 +90,7 @@ def export_executorch(ck: str, work: Path, ctx: int, name: str) -> tuple[Path, d
            "-X", "--xnnpack-extended-ops", "-d", "fp32", "-qmode", "8da4w", "--group_size",
            "32", "-E", "8,0", "--max_seq_length", str(MAX_SEQ_LEN), "--max_context_length",
            str(ctx), "--metadata", json.dumps({"get_bos_id": bos, "get_eos_ids": eos}),
-           "--output-dir", str(out), "--output_name", "model.pte"]
+           "--output_name", str(out / "model.pte")]
     m = run_measured(cmd, work / "executorch_export.log")
     pte = out / "model.pte"
     if c.tokenizer is not None:  # the runner and our engine read the tokenizer beside it
@@ -100,6 +100,10 @@ def export_executorch(ck: str, work: Path, ctx: int, name: str) -> tuple[Path, d
 
 # --------------------------------------------------------------------------- speed (child)
 def runner_child(pte: str, tokenizer: str, prompt_file: str, gen: int) -> None:
+    # The Python binding's process needs ExecuTorch's LLM custom ops and quantized kernels
+    # registered (an app links them into its runtime library).
+    import executorch.kernels.quantized  # noqa: F401
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     prompt = Path(prompt_file).read_text()
