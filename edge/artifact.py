@@ -67,6 +67,16 @@ QUANT_KINDS = ("q8", "q8u", "q4", "f8")
 _NP = {"F32": np.float32, "F16": np.float16, "U16": np.uint16, "I8": np.int8, "U8": np.uint8}
 
 
+def sha256_file(path) -> str:
+    """Plain SHA-256 of a file, read in 4 MiB pieces (the digest .pte and ONNX sidecars
+    record)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_digest(path: Path, mm=None) -> str:
     """DIGEST_ALGORITHM over a file (or its already mapped bytes), chunks hashed in parallel."""
     size = path.stat().st_size if mm is None else len(mm)

@@ -14,7 +14,6 @@ in chunks of the program's `get_max_seq_len`, and `logits_all` runs one token pe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifact import sha256_file
 from .errors import ArtifactError, EdgeError, require
 
 SIDECAR = "llama_edge.json"
@@ -40,14 +40,6 @@ class PteModelInfo:
     vocab_size: int
     max_position_embeddings: int
     name: str
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_pte_file(path: Path) -> None:

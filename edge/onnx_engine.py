@@ -15,7 +15,6 @@ buffer mode), so nothing is copied or allocated per token except the logits.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifact import sha256_file
 from .errors import ArtifactError, EdgeError, require
 
 FORMAT = "llama-edge-onnx"
@@ -49,14 +49,6 @@ class OnnxModelInfo:
     num_layers: int
     num_kv_heads: int
     head_dim: int
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _locate(path) -> tuple[Path, Path]:
@@ -110,7 +102,7 @@ def _check_files(root: Path, m: dict, model_file: Path, verify: bool) -> None:
         if size != info["bytes"]:
             raise ArtifactError(fp, f"is {size} bytes but the manifest says {info['bytes']}: "
                                 "truncated or replaced; export again")
-        if verify and _digest(fp) != info["sha256"]:
+        if verify and sha256_file(fp) != info["sha256"]:
             raise ArtifactError(fp, "content does not match the manifest's sha256: the file "
                                 "is corrupt or was modified; export again")
 

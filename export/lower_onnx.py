@@ -40,13 +40,13 @@ onnxruntime kernel; the graph rounds the input exactly as the reference does wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from edge.artifact import sha256_file
 from edge.errors import EdgeError
 from edge.onnx_engine import (DATA_FILE, FORMAT, GENAI_CONFIG, MANIFEST, MODEL_FILE, VERSION,
                               ALIGN_LARGE, ALIGN_SMALL)
@@ -226,12 +226,7 @@ class DataFile:
         self.f.close()
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+file_digest = sha256_file
 
 
 def write_sidecars(dest: Path, cfg, tokenizer, chat_template, chat_format: str, max_ctx: int,
