@@ -95,12 +95,7 @@ def make_quantizer(spec):
 
     class PlannedNeuropilotQuantizer(qmod.NeuropilotQuantizer):
         def annotate(self, model):
-            for node in model.graph.nodes:
-                if node.op != "call_function" or node.target != torch.ops.aten.linear.default:
-                    continue
-                name = vendor.linear_module_name(node)
-                if name is None:
-                    raise EdgeError(f"{TARGET}: linear node {node.name} has no module name")
+            for node, name in vendor.linear_nodes(model.graph, TARGET):
                 bits = spec(name).bits
                 if bits != 4:
                     annotate_linear(node, get_quant_config(precision[bits], is_per_channel=True))

@@ -80,12 +80,7 @@ def make_quantizer(spec):
             model = super().transform_for_annotation(model)
             groups: dict[vendor.WeightSpec, set[str]] = {}
             blocks = {}
-            for node in model.graph.nodes:
-                if node.op != "call_function" or node.target != torch.ops.aten.linear.default:
-                    continue
-                name = vendor.linear_module_name(node)
-                if name is None:
-                    raise EdgeError(f"{TARGET}: linear node {node.name} has no module name")
+            for node, name in vendor.linear_nodes(model.graph, TARGET):
                 ws = spec(name)
                 groups.setdefault(ws, set()).add(node.name)
                 if ws.block:

@@ -266,6 +266,17 @@ def linear_module_name(node) -> str | None:
     return path.removeprefix("L['self'].").replace("L__self___", "")
 
 
+def linear_nodes(graph, target: str):
+    """(node, module name) of every aten.linear node of a traced graph."""
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target != torch.ops.aten.linear.default:
+            continue
+        name = linear_module_name(node)
+        if name is None:
+            raise EdgeError(f"{target}: linear node {node.name} has no module name")
+        yield node, name
+
+
 # ------------------------------------------------------------------------------ SDK status
 @dataclass
 class SdkStatus:
