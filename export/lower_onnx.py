@@ -284,10 +284,9 @@ def write_onnx_into(dest: Path, model, tokenizer, *, chat_template=None, max_con
         raise EdgeError("the ONNX target needs the model's tokenizer and this checkpoint has "
                         "none; add tokenizer.json to the checkpoint directory")
     cfg = model.config
-    max_ctx = max_context or min(cfg.max_position_embeddings, DEFAULT_MAX_CONTEXT)
-    if not 0 < max_ctx <= cfg.max_position_embeddings:
-        raise EdgeError(f"--max-context {max_ctx} is outside 1..{cfg.max_position_embeddings} "
-                        "(the model's positions)")
+    from .pipeline import resolve_max_context
+
+    max_ctx = resolve_max_context(max_context, cfg, DEFAULT_MAX_CONTEXT)
     data = DataFile(dest)
     try:
         graph, summary = build_graph(model, data, max_ctx)

@@ -31,7 +31,6 @@ that ask for them are refused before any work (use --recipe mobile).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -116,11 +115,9 @@ class PteLinear(nn.Module):
 
     def __init__(self, module: nn.Module, name: str):
         super().__init__()
-        self.name = name
         if not isinstance(module, QuantLinear):
             self.register_buffer("weight", module.weight.detach().float().contiguous())
             self.qt = None
-            self.act = False
             return
         qt = module.qt
         if qt.zero_point is not None or not qt.scheme.startswith("int"):
@@ -138,7 +135,6 @@ class PteLinear(nn.Module):
                                 "and XNNPACK's block-wise int4 stores bf16 scales; quantize "
                                 "with \"scale_dtype\": \"bf16\" (as --recipe mobile does)")
         self.qt = qt
-        self.act = True
         self.register_buffer("qdata", qt.qdata.contiguous())
         self.register_buffer("scale", qt.scale.float().contiguous())
         self.register_buffer("zero", torch.zeros(qt.scale.shape, dtype=torch.int8))
@@ -339,13 +335,8 @@ def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
         raise EdgeError("target xnnpack ships the tokenizer file ExecuTorch's runner reads, and "
                         "this checkpoint has none; add tokenizer.json to the checkpoint directory")
     data = lower_to_pte(model, tokenizer, max_context)
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / (PTE_NAME + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, dest / PTE_NAME)
+    dest.mkdir(parents=True, exist_ok=True)  # inside the export's atomic work directory
+    (dest / PTE_NAME).write_bytes(data)
     tokenizer.save(dest, chat_template)
     write_sidecar(dest / PTE_NAME, {"name": model.config.name or "llama", "recipe": recipe,
                                     "chat_format": detect_chat_format(tokenizer)})
@@ -354,14 +345,11 @@ def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
 
 def stage(st):
     """Pipeline stage lower:xnnpack."""
-    from .pipeline import QUALITY_CTX, _float_model
+    from .pipeline import QUALITY_CTX, _float_model, resolve_max_context
 
     ck = st.checkpoint
     model = st.model if st.model is not None else _float_model(ck, QUALITY_CTX)
-    max_ctx = st.cfg.max_context or min(ck.config.max_position_embeddings, DEFAULT_MAX_CONTEXT)
-    if not 0 < max_ctx <= ck.config.max_position_embeddings:
-        raise EdgeError(f"--max-context {max_ctx} is outside 1.."
-                        f"{ck.config.max_position_embeddings} (the model's positions)")
+    max_ctx = resolve_max_context(st.cfg.max_context, ck.config, DEFAULT_MAX_CONTEXT)
     template = (ck.tokenizer.chat_template or ck.chat_template) if ck.tokenizer else None
     dest = st.workdir / TARGET
     summary = write_xnnpack(model, ck.tokenizer, dest, max_ctx, template, st.cfg.recipe)

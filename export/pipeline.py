@@ -142,6 +142,15 @@ def _float_model(ck: Checkpoint, max_seq_len: int):
     return LlamaModel.from_state_dict(ck.config, ck.tensors, torch.float32, max_seq_len=max_seq_len)
 
 
+def resolve_max_context(requested: int | None, cfg, default: int) -> int:
+    """--max-context, or min(model positions, the target's default); checked against the model."""
+    n = requested or min(cfg.max_position_embeddings, default)
+    if not 0 < n <= cfg.max_position_embeddings:
+        raise EdgeError(f"--max-context {n} is outside 1..{cfg.max_position_embeddings} (the "
+                        "model's positions)")
+    return n
+
+
 def stage_lower_edge(st: ExportState) -> ExportState:
     from edge.artifact import write_artifact_into
     from edge.chat import detect_chat_format
@@ -156,11 +165,7 @@ def stage_lower_edge(st: ExportState) -> ExportState:
     dest.mkdir()
     model = st.model if st.model is not None else _float_model(ck, QUALITY_CTX)
     weights, norms = edge_weights(model, _dtype_for(ck, st.cfg.dtype))
-    max_ctx = st.cfg.max_context or min(ck.config.max_position_embeddings,
-                                        EDGE_DEFAULT_MAX_CONTEXT)
-    if not 0 < max_ctx <= ck.config.max_position_embeddings:
-        raise EdgeError(f"--max-context {max_ctx} is outside 1.."
-                        f"{ck.config.max_position_embeddings} (the model's positions)")
+    max_ctx = resolve_max_context(st.cfg.max_context, ck.config, EDGE_DEFAULT_MAX_CONTEXT)
     write_artifact_into(dest, ck.config, weights, norms, ck.tokenizer, detect_chat_format(ck.tokenizer),
                         max_ctx, recipe=st.cfg.recipe)
     size = sum(p.stat().st_size for p in dest.iterdir())
