@@ -79,6 +79,12 @@ def export_executorch(ck: str, work: Path, ctx: int, name: str) -> tuple[Path, d
             sd["output.weight"] = sd["tok_embeddings.weight"]
             torch.save(sd, f)
             del sd
+    # ExecuTorch's ModelArgs spells the RoPE scaling factor rope_scale_factor (an int)
+    pf = meta_dir / "params.json"
+    params = json.loads(pf.read_text())
+    if "rope_scaling_factor" in params:
+        params["rope_scale_factor"] = int(params.pop("rope_scaling_factor"))
+        pf.write_text(json.dumps(params, indent=2) + "\n")
     eos = sorted(set(c.config.eos_token_ids) | set(c.tokenizer.eos_ids if c.tokenizer else ()))
     bos = c.config.bos_token_id if c.config.bos_token_id is not None else 0
     out = work / "executorch"

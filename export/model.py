@@ -174,10 +174,11 @@ class LlamaModel(nn.Module):
     def from_state_dict(cls, cfg: LlamaConfig, tensors: dict, dtype=torch.float32,
                         max_seq_len: int | None = None) -> "LlamaModel":
         """Build on the meta device and assign the given tensors (no second copy when the
-        dtype already matches)."""
+        dtype already matches; dtype None keeps every tensor as it is)."""
         with torch.device("meta"):
             model = cls(cfg, max_seq_len)
-        sd = {k: (v if v.dtype == dtype else v.to(dtype)) for k, v in tensors.items()}
+        sd = {k: (v if dtype is None or v.dtype == dtype else v.to(dtype))
+              for k, v in tensors.items()}
         if cfg.tie_word_embeddings:
             sd.pop("lm_head.weight", None)
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)

@@ -63,7 +63,11 @@ def parse_auto(spec: str, n_params: int) -> float | None:
 
 def quantized_model(ck: Checkpoint, recipe: Recipe | str, calib: Path | None = None,
                     progress=None, max_seq_len: int = 2048) -> tuple[LlamaModel, QuantReport]:
-    """An fp32 LlamaModel of `ck`, quantized in place with `recipe` (fake-quant reference)."""
+    """A LlamaModel of `ck` quantized with `recipe` (the fake-quant reference, computing in fp32).
+
+    A recipe's model shares the checkpoint's tensors (quantize never writes them) and holds
+    nothing but integers once quantized: peak memory is about the checkpoint plus its quantized
+    bytes. `auto` rewrites weights in place while it measures, so it works on fp32 copies."""
     def factory():
         m = LlamaModel.from_state_dict(
             ck.config, {k: v.float().clone() for k, v in ck.tensors.items()},
@@ -84,7 +88,7 @@ def quantized_model(ck: Checkpoint, recipe: Recipe | str, calib: Path | None = N
             rep.auto = auto_report
             return model, rep
         recipe = load_recipe(recipe)
-    model, _ = factory()
+    model = LlamaModel.from_state_dict(ck.config, ck.tensors, None, max_seq_len=max_seq_len)
     ids = None
     if recipe.needs_calibration():
         ids = calibration_ids(ck.tokenizer, calib, recipe.calib_windows, recipe.calib_seq_len)

@@ -60,6 +60,10 @@ class TorchEngine:
             torch.set_num_threads(threads)
         self.checkpoint, self.config, self.tokenizer = ck, ck.config, ck.tokenizer
         n = min(max_context or DEFAULT_MAX_CONTEXT, ck.config.max_position_embeddings)
+        if model is not None:  # a quantized model decodes token by token: float weights cached
+            from quant.apply import materialize
+
+            materialize(model)
         self.model = model or LlamaModel.from_state_dict(ck.config, ck.tensors, torch.float32,
                                                          max_seq_len=n)
         self.max_context = n

@@ -23,30 +23,84 @@ from .recipes import QuantConfig, Recipe
 from .schemes import DynamicInt8Act, IntWeight, QuantError, QuantizedTensor
 
 
+# Rows of a weight dequantized per matmul when the module is not materialized: the widest layer
+# (Llama 3.2's 128256-row output layer, 1 GB in fp32) never exists whole in float.
+DEQUANT_CHUNK_ROWS = 8192
+
+
 class QuantLinear(nn.Module):
+    """A linear held only as its QuantizedTensor. forward dequantizes on the fly, in row chunks,
+    so a quantized model costs its integer bytes, not a float copy; `materialize(model)` caches
+    the float weights instead (for many small calls: token-by-token decoding)."""
+
     def __init__(self, qt: QuantizedTensor, act: DynamicInt8Act | None, config: QuantConfig):
         super().__init__()
         self.qt, self.act, self.config = qt, act, config
-        self.register_buffer("weight", qt.dequantize(), persistent=False)  # (out, in) fp32
+        self.cached: torch.Tensor | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(out, in) fp32: the dequantized weight."""
+        return self.cached if self.cached is not None else self.qt.dequantize()
 
     @property
     def in_features(self) -> int:
-        return self.weight.shape[1]
+        return self.qt.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.qt.shape[0]
 
     def forward(self, x):
         if self.act is not None:
             x = self.act.fake_quantize(x)
-        return F.linear(x.to(self.weight.dtype), self.weight)
+        x = x.float()
+        if self.cached is not None:
+            return F.linear(x, self.cached)
+        out = self.qt.shape[0]
+        if out <= DEQUANT_CHUNK_ROWS:
+            return F.linear(x, self.qt.dequantize())
+        return torch.cat([F.linear(x, self.qt.dequantize(slice(i, i + DEQUANT_CHUNK_ROWS)))
+                          for i in range(0, out, DEQUANT_CHUNK_ROWS)], dim=-1)
 
 
 class QuantEmbedding(nn.Module):
+    """An embedding held only as its QuantizedTensor: forward dequantizes the looked-up rows."""
+
     def __init__(self, qt: QuantizedTensor, config: QuantConfig):
         super().__init__()
         self.qt, self.config = qt, config
-        self.register_buffer("weight", qt.dequantize(), persistent=False)  # (vocab, dim) fp32
+        self.cached: torch.Tensor | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(vocab, dim) fp32: the dequantized table."""
+        return self.cached if self.cached is not None else self.qt.dequantize()
 
     def forward(self, ids):
-        return F.embedding(ids, self.weight)
+        if self.cached is not None:
+            return F.embedding(ids, self.cached)
+        return self.qt.dequantize(ids)
+
+
+def materialize(model: nn.Module, on: bool = True) -> nn.Module:
+    """Cache (or drop) the float weight of every quantized module; modules sharing one
+    QuantizedTensor (a tied output layer) share one float tensor."""
+    done: dict[int, torch.Tensor] = {}
+    for m in model.modules():
+        if isinstance(m, (QuantLinear, QuantEmbedding)):
+            if on and id(m.qt) not in done:
+                done[id(m.qt)] = m.cached if m.cached is not None else m.qt.dequantize()
+            m.cached = done[id(m.qt)] if on else None
+    return model
+
+
+def shares_weight(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules hold one weight (a tied output layer and its embedding)."""
+    qa, qb = getattr(a, "qt", None), getattr(b, "qt", None)
+    if qa is not None or qb is not None:
+        return qa is qb
+    return a.weight is b.weight
 
 
 @dataclass
@@ -80,7 +134,8 @@ def _rtn(cfg: QuantConfig, w: torch.Tensor, name: str) -> QuantizedTensor:
 def quantize(model: nn.Module, recipe: Recipe, calib: torch.Tensor | None = None,
              blocks: nn.ModuleList | None = None, awq_map: list | None = None,
              progress=None) -> QuantReport:
-    """Quantize `model` in place.
+    """Quantize `model` in place. Its float weights may be held in a lower precision (shared with
+    a bf16 checkpoint): they are read, never written; quantizing computes in fp32.
 
     calib: (n, seq) token ids for calibrating algorithms; blocks: the repeated blocks run one at
     a time; awq_map: [(producer name in block, [consumer linear names])], producers being a norm
@@ -134,10 +189,7 @@ def quantize(model: nn.Module, recipe: Recipe, calib: torch.Tensor | None = None
                     bpw=round(qt.bits_per_weight(), 4))
         if info.get("algorithm") == "tied":
             info["params"] = 0
-    # Re-tie: the tied linear and the embedding now share one QuantizedTensor / buffer.
-    for n, src in tied.items():
-        if n in done and src in done:
-            model.get_submodule(n).weight = model.get_submodule(src).weight
+    model.float()  # what stays unquantized (norms, unmatched layers) computes in fp32 too
     rep.seconds = time.perf_counter() - t0
     return rep
 
@@ -155,6 +207,10 @@ class _Stop(Exception):
     pass
 
 
+def _f32(a):
+    return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+
 def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, progress):
     """Run calibration block by block; quantize each block's targets; feed the quantized block's
     outputs to the next block."""
@@ -162,10 +218,14 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
     captured = []
 
     def grab(mod, args, kwargs):
-        captured.append((args, kwargs))
+        captured.append((tuple(_f32(a) for a in args), {k: _f32(v) for k, v in kwargs.items()}))
         raise _Stop
 
-    h = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    # Embeddings held in bf16 / fp16 hand fp32 rows to the blocks (and so fp32 everything
+    # derived from their dtype).
+    hooks = [m.register_forward_hook(lambda m, i, o: _f32(o)) for m in model.modules()
+             if isinstance(m, nn.Embedding)]
+    hooks.append(blocks[0].register_forward_pre_hook(grab, with_kwargs=True))
     try:
         for row in calib:
             try:
@@ -173,10 +233,15 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
             except _Stop:
                 pass
     finally:
-        h.remove()
+        for h in hooks:
+            h.remove()
     xs = [a[0] for a, _ in captured]
     rest = [(a[1:], k) for a, k in captured]
     for bi, block in enumerate(blocks):
+        # The block computes in fp32 on its own copy of its weights (AWQ rescales them in place;
+        # the model may share its tensors with a checkpoint held in bf16), one block at a time.
+        for p in block.parameters():
+            p.data = p.data.float().clone()
         prefix = block_names[bi] + "."
         mine = {n[len(prefix):]: c for n, c in targets.items() if n.startswith(prefix)}
         if not mine:

@@ -32,13 +32,18 @@ class QuantizedTensor:
     def shape(self) -> tuple[int, int]:
         return tuple(self.qdata.shape)
 
-    def dequantize(self) -> torch.Tensor:
-        """(out, in) float32."""
-        out, n = self.qdata.shape
-        q = self.qdata.float().view(out, n // self.group_size, self.group_size)
-        if self.zero_point is not None:
-            q = q - self.zero_point.float().unsqueeze(-1)
-        return (q * self.scale.unsqueeze(-1)).view(out, n)
+    def dequantize(self, rows=None) -> torch.Tensor:
+        """(out, in) float32; `rows` (a slice or a tensor of row indices, any shape) selects
+        rows first, so only those are ever materialized in float: rows (..., in)."""
+        qd, sc, zp = self.qdata, self.scale, self.zero_point
+        if rows is not None:
+            qd, sc = qd[rows], sc[rows]
+            zp = None if zp is None else zp[rows]
+        n = qd.shape[-1]
+        q = qd.float().unflatten(-1, (n // self.group_size, self.group_size))
+        if zp is not None:
+            q = q - zp.float().unsqueeze(-1)
+        return (q * sc.unsqueeze(-1)).flatten(-2)
 
     def nbytes(self) -> int:
         """Storage at the scheme's nominal size: bits per value + fp16 scales / 8-bit zeros."""

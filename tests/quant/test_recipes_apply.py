@@ -63,7 +63,7 @@ def test_quantize_replaces_modules_and_shares_tied_weights():
     rep = quantize(m, load_recipe("int8"))
     assert isinstance(m.model.embed_tokens, QuantEmbedding)
     assert isinstance(m.model.layers[1].mlp.down_proj, QuantLinear)
-    assert m.lm_head.weight is m.model.embed_tokens.weight  # tied: quantized once
+    assert m.lm_head.qt is m.model.embed_tokens.qt  # tied: quantized once
     assert rep.modules["lm_head"]["algorithm"] == "tied"
     tot = rep.totals()
     assert tot["bits_per_weight"] == pytest.approx(8.5)  # int8 + one fp16 scale per 32
