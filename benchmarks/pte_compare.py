@@ -21,6 +21,7 @@ the held-out text (never used for calibration or tuning), one token per forward 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -50,6 +51,30 @@ def run_measured(cmd: list[str], log: Path, env=None) -> dict:
         tail = log.read_text(errors="replace").splitlines()[-15:]
         raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n" + "\n".join(tail))
     return {"seconds": round(dt, 1), "peak_rss_mb": round(ru.ru_maxrss / 1024, 1)}
+
+
+# Presets (random weights at a published shape) have no tokenizer, and the xnnpack target ships
+# one: the benchmark writes the preset as the HF directory a user would export from, with
+# SmolLM2's tokenizer standing in (its ids are a subset of every preset's vocabulary).
+SHAPE_TOKENIZER = "smollm2-135m-instruct"
+
+
+def shape_checkpoint(spec: str, work: Path) -> str:
+    if not spec.startswith("preset:"):
+        return spec
+    dest = work / "checkpoint"
+    if not (dest / "config.json").is_file():
+        import torch
+
+        from export.loaders import load_checkpoint
+        from export.writers import write_hf
+
+        ck = load_checkpoint(spec)
+        tok = ck.tokenizer = load_checkpoint(SHAPE_TOKENIZER).tokenizer
+        ck.config = dataclasses.replace(ck.config, bos_token_id=tok.bos_id,
+                                        eos_token_ids=tuple(tok.eos_ids))
+        write_hf(ck, dest, dtype=torch.bfloat16, force=True)
+    return str(dest)
 
 
 def export_ours(ck: str, recipe: str, out: Path, ctx: int) -> tuple[Path, dict]:
@@ -98,6 +123,7 @@ def export_executorch(ck: str, work: Path, ctx: int, name: str) -> tuple[Path, d
            str(ctx), "--metadata", json.dumps({"get_bos_id": bos, "get_eos_ids": eos}),
            "--output_name", str(out / "model.pte")]
     m = run_measured(cmd, work / "executorch_export.log")
+    (work / "executorch_export.json").write_text(json.dumps(m) + "\n")
     pte = out / "model.pte"
     if c.tokenizer is not None:  # the runner and our engine read the tokenizer beside it
         c.tokenizer.save(out)
@@ -197,10 +223,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     res: dict = {"name": args.name, "checkpoint": args.checkpoint, "recipe": args.recipe,
                  "ctx": args.ctx, "max_seq_len": MAX_SEQ_LEN, "exports": {}}
+    ck = shape_checkpoint(args.checkpoint, work)
     ours_pte = work / "ours" / "xnnpack" / "model.pte"
     et_pte = work / "executorch" / "model.pte"
     if not args.reuse or not ours_pte.is_file():
-        _, res["exports"]["ours"] = export_ours(args.checkpoint, args.recipe, work / "ours",
+        _, res["exports"]["ours"] = export_ours(ck, args.recipe, work / "ours",
                                                 args.ctx)
     elif (work / "ours" / "export_report.json").is_file():  # the export's own stage log
         rep = json.loads((work / "ours" / "export_report.json").read_text())
@@ -209,11 +236,13 @@ def main() -> None:
             "peak_rss_mb": max(x["peak_rss_mb"] for x in rep["stages"]),
             "stages": rep["stages"], "from": "export_report.json"}
     if not args.reuse or not et_pte.is_file():
-        _, res["exports"]["executorch"] = export_executorch(args.checkpoint, work, args.ctx,
+        _, res["exports"]["executorch"] = export_executorch(ck, work, args.ctx,
                                                             args.name)
+    elif (work / "executorch_export.json").is_file():  # that export's own measurement
+        res["exports"]["executorch"] = json.loads((work / "executorch_export.json").read_text())
     ptes = {"ours": ours_pte, "executorch": et_pte}
     res["file_mb"] = {k: round(p.stat().st_size / 1e6, 2) for k, p in ptes.items()}
-    prompt = prompt_text(args.checkpoint, args.prompt_tokens, work)
+    prompt = prompt_text(ck, args.prompt_tokens, work)
     rounds: dict[str, list[dict]] = {k: [] for k in ptes}
     order = list(ptes)
     for r in range(args.runs):
@@ -227,7 +256,7 @@ def main() -> None:
                         ("prefill_tok_s", "decode_tok_s", "load_s", "peak_rss_mb")}
                     | {"prompt_tokens": v[0]["prompt_tokens"]} for k, v in rounds.items()}
     if not args.no_quality:
-        res["quality"] = quality(ptes, args.checkpoint, DEFAULT_TEXT, 256, args.quality_tokens)
+        res["quality"] = quality(ptes, ck, DEFAULT_TEXT, 256, args.quality_tokens)
         res["quality_text"] = DEFAULT_TEXT
     o, e = res["speed"]["ours"], res["speed"]["executorch"]
     res["ratios"] = {"prefill": round(o["prefill_tok_s"] / e["prefill_tok_s"], 3),

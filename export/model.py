@@ -191,6 +191,49 @@ class LlamaModel(nn.Module):
         return model.eval()
 
 
+# Output rows per matmul of a reference held in bf16 / fp16: the fp32 copy of a 128k-row output
+# layer never exists whole.
+UPCAST_CHUNK_ROWS = 8192
+
+
+class Fp32Linear(nn.Module):
+    """A linear computing in fp32 from a weight kept in the checkpoint's precision (shared, not
+    copied), upcast UPCAST_CHUNK_ROWS rows at a time: the numbers of an fp32 copy."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, w = x.float(), self.weight
+        if w.shape[0] <= UPCAST_CHUNK_ROWS:
+            return F.linear(x, w.float())
+        return torch.cat([F.linear(x, w[i:i + UPCAST_CHUNK_ROWS].float())
+                          for i in range(0, w.shape[0], UPCAST_CHUNK_ROWS)], dim=-1)
+
+
+class Fp32Embedding(nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight).float()
+
+
+def reference_model(cfg: LlamaConfig, tensors: dict, max_seq_len: int | None = None) -> LlamaModel:
+    """The fp32 reference of a checkpoint for scoring and checking, without an fp32 copy of
+    its weights: bf16 / fp16 linears and embedding are shared and upcast as they run (a 1B
+    model's reference costs no memory beyond its checkpoint)."""
+    model = LlamaModel.from_state_dict(cfg, tensors, None, max_seq_len=max_seq_len)
+    for name, m in list(model.named_modules()):
+        if type(m) in (nn.Linear, nn.Embedding) and m.weight.dtype != torch.float32:
+            parent, _, leaf = name.rpartition(".")
+            wrap = Fp32Linear if type(m) is nn.Linear else Fp32Embedding
+            setattr(model.get_submodule(parent) if parent else model, leaf, wrap(m.weight))
+    return model
+
+
 def random_state_dict(cfg: LlamaConfig, seed: int = 0, dtype=torch.bfloat16) -> dict:
     """Random weights at a config's exact shapes (for speed / memory / export-limit work).
 

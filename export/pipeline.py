@@ -40,10 +40,13 @@ TARGET_MODULES = {"xnnpack": "export.lower_xnnpack", "onnx": "export.lower_onnx"
 # Verification: logits on a fixed probe text within this absolute tolerance of the model the
 # artifact was lowered from when the artifact holds it exactly (float weights in the source
 # precision, or weight-only quantized values the reference dequantizes; measured on SmolLM2:
-# 7e-5 for f32 and int8 g32 edge artifacts). Artifacts with quantized activations are checked
-# by top-1 agreement only (see stage_lower_edge).
+# 7e-5 for f32 and int8 g32 edge artifacts). Artifacts with quantized activations (rounded by
+# their own runtime: see stage_lower_edge) are checked statistically: the mean per-position
+# correlation of their logits with the reference's. Top-1 agreement is reported, not gated: on
+# a model whose top logits are close (random weights at a published shape) rounding flips
+# many near-ties while the logits still agree.
 VERIFY_LOGIT_ATOL_EXACT = 1e-3
-VERIFY_MIN_TOP1 = 0.9
+VERIFY_MIN_LOGIT_CORR = 0.98
 EDGE_DEFAULT_MAX_CONTEXT = 4096
 # The quality stage scores every artifact against the source on the packaged evaluation text
 # (written for the project, independent of the calibration text) in windows of this length.
@@ -68,6 +71,8 @@ class ExportConfig:
     prune_method: str = "importance"
     heal_steps: int = 0
     heal_budget: float | None = None  # seconds
+    keep_model: bool = False  # keep the quantized torch model on the returned state (its
+    # memory stays in use through the quality stage)
 
 
 @dataclass
@@ -79,6 +84,7 @@ class ExportState:
     artifacts: dict[str, Path] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     deferred_errors: list[str] = field(default_factory=list)
+    source_released: bool = False  # checkpoint tensors dropped after quantizing (see release_source)
 
 
 def peak_rss_mb() -> float:
@@ -133,7 +139,31 @@ def stage_quantize(st: ExportState) -> ExportState:
     st.model = model
     st.report["quantization"] = {"recipe": rep.recipe, "seconds": round(rep.seconds, 2),
                                  **rep.totals(), "notes": rep.notes}
+    release_source(st)
     return st
+
+
+# Targets lowered from the quantized model alone: once it exists they need no float weights.
+FROM_QUANTIZED = frozenset({"edge", "gguf", "xnnpack", "onnx"})
+
+
+def release_source(st: ExportState) -> None:
+    """Drop the checkpoint's float tensors (shapes and dtypes stay, on the meta device) when
+    every target lowers from the quantized model and the checkpoint can be read again (it was
+    not pruned in memory): lowering then holds the quantized model, not both. The quality stage
+    reads them back (source_tensors)."""
+    if st.model is None or st.cfg.prune or not set(st.cfg.targets) <= FROM_QUANTIZED:
+        return
+    ck = st.checkpoint
+    ck.tensors = {k: v.to("meta") for k, v in ck.tensors.items()}
+    st.source_released = True
+
+
+def source_tensors(st: ExportState) -> dict:
+    """The checkpoint's float tensors, read again if release_source dropped them."""
+    if not st.source_released:
+        return st.checkpoint.tensors
+    return load_checkpoint(st.cfg.checkpoint, allow_pickle=st.cfg.allow_pickle).tensors
 
 
 def _float_model(ck: Checkpoint, max_seq_len: int):
@@ -259,10 +289,13 @@ def artifact_logits(target: str, path: Path, max_seq_len: int):
 def stage_verify(st: ExportState) -> ExportState:
     """Load every artifact with its runtime and compare it with the model it was lowered from
     (the quantized reference when a recipe ran)."""
+    from .model import reference_model
+
     ck = st.checkpoint
     ids = ck.tokenizer.encode(PROBE_TEXT) if ck.tokenizer is not None else list(range(1, 33))
     x = torch.tensor([ids])
-    ref = st.model if st.model is not None else _float_model(ck, len(ids) + 1)
+    ref = st.model if st.model is not None else reference_model(ck.config, ck.tensors,
+                                                                len(ids) + 1)
     ref_logits = ref(x)[0]
     for name, path in st.artifacts.items():
         run = artifact_logits(name, path, len(ids) + 1)
@@ -271,16 +304,20 @@ def stage_verify(st: ExportState) -> ExportState:
         got = run(x)
         agree = float((got.argmax(-1) == ref_logits.argmax(-1)).float().mean())
         diff = float((got - ref_logits).abs().max())
+        corr = logit_correlation(got, ref_logits)
         info = st.report["artifacts"][name]
         info.update(verify_tokens=len(ids), top1_agreement=round(agree, 4),
-                    max_abs_logit_diff=diff)
+                    max_abs_logit_diff=diff, logit_correlation=round(corr, 6))
         if info["exact"] and diff > VERIFY_LOGIT_ATOL_EXACT:
             raise EdgeError(f"verification of the {name} artifact failed: logits differ by "
                             f"{diff:.3g} (> {VERIFY_LOGIT_ATOL_EXACT}) from the model it was "
                             "lowered from")
-        if agree < VERIFY_MIN_TOP1:
-            raise EdgeError(f"verification of the {name} artifact failed: only "
-                            f"{agree:.0%} of top-1 tokens agree with the source")
+        if corr < VERIFY_MIN_LOGIT_CORR:
+            raise EdgeError(f"verification of the {name} artifact failed: its logits correlate "
+                            f"{corr:.3f} (< {VERIFY_MIN_LOGIT_CORR}) with those of the model it "
+                            f"was lowered from (top-1 agreement {agree:.0%})")
+    if not st.cfg.keep_model:
+        st.model = None  # its last use: the quality stage compares with the unquantized source
     return st
 
 
@@ -290,14 +327,14 @@ def stage_quality(st: ExportState) -> ExportState:
     from quant.eval import compare
 
     from .evaluate import read_text
-    from .model import LlamaModel
+    from .model import reference_model
 
     ck = st.checkpoint
     if ck.tokenizer is None:
         st.report["quality"] = "skipped: the checkpoint has no tokenizer"
         return st
     ids = ck.tokenizer.encode(read_text(QUALITY_TEXT))
-    ref = LlamaModel.from_state_dict(ck.config, ck.tensors, max_seq_len=QUALITY_CTX)
+    ref = reference_model(ck.config, source_tensors(st), max_seq_len=QUALITY_CTX)
     ref_fn = lambda w: ref(w)[0]  # noqa: E731
     for name, path in st.artifacts.items():
         run = artifact_logits(name, path, QUALITY_CTX)
@@ -306,6 +343,14 @@ def stage_quality(st: ExportState) -> ExportState:
         r = compare(run, ref_fn, ids, QUALITY_CTX)
         st.report["artifacts"][name]["quality"] = {**r.to_json(), "text": QUALITY_TEXT.name}
     return st
+
+
+def logit_correlation(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean over positions of the Pearson correlation of two (n, vocab) logit matrices."""
+    g = got.double() - got.double().mean(-1, keepdim=True)
+    r = ref.double() - ref.double().mean(-1, keepdim=True)
+    c = (g * r).sum(-1) / (g.norm(dim=-1) * r.norm(dim=-1)).clamp(min=1e-30)
+    return float(c.mean())
 
 
 def stage_report(st: ExportState) -> ExportState:

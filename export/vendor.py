@@ -442,14 +442,14 @@ def _score(run: Callable, ck, context: int) -> dict:
     from quant.eval import compare
 
     from .evaluate import read_text
-    from .model import LlamaModel
+    from .model import reference_model
     from .pipeline import QUALITY_CTX, QUALITY_TEXT
 
     if ck.tokenizer is None:
         return {"skipped": "the checkpoint has no tokenizer"}
     ctx = min(QUALITY_CTX, context)
     ids = ck.tokenizer.encode(read_text(QUALITY_TEXT))
-    ref = LlamaModel.from_state_dict(ck.config, ck.tensors, max_seq_len=ctx)
+    ref = reference_model(ck.config, ck.tensors, max_seq_len=ctx)
     with torch.inference_mode():
         r = compare(run, lambda w: ref(w)[0], ids, ctx)
     return {**r.to_json(), "text": QUALITY_TEXT.name, "simulated": True}

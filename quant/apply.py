@@ -23,8 +23,8 @@ from .recipes import QuantConfig, Recipe
 from .schemes import DynamicInt8Act, IntWeight, QuantError, QuantizedTensor
 
 
-# Rows of a weight dequantized per matmul when the module is not materialized: the widest layer
-# (Llama 3.2's 128256-row output layer, 1 GB in fp32) never exists whole in float.
+# Rows of a weight quantized, or dequantized per matmul, at a time: the widest layer (Llama 3.2's
+# 128256-row output layer, 1 GB in fp32) never exists whole in float.
 DEQUANT_CHUNK_ROWS = 8192
 
 
@@ -127,7 +127,17 @@ def _set_module(model: nn.Module, name: str, new: nn.Module):
 
 
 def _rtn(cfg: QuantConfig, w: torch.Tensor, name: str) -> QuantizedTensor:
-    return cfg.weight.quantize_tensor(w.detach().float(), name)
+    """Round to nearest, DEQUANT_CHUNK_ROWS rows at a time (every scheme's scales are per row or
+    per group within a row), so the fp32 working copies of a large table stay small."""
+    w = w.detach()
+    if w.shape[0] <= DEQUANT_CHUNK_ROWS:
+        return cfg.weight.quantize_tensor(w.float(), name)
+    parts = [cfg.weight.quantize_tensor(w[i:i + DEQUANT_CHUNK_ROWS].float(), name)
+             for i in range(0, w.shape[0], DEQUANT_CHUNK_ROWS)]
+    zp = None if parts[0].zero_point is None else torch.cat([q.zero_point for q in parts])
+    return QuantizedTensor(parts[0].scheme, torch.cat([q.qdata for q in parts]),
+                           torch.cat([q.scale for q in parts]), zp, parts[0].group_size,
+                           parts[0].bits)
 
 
 @torch.no_grad()

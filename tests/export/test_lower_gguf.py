@@ -343,7 +343,8 @@ def smollm2_exports(smollm2_gguf, tmp_path_factory):
     for r in ("none", "int8", "8da4w"):
         dest = tmp_path_factory.mktemp("smol") / r
         out[r] = run_export(ExportConfig(checkpoint=str(smollm2_gguf), out=dest, recipe=r,
-                                         targets=("gguf",)), log=lambda s: None)
+                                         targets=("gguf",), keep_model=True),
+                            log=lambda s: None)
     return out
 
 

@@ -491,7 +491,8 @@ def smollm2_onnx(smollm2_gguf, tmp_path_factory):
     out = {}
     for name, r in (("int8", "int8"), ("mobile", str(base / "mobile-rtn.json"))):
         out[name] = run_export(ExportConfig(checkpoint=str(smollm2_gguf), out=base / name,
-                                            recipe=r, targets=("onnx",)), log=lambda s: None)
+                                            recipe=r, targets=("onnx",), keep_model=True),
+                               log=lambda s: None)
     return out
 
 

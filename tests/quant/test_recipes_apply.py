@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from tiny_llama import tiny_model
+from tiny_llama import TINY, tiny_model
 from quant.algorithms.awq import search_scales
 from quant.algorithms.gptq import gptq_quantize
-from quant.apply import QuantEmbedding, QuantLinear, quantize
+from export.model import LlamaModel, random_state_dict
+from quant.apply import QuantEmbedding, QuantLinear, materialize, quantize
 from quant.eval import compare
 from quant.recipes import QuantConfig, Recipe, RecipeError, Rule, load_recipe, presets
 from quant.schemes import DynamicInt8Act, FP8Weight, IntWeight, QuantError
@@ -141,3 +142,73 @@ def test_eval_identity_has_zero_kld_and_matches_manual_ppl():
     lp = torch.cat([torch.log_softmax(m(torch.tensor([ids[i:i + 32]]))[0, :-1], -1)
                     .gather(1, torch.tensor(ids[i + 1:i + 32])[:, None]) for i in (0, 32, 64)])
     assert r.ppl == pytest.approx(float(torch.exp(-lp.mean())), rel=1e-5)
+
+
+def _bf16_source(seed=0):
+    sd = {k: v.float() for k, v in random_state_dict(TINY, seed, torch.float32).items()}
+    sd["model.embed_tokens.weight"] *= 20
+    return {k: v.to(torch.bfloat16) for k, v in sd.items()}
+
+
+@torch.inference_mode()
+def test_quantizing_a_bf16_model_reads_but_never_writes_it():
+    """The recipe path shares the checkpoint's bf16 tensors (no fp32 copy of the model); AWQ
+    rescales weights in place, so each block works on its own fp32 copy: the source is left
+    bit-identical and the integers equal those chosen from an fp32 copy of the same weights."""
+    src = _bf16_source()
+    before = {k: v.clone() for k, v in src.items()}
+    calib = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(1))
+    r = load_recipe("8da4w").with_algorithm("awq+gptq")
+    shared = LlamaModel.from_state_dict(TINY, src, None, max_seq_len=64)
+    copied = LlamaModel.from_state_dict(TINY, {k: v.float() for k, v in src.items()},
+                                        max_seq_len=64)
+    for m in (shared, copied):
+        quantize(m, r, calib, blocks=m.model.layers, awq_map=AWQ_MAP)
+    assert all(torch.equal(src[k], before[k]) for k in src)
+    qa = {n: m.qt for n, m in shared.named_modules() if hasattr(m, "qt")}
+    qb = {n: m.qt for n, m in copied.named_modules() if hasattr(m, "qt")}
+    assert qa.keys() == qb.keys() and len(qa) == 2 * 7 + 2  # 7 linears a layer, emb, head
+    for n in qa:
+        assert torch.equal(qa[n].qdata, qb[n].qdata) and torch.equal(qa[n].scale, qb[n].scale), n
+    assert torch.equal(shared(calib[:1]), copied(calib[:1]))
+
+
+@torch.inference_mode()
+def test_lazy_chunked_forward_equals_materialized(monkeypatch):
+    """Quantized modules hold only integers; forward dequantizes in row chunks (forced tiny
+    here), the embedding only the rows it looks up; materialize() caches the same floats."""
+    import quant.apply as qa
+
+    ids = torch.randint(0, 128, (1, 24), generator=torch.Generator().manual_seed(2))
+    m = tiny_model()
+    quantize(m, load_recipe("mobile").with_algorithm("rtn"))
+    assert not any(isinstance(b, torch.Tensor) and b.numel() > 64 for b in m.buffers()
+                   if b is not m.rope_cos and b is not m.rope_sin)
+    whole = m(ids)
+    monkeypatch.setattr(qa, "DEQUANT_CHUNK_ROWS", 7)
+    chunked = m(ids)
+    materialize(m)
+    assert m.lm_head.cached is m.model.embed_tokens.cached  # tied: one float table
+    cached = m(ids)
+    assert torch.allclose(chunked, whole, atol=1e-5) and torch.allclose(cached, whole, atol=1e-5)
+    materialize(m, on=False)
+    assert m.lm_head.cached is None
+
+
+@pytest.mark.parametrize("scheme", [IntWeight(4, 32), IntWeight(8, None), IntWeight(4, 32, False),
+                                    FP8Weight(None), IntWeight(4, 32, scale_dtype="bf16")])
+def test_round_to_nearest_in_row_chunks_is_exact(monkeypatch, scheme):
+    import quant.apply as qa
+
+    w = torch.randn(50, 64, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    cfg = QuantConfig(scheme)
+    whole = qa._rtn(cfg, w, "w")
+    monkeypatch.setattr(qa, "DEQUANT_CHUNK_ROWS", 16)
+    parts = qa._rtn(cfg, w, "w")
+    assert torch.equal(whole.qdata.view(torch.uint8), parts.qdata.view(torch.uint8))
+    assert torch.equal(whole.scale, parts.scale)
+    assert (whole.zero_point is None) == (parts.zero_point is None)
+    if whole.zero_point is not None:
+        assert torch.equal(whole.zero_point, parts.zero_point)
+    rows = torch.tensor([[3, 49], [0, 17]])
+    assert torch.equal(whole.dequantize(rows), whole.dequantize()[rows])
