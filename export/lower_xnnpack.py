@@ -275,9 +275,11 @@ def runner_metadata(model: LlamaModel, tokenizer, max_context: int, max_seq_len:
     return meta
 
 
-def lower_to_pte(model: LlamaModel, tokenizer, max_context: int,
-                 max_seq_len: int = MAX_SEQ_LEN) -> bytes:
-    """The .pte bytes of `model` (fp32 activations, XNNPACK-delegated linears)."""
+def lower_to_pte(model: LlamaModel, tokenizer, max_context: int, path: Path,
+                 max_seq_len: int = MAX_SEQ_LEN) -> dict:
+    """Write the .pte of `model` (fp32 activations, XNNPACK-delegated linears) to `path`,
+    streamed from the serialized pieces (no contiguous copy of the program in memory); returns
+    how much of it runs in XNNPACK (delegated_share)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
     from executorch.exir import (EdgeCompileConfig, ExecutorchBackendConfig,
@@ -305,14 +307,59 @@ def lower_to_pte(model: LlamaModel, tokenizer, max_context: int,
         extract_delegate_segments=True, do_quant_fusion_and_const_prop=True,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
         sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
-    return prog.buffer
+    del edge
+    with open(path, "wb") as f:
+        prog.write_to_file(f)
+    share = delegated_share(prog.executorch_program)
+    del prog
+    drop_lowering_references()
+    return share
 
 
-def delegated_share(pte: bytes) -> dict:
-    """How much of the program runs in XNNPACK: counts of delegate calls and other kernels."""
-    from executorch.exir._serialize._program import deserialize_pte_binary
+def drop_lowering_references() -> None:
+    """Lowering leaves references to the graphs it saw in process-wide places: torch's
+    fake-tensor dispatch caches (class-wide and per shape environment), lru_caches of modules
+    and classes (keyed by graph nodes, shape environments) and the partitioners' module-level
+    "why not partitioned" notes. Through the
+    graphs they keep every weight of the program (a 1B model's 1.4 GB) alive for the rest of
+    the export: clear them (they are caches; the next lowering refills them)."""
+    import functools
+    import gc
+    import sys
+    import types
 
-    program = deserialize_pte_binary(pte).program
+    from executorch.exir.backend.utils import WhyNoPartition
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    def clear(v):
+        if isinstance(v, (staticmethod, classmethod)):
+            v = v.__func__
+        if isinstance(v, WhyNoPartition):
+            v.node = None
+        elif isinstance(v, functools._lru_cache_wrapper) or (
+                isinstance(v, types.FunctionType) and callable(vars(v).get("cache_clear"))):
+            v.cache_clear()
+
+    FakeTensorMode.cache_clear()
+    # Symbolic shapes live on in C++ (sizes of fake tensors), and with them their shape
+    # environment's own fake-tensor dispatch cache.
+    for o in gc.get_objects():
+        if isinstance(o, ShapeEnv):
+            o.fake_tensor_cache.clear()
+    for name, mod in list(sys.modules.items()):
+        if mod is None or not name.startswith(("executorch.", "torch.")):
+            continue
+        for v in list(vars(mod).values()):
+            clear(v)
+            if isinstance(v, type) and getattr(v, "__module__", None) == name:
+                for a in list(vars(v).values()):
+                    clear(a)
+
+
+def delegated_share(program) -> dict:
+    """How much of a program (executorch's Program) runs in XNNPACK: counts of delegate calls
+    and other kernels."""
     plan = program.execution_plan[0]
     ops = [plan.operators[i.instr_args.op_index].name for i in plan.chains[0].instructions
            if hasattr(i.instr_args, "op_index")]
@@ -334,13 +381,12 @@ def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
     if tokenizer is None:
         raise EdgeError("target xnnpack ships the tokenizer file ExecuTorch's runner reads, and "
                         "this checkpoint has none; add tokenizer.json to the checkpoint directory")
-    data = lower_to_pte(model, tokenizer, max_context)
     dest.mkdir(parents=True, exist_ok=True)  # inside the export's atomic work directory
-    (dest / PTE_NAME).write_bytes(data)
+    share = lower_to_pte(model, tokenizer, max_context, dest / PTE_NAME)
     tokenizer.save(dest, chat_template)
     write_sidecar(dest / PTE_NAME, {"name": model.config.name or "llama", "recipe": recipe,
                                     "chat_format": detect_chat_format(tokenizer)})
-    return {"bytes": len(data), **delegated_share(data)}
+    return {"bytes": (dest / PTE_NAME).stat().st_size, **share}
 
 
 def stage(st):

@@ -91,6 +91,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def rss_mb() -> float:
+    """The process's resident memory now (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return 0.0
+
+
+def return_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc keeps them mapped
+    otherwise, and the next stage's peak would stand on them)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _dtype_for(ck: Checkpoint, name: str) -> torch.dtype:
     if name == "auto":
         return ck.dtype if ck.dtype in (torch.bfloat16, torch.float16) else torch.float32
@@ -419,10 +441,13 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportS
         for name, fn in stages:
             t0 = time.perf_counter()
             st = fn(st)
+            return_free_memory()
             dt = time.perf_counter() - t0
             timings.append({"stage": name, "seconds": round(dt, 3),
-                            "peak_rss_mb": round(peak_rss_mb(), 1)})
-            log(f"[{name:<10}] {dt:7.2f} s   peak RSS {peak_rss_mb():8.1f} MB")
+                            "peak_rss_mb": round(peak_rss_mb(), 1),
+                            "rss_after_mb": round(rss_mb(), 1)})
+            log(f"[{name:<10}] {dt:7.2f} s   peak RSS {peak_rss_mb():8.1f} MB   "
+                f"(after: {rss_mb():.0f} MB)")
         st.report["total_seconds"] = round(time.perf_counter() - t_all, 3)
         if st.deferred_errors:
             st.report["errors"] = list(st.deferred_errors)

@@ -344,3 +344,18 @@ def test_smollm2_mobile_pte_within_the_references_own_spread(smollm2_ptes):
     kld_ref, top1_ref = kld_top1(r, perturbed)
     assert kld <= ACT_KLD_FACTOR * kld_ref + ACT_KLD_FLOOR, (kld, kld_ref)
     assert top1 >= top1_ref - ACT_TOP1_MARGIN, (top1, top1_ref)
+
+
+def test_lowering_leaves_no_reference_to_the_weights(tmp_path):
+    """torch's fake-tensor cache and ExecuTorch's module-level notes keep the last lowered graph
+    (and so every weight) alive unless cleared: once the model is dropped, its integers are
+    freed."""
+    import gc
+    import weakref
+
+    m = mobile_rtn()
+    alive = weakref.ref(m.model.layers[0].mlp.down_proj.qt.qdata)
+    write_xnnpack(m, tiny_tokenizer(), tmp_path / "x", CTX, recipe="mobile")
+    del m
+    gc.collect()
+    assert alive() is None
