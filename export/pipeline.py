@@ -42,11 +42,15 @@ TARGET_MODULES = {"xnnpack": "export.lower_xnnpack", "onnx": "export.lower_onnx"
 # precision, or weight-only quantized values the reference dequantizes; measured on SmolLM2:
 # 7e-5 for f32 and int8 g32 edge artifacts). Artifacts with quantized activations (rounded by
 # their own runtime: see stage_lower_edge) are checked statistically: the mean per-position
-# correlation of their logits with the reference's. Top-1 agreement is reported, not gated: on
-# a model whose top logits are close (random weights at a published shape) rounding flips
-# many near-ties while the logits still agree.
+# correlation of their logits with the reference's. Measured on the probe text: SmolLM2 with
+# the mobile schemes (round to nearest) 0.992 (gguf), 0.996 (edge, xnnpack, onnx); random
+# weights at the Llama 3.2 1B shape 0.999 (xnnpack). The same SmolLM2 reference with one
+# structural fault: two layers swapped 0.981, one layer's down_proj scales doubled 0.958, a
+# projection's rows or columns reversed 0.906 / 0.912. Top-1 agreement is reported, not gated:
+# it was 0.82-0.94 for the sound artifacts (0.85 on the random 1B, whose top logits are close)
+# and 0.53-0.76 for the faults.
 VERIFY_LOGIT_ATOL_EXACT = 1e-3
-VERIFY_MIN_LOGIT_CORR = 0.98
+VERIFY_MIN_LOGIT_CORR = 0.985
 EDGE_DEFAULT_MAX_CONTEXT = 4096
 # The quality stage scores every artifact against the source on the packaged evaluation text
 # (written for the project, independent of the calibration text) in windows of this length.

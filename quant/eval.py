@@ -39,6 +39,9 @@ def windows(ids: list[int], ctx: int) -> torch.Tensor:
     return torch.tensor(ids[: n * ctx], dtype=torch.long).view(n, ctx)
 
 
+SCORE_ROWS = 32
+
+
 @torch.inference_mode()
 def compare(model_logits: Callable[[torch.Tensor], torch.Tensor],
             ref_logits: Callable[[torch.Tensor], torch.Tensor] | None,
@@ -50,15 +53,22 @@ def compare(model_logits: Callable[[torch.Tensor], torch.Tensor],
     klds, agree, count = [], 0, 0
     for i, w in enumerate(wins):
         target = w[1:]
-        lq = torch.log_softmax(model_logits(w.unsqueeze(0)).float()[:-1], -1)
-        lr = lq if ref_logits is None else torch.log_softmax(
-            ref_logits(w.unsqueeze(0)).float()[:-1], -1)
-        if not (torch.isfinite(lq).all() and torch.isfinite(lr).all()):
-            raise ValueError(f"non-finite logits in window {i}")
-        nll -= float(lq.gather(1, target[:, None]).sum())
-        ref_nll -= float(lr.gather(1, target[:, None]).sum())
-        klds.append((lr.exp() * (lr - lq)).sum(-1).clamp(min=0))
-        agree += int((lq.argmax(-1) == lr.argmax(-1)).sum())
+        q_all = model_logits(w.unsqueeze(0))[:-1]
+        r_all = q_all if ref_logits is None else ref_logits(w.unsqueeze(0))[:-1]
+        # SCORE_ROWS positions at a time: with a 128k vocabulary each (ctx, vocab) float
+        # temporary is 131 MB at ctx 256.
+        for a in range(0, target.numel(), SCORE_ROWS):
+            t = target[a:a + SCORE_ROWS]
+            lq = torch.log_softmax(q_all[a:a + SCORE_ROWS].float(), -1)
+            lr = lq if ref_logits is None else torch.log_softmax(
+                r_all[a:a + SCORE_ROWS].float(), -1)
+            if not (torch.isfinite(lq).all() and torch.isfinite(lr).all()):
+                raise ValueError(f"non-finite logits in window {i}")
+            nll -= float(lq.gather(1, t[:, None]).sum())
+            ref_nll -= float(lr.gather(1, t[:, None]).sum())
+            klds.append((lr.exp() * (lr - lq)).sum(-1).clamp(min=0))
+            agree += int((lq.argmax(-1) == lr.argmax(-1)).sum())
+        del q_all, r_all
         count += target.numel()
         if progress:
             progress(i + 1, len(wins))
