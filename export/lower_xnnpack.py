@@ -332,27 +332,30 @@ def drop_lowering_references() -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
+    # Types only (never isinstance, attribute access or truth tests): objects met here include
+    # dead weak proxies and classes whose attribute access has side effects.
     def clear(v):
-        if isinstance(v, (staticmethod, classmethod)):
-            v = v.__func__
-        if isinstance(v, WhyNoPartition):
+        t = type(v)
+        if issubclass(t, (staticmethod, classmethod)):
+            v, t = v.__func__, type(v.__func__)
+        if issubclass(t, WhyNoPartition):
             v.node = None
-        elif isinstance(v, functools._lru_cache_wrapper) or (
-                isinstance(v, types.FunctionType) and callable(vars(v).get("cache_clear"))):
+        elif issubclass(t, functools._lru_cache_wrapper) or (
+                t is types.FunctionType and callable(vars(v).get("cache_clear"))):
             v.cache_clear()
 
     FakeTensorMode.cache_clear()
     # Symbolic shapes live on in C++ (sizes of fake tensors), and with them their shape
     # environment's own fake-tensor dispatch cache.
     for o in gc.get_objects():
-        if isinstance(o, ShapeEnv):
+        if issubclass(type(o), ShapeEnv):
             o.fake_tensor_cache.clear()
     for name, mod in list(sys.modules.items()):
-        if mod is None or not name.startswith(("executorch.", "torch.")):
+        if type(mod) is not types.ModuleType or not name.startswith(("executorch.", "torch.")):
             continue
         for v in list(vars(mod).values()):
             clear(v)
-            if isinstance(v, type) and getattr(v, "__module__", None) == name:
+            if issubclass(type(v), type) and vars(v).get("__module__") == name:
                 for a in list(vars(v).values()):
                     clear(a)
 
