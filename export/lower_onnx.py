@@ -226,9 +226,6 @@ class DataFile:
         self.f.close()
 
 
-file_digest = sha256_file
-
-
 def write_sidecars(dest: Path, cfg, tokenizer, chat_template, chat_format: str, max_ctx: int,
                    recipe: str | None, info: dict) -> None:
     """tokenizer files, genai_config.json and our manifest (last: it lists every file)."""
@@ -260,7 +257,7 @@ def write_sidecars(dest: Path, cfg, tokenizer, chat_template, chat_format: str, 
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
     (dest / GENAI_CONFIG).write_text(json.dumps(genai, indent=2) + "\n")
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(dest.iterdir()) if p.name != MANIFEST}
     manifest = {"format": FORMAT, "version": VERSION, "config": cfg.to_hf_dict(),
                 "name": cfg.name, "max_context": max_ctx, "chat_format": chat_format,

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.artifact import sha256_file
 from edge.errors import EdgeError
 
-from .lower_onnx import FIX, OPSET, DataFile, file_digest
+from .lower_onnx import FIX, OPSET, DataFile
 
 TARGET = "onnx-qdq"
 CHUNK = 128  # prompt tokens per run of the prompt graph
@@ -479,7 +480,7 @@ def write_qdq_into(dest: Path, model, tokenizer, calib_ids, *, cache: int, chat_
     kinds: dict[str, int] = {}
     for k in weights.values():
         kinds[k] = kinds.get(k, 0) + 1
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(dest.iterdir()) if p.name != QDQ_FILE}
     eos = sorted(set(cfg.eos_token_ids) | set(tokenizer.eos_ids))
     meta = {"format": QDQ_FORMAT, "version": QDQ_VERSION, "config": cfg.to_hf_dict(),

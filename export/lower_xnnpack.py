@@ -320,9 +320,9 @@ def drop_lowering_references() -> None:
     """Lowering leaves references to the graphs it saw in process-wide places: torch's
     fake-tensor dispatch caches (class-wide and per shape environment), lru_caches of modules
     and classes (keyed by graph nodes, shape environments) and the partitioners' module-level
-    "why not partitioned" notes. Through the
-    graphs they keep every weight of the program (a 1B model's 1.4 GB) alive for the rest of
-    the export: clear them (they are caches; the next lowering refills them)."""
+    "why not partitioned" notes. Through the graphs they keep every weight of the program (a 1B
+    model's 1.4 GB) alive for the rest of the export: clear them (they are caches; the next
+    lowering refills them)."""
     import functools
     import gc
     import sys

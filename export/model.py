@@ -205,11 +205,11 @@ class Fp32Linear(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, w = x.float(), self.weight
-        if w.shape[0] <= UPCAST_CHUNK_ROWS:
-            return F.linear(x, w.float())
-        return torch.cat([F.linear(x, w[i:i + UPCAST_CHUNK_ROWS].float())
-                          for i in range(0, w.shape[0], UPCAST_CHUNK_ROWS)], dim=-1)
+        from quant.apply import linear_by_rows
+
+        w = self.weight
+        return linear_by_rows(x.float(), lambda r: (w if r is None else w[r]).float(),
+                              w.shape[0], UPCAST_CHUNK_ROWS)
 
 
 class Fp32Embedding(nn.Module):

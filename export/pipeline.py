@@ -88,7 +88,6 @@ class ExportState:
     artifacts: dict[str, Path] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     deferred_errors: list[str] = field(default_factory=list)
-    source_released: bool = False  # checkpoint tensors dropped after quantizing (see release_source)
 
 
 def peak_rss_mb() -> float:
@@ -182,12 +181,11 @@ def release_source(st: ExportState) -> None:
         return
     ck = st.checkpoint
     ck.tensors = {k: v.to("meta") for k, v in ck.tensors.items()}
-    st.source_released = True
 
 
 def source_tensors(st: ExportState) -> dict:
     """The checkpoint's float tensors, read again if release_source dropped them."""
-    if not st.source_released:
+    if not st.checkpoint.tensors["model.embed_tokens.weight"].is_meta:
         return st.checkpoint.tensors
     return load_checkpoint(st.cfg.checkpoint, allow_pickle=st.cfg.allow_pickle).tensors
 
@@ -373,8 +371,8 @@ def stage_quality(st: ExportState) -> ExportState:
 
 def logit_correlation(got: torch.Tensor, ref: torch.Tensor) -> float:
     """Mean over positions of the Pearson correlation of two (n, vocab) logit matrices."""
-    g = got.double() - got.double().mean(-1, keepdim=True)
-    r = ref.double() - ref.double().mean(-1, keepdim=True)
+    g, r = got.double(), ref.double()
+    g, r = g - g.mean(-1, keepdim=True), r - r.mean(-1, keepdim=True)
     c = (g * r).sum(-1) / (g.norm(dim=-1) * r.norm(dim=-1)).clamp(min=1e-30)
     return float(c.mean())
 
@@ -447,11 +445,10 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportS
             st = fn(st)
             return_free_memory()
             dt = time.perf_counter() - t0
+            peak, now = peak_rss_mb(), rss_mb()
             timings.append({"stage": name, "seconds": round(dt, 3),
-                            "peak_rss_mb": round(peak_rss_mb(), 1),
-                            "rss_after_mb": round(rss_mb(), 1)})
-            log(f"[{name:<10}] {dt:7.2f} s   peak RSS {peak_rss_mb():8.1f} MB   "
-                f"(after: {rss_mb():.0f} MB)")
+                            "peak_rss_mb": round(peak, 1), "rss_after_mb": round(now, 1)})
+            log(f"[{name:<10}] {dt:7.2f} s   peak RSS {peak:8.1f} MB   (after: {now:.0f} MB)")
         st.report["total_seconds"] = round(time.perf_counter() - t_all, 3)
         if st.deferred_errors:
             st.report["errors"] = list(st.deferred_errors)

@@ -28,6 +28,15 @@ from .schemes import DynamicInt8Act, IntWeight, QuantError, QuantizedTensor
 DEQUANT_CHUNK_ROWS = 8192
 
 
+def linear_by_rows(x: torch.Tensor, rows, n_rows: int, chunk: int) -> torch.Tensor:
+    """F.linear(x, W) with W's float rows produced `chunk` at a time by rows(slice) (all at once
+    by rows(None) when it has no more), so a large W never exists whole in float."""
+    if n_rows <= chunk:
+        return F.linear(x, rows(None))
+    return torch.cat([F.linear(x, rows(slice(i, i + chunk))) for i in range(0, n_rows, chunk)],
+                     dim=-1)
+
+
 class QuantLinear(nn.Module):
     """A linear held only as its QuantizedTensor. forward dequantizes on the fly, in row chunks,
     so a quantized model costs its integer bytes, not a float copy; `materialize(model)` caches
@@ -57,11 +66,7 @@ class QuantLinear(nn.Module):
         x = x.float()
         if self.cached is not None:
             return F.linear(x, self.cached)
-        out = self.qt.shape[0]
-        if out <= DEQUANT_CHUNK_ROWS:
-            return F.linear(x, self.qt.dequantize())
-        return torch.cat([F.linear(x, self.qt.dequantize(slice(i, i + DEQUANT_CHUNK_ROWS)))
-                          for i in range(0, out, DEQUANT_CHUNK_ROWS)], dim=-1)
+        return linear_by_rows(x, self.qt.dequantize, self.qt.shape[0], DEQUANT_CHUNK_ROWS)
 
 
 class QuantEmbedding(nn.Module):
@@ -93,14 +98,6 @@ def materialize(model: nn.Module, on: bool = True) -> nn.Module:
                 done[id(m.qt)] = m.cached if m.cached is not None else m.qt.dequantize()
             m.cached = done[id(m.qt)] if on else None
     return model
-
-
-def shares_weight(a: nn.Module, b: nn.Module) -> bool:
-    """Whether two modules hold one weight (a tied output layer and its embedding)."""
-    qa, qb = getattr(a, "qt", None), getattr(b, "qt", None)
-    if qa is not None or qb is not None:
-        return qa is qb
-    return a.weight is b.weight
 
 
 @dataclass

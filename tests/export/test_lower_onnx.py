@@ -284,11 +284,11 @@ def _manifest_edit(d, fn):
 
 def _resync(d, name):
     """Update the manifest to the file's new size and digest (a consistent but bad artifact)."""
-    from export.lower_onnx import file_digest
+    from edge.artifact import sha256_file
 
     p = d / name
     _manifest_edit(d, lambda m: m["files"].__setitem__(
-        name, {"bytes": p.stat().st_size, "sha256": file_digest(p)}))
+        name, {"bytes": p.stat().st_size, "sha256": sha256_file(p)}))
 
 
 @pytest.mark.parametrize("case,message", [
