@@ -102,11 +102,14 @@ def main():
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin pickles (loaded "
               "with weights_only=True).")
+@click.option("--skip-memory-check", is_flag=True, help="Run even when the estimated peak "
+              "memory exceeds what is available.")
 @_prune_options
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 @_errors
 def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, force, allow_pickle,
-               prune, prune_method, heal_steps, heal_budget, threads, as_json):
+               skip_memory_check, prune, prune_method, heal_steps, heal_budget, threads,
+               as_json):
     """Export CHECKPOINT (HF dir, Meta dir, .gguf, known model name, or preset:NAME)."""
     from .pipeline import ExportConfig, run_export
 
@@ -114,7 +117,8 @@ def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, forc
     cfg = ExportConfig(checkpoint=checkpoint, out=out, recipe=recipe, targets=targets,
                        dtype=dtype, force=force, allow_pickle=allow_pickle, calib=calib,
                        max_context=max_context, prune=prune, prune_method=prune_method,
-                       heal_steps=heal_steps, heal_budget=heal_budget)
+                       heal_steps=heal_steps, heal_budget=heal_budget,
+                       memory_check=not skip_memory_check)
     st = run_export(cfg, log=lambda s: click.echo(s, err=True))
     if as_json:
         click.echo(json.dumps(st.report, indent=2))

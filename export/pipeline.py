@@ -37,6 +37,9 @@ TARGETS = ("edge", "hf", "gguf", "xnnpack", "onnx", "onnx-qdq", "qnn", "mediatek
 TARGET_MODULES = {"xnnpack": "export.lower_xnnpack", "onnx": "export.lower_onnx",
                   "onnx-qdq": "export.lower_onnx_qdq",
                   "qnn": "export.lower_qnn", "mediatek": "export.lower_mediatek"}
+# Targets whose lowering stage scores the artifact itself (simulated vendor programs): their
+# artifact_logits is None.
+STAGE_SCORED = frozenset({"qnn", "mediatek"})
 # Verification: logits on a fixed probe text within this absolute tolerance of the model the
 # artifact was lowered from when the artifact holds it exactly (float weights in the source
 # precision, or weight-only quantized values the reference dequantizes; measured on SmolLM2:
@@ -77,6 +80,7 @@ class ExportConfig:
     heal_budget: float | None = None  # seconds
     keep_model: bool = False  # keep the quantized torch model on the returned state (its
     # memory stays in use through the quality stage)
+    memory_check: bool = True  # refuse early when the estimated peak exceeds available memory
 
 
 @dataclass
@@ -116,6 +120,79 @@ def return_free_memory() -> None:
         pass
 
 
+# Peak resident memory of an export as a multiple of the source's float weights, plus a fixed
+# part (interpreter, torch, executorch / onnxruntime, the quality stage's scoring). Measured at
+# the Llama 3.2 1B shape (2.47 GB of bf16 weights), mobile recipe: load 1.07x, quantize 1.71x,
+# lowering to xnnpack 1.86x, to onnx 1.81-2.09x, verify / quality below that. Healing after
+# pruning also holds a trainable fp32 copy, its gradients and Adam's two moments.
+PEAK_PER_WEIGHT_BYTE = 2.1
+PEAK_FIXED_BYTES = 0.7e9
+HEAL_BYTES_PER_PARAM = 16
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def source_weight_bytes(checkpoint: str) -> int | None:
+    """Bytes of float weights a checkpoint will load as, before loading it: a preset's size in
+    bf16, else the weight files on disk (a quantized GGUF loads larger: checked again after
+    loading). None when unknown."""
+    from edge.config import PRESETS
+
+    from .loaders import resolve_model
+
+    s = str(checkpoint)
+    if s.startswith("preset:"):
+        cfg = PRESETS.get(s.split(":", 1)[1])
+        return None if cfg is None else 2 * cfg.num_parameters()
+    try:
+        p = resolve_model(s)
+        if p.is_file():
+            return p.stat().st_size
+        return sum(f.stat().st_size for f in p.iterdir() if f.is_file() and f.suffix in
+                   (".safetensors", ".pth", ".bin", ".gguf", ".pt"))
+    except OSError:
+        return None
+
+
+def estimate_peak_bytes(cfg: ExportConfig, weight_bytes: int, params: int) -> int:
+    peak = PEAK_PER_WEIGHT_BYTE * weight_bytes + PEAK_FIXED_BYTES
+    if cfg.dtype == "fp32":  # unquantized weights upcast: the artifact's model is twice as big
+        peak += weight_bytes
+    if cfg.prune and cfg.heal_steps:
+        peak += HEAL_BYTES_PER_PARAM * params
+    return int(peak)
+
+
+def check_memory(cfg: ExportConfig, weight_bytes: int | None, params: int | None,
+                 held_bytes: int = 0) -> int | None:
+    """Refuse an export whose estimated peak exceeds the memory this machine has available (plus
+    what the process already holds of it), before the expensive stages; the estimate in bytes."""
+    if weight_bytes is None:
+        return None
+    if params is None:
+        params = weight_bytes // 2
+    need = estimate_peak_bytes(cfg, weight_bytes, params)
+    avail = available_memory_bytes()
+    if not cfg.memory_check or avail is None or need <= avail + held_bytes:
+        return need
+    raise EdgeError(
+        f"exporting {cfg.checkpoint} needs about {need / 1e9:.1f} GB of memory at its peak "
+        f"(estimate: {PEAK_PER_WEIGHT_BYTE} x its {weight_bytes / 1e9:.2f} GB of weights + "
+        f"{PEAK_FIXED_BYTES / 1e9:.1f} GB), and {(avail + held_bytes) / 1e9:.1f} GB is available; "
+        "free memory or export on a machine with more, or pass --skip-memory-check to try "
+        "anyway")
+
+
 def _dtype_for(ck: Checkpoint, name: str) -> torch.dtype:
     if name == "auto":
         return ck.dtype if ck.dtype in (torch.bfloat16, torch.float16) else torch.float32
@@ -125,9 +202,13 @@ def _dtype_for(ck: Checkpoint, name: str) -> torch.dtype:
 def stage_load(st: ExportState) -> ExportState:
     st.checkpoint = load_checkpoint(st.cfg.checkpoint, allow_pickle=st.cfg.allow_pickle)
     ck = st.checkpoint
-    st.report["model"] = {"source": str(ck.path), "format": ck.format,
-                          "parameters": ck.config.num_parameters(),
+    weights = sum(t.numel() * t.element_size() for t in ck.tensors.values())
+    params = ck.config.num_parameters()
+    need = check_memory(st.cfg, weights, params, held_bytes=int(rss_mb() * 2**20))
+    st.report["model"] = {"source": str(ck.path), "format": ck.format, "parameters": params,
                           "config": ck.config.to_hf_dict(), "notes": ck.notes}
+    if need is not None:
+        st.report["memory_estimate_mb"] = round(need / 2**20, 1)
     return st
 
 
@@ -348,7 +429,7 @@ def stage_verify(st: ExportState) -> ExportState:
 @torch.inference_mode()
 def stage_quality(st: ExportState) -> ExportState:
     """PPL, mean KLD and same-top-token rate of every artifact against the source."""
-    from quant.eval import compare
+    from quant.eval import SpilledLogits, compare
 
     from .evaluate import read_text
     from .model import reference_model
@@ -358,14 +439,23 @@ def stage_quality(st: ExportState) -> ExportState:
         st.report["quality"] = "skipped: the checkpoint has no tokenizer"
         return st
     ids = ck.tokenizer.encode(read_text(QUALITY_TEXT))
+    if set(st.artifacts) <= STAGE_SCORED:
+        return st
+    # The reference's logits go to a temporary file and the reference is freed before any
+    # artifact's runtime loads: the source's float weights (2.5 GB for a 1B model) and the
+    # artifact (plus its runtime's prompt temporaries) are never resident together.
     ref = reference_model(ck.config, source_tensors(st), max_seq_len=QUALITY_CTX)
-    ref_fn = lambda w: ref(w)[0]  # noqa: E731
-    for name, path in st.artifacts.items():
-        run = artifact_logits(name, path, QUALITY_CTX)
-        if run is None:
-            continue
-        r = compare(run, ref_fn, ids, QUALITY_CTX)
-        st.report["artifacts"][name]["quality"] = {**r.to_json(), "text": QUALITY_TEXT.name}
+    with SpilledLogits(lambda w: ref(w)[0], ids, QUALITY_CTX, dir=st.workdir) as ref_logits:
+        del ref
+        return_free_memory()
+        for name, path in st.artifacts.items():
+            run = artifact_logits(name, path, QUALITY_CTX)
+            if run is None:
+                continue
+            r = compare(run, ref_logits, ids, QUALITY_CTX)
+            del run
+            return_free_memory()
+            st.report["artifacts"][name]["quality"] = {**r.to_json(), "text": QUALITY_TEXT.name}
     return st
 
 
@@ -434,6 +524,7 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportS
     from .writers import atomic_dir
 
     stages = build_stages(cfg)  # validate the request before any work
+    check_memory(cfg, source_weight_bytes(cfg.checkpoint), None)  # and again once loaded
     st = ExportState(cfg)
     inputs = (cfg.checkpoint,) if Path(cfg.checkpoint).exists() else ()
     with atomic_dir(cfg.out, cfg.force, inputs=inputs) as tmp:

@@ -10,9 +10,11 @@ distributions, and how often both pick the same top token.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 
@@ -40,6 +42,47 @@ def windows(ids: list[int], ctx: int) -> torch.Tensor:
 
 
 SCORE_ROWS = 32
+
+
+class SpilledLogits:
+    """The reference's logits for every window of a text, computed once and kept in an unnamed
+    temporary file, so that the reference model can be freed before the models compared with
+    it are loaded (a 1B model's bf16 weights and its artifact's runtime need not be resident
+    together). Called like the reference: (1, ctx) ids of one of the windows -> (ctx, vocab)
+    float32 logits, bit for bit those it computed."""
+
+    def __init__(self, ref_logits: Callable[[torch.Tensor], torch.Tensor], ids: list[int],
+                 ctx: int, dir: str | None = None):
+        self.wins = windows(ids, ctx)
+        self.file = tempfile.TemporaryFile(dir=dir)
+        self.shape: tuple[int, int] | None = None
+        for w in self.wins:
+            a = ref_logits(w.unsqueeze(0)).float().contiguous().numpy()
+            if self.shape is None:
+                self.shape = a.shape
+            elif a.shape != self.shape:
+                raise ValueError(f"reference logits of shape {a.shape}, expected {self.shape}")
+            self.file.write(memoryview(a).cast("B"))
+        self.file.flush()
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        hits = [i for i, x in enumerate(self.wins) if torch.equal(x, w.reshape(-1))]
+        if not hits:
+            raise KeyError("these ids are not one of the windows the reference was computed on")
+        out = np.empty(self.shape, np.float32)
+        self.file.seek(hits[0] * out.nbytes)
+        if self.file.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise OSError("the reference logits' temporary file is shorter than written")
+        return torch.from_numpy(out)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 @torch.inference_mode()

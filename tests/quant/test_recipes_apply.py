@@ -12,7 +12,7 @@ from quant.algorithms.awq import search_scales
 from quant.algorithms.gptq import gptq_quantize
 from export.model import LlamaModel, random_state_dict
 from quant.apply import QuantEmbedding, QuantLinear, materialize, quantize
-from quant.eval import compare
+from quant.eval import SpilledLogits, compare
 from quant.recipes import QuantConfig, Recipe, RecipeError, Rule, load_recipe, presets
 from quant.schemes import DynamicInt8Act, FP8Weight, IntWeight, QuantError
 
@@ -142,6 +142,23 @@ def test_eval_identity_has_zero_kld_and_matches_manual_ppl():
     lp = torch.cat([torch.log_softmax(m(torch.tensor([ids[i:i + 32]]))[0, :-1], -1)
                     .gather(1, torch.tensor(ids[i + 1:i + 32])[:, None]) for i in (0, 32, 64)])
     assert r.ppl == pytest.approx(float(torch.exp(-lp.mean())), rel=1e-5)
+
+
+@torch.inference_mode()
+def test_spilled_reference_gives_the_same_scores(tmp_path):
+    """The quality stage scores against reference logits read back from a temporary file: the
+    same numbers as scoring against the live reference, and nothing left on disk."""
+    ref, m = tiny_model(seed=0), tiny_model(seed=1)
+    ids = torch.randint(0, 128, (100,), generator=torch.Generator().manual_seed(5)).tolist()
+    direct = compare(lambda w: m(w)[0], lambda w: ref(w)[0], ids, 32)
+    with SpilledLogits(lambda w: ref(w)[0], ids, 32, dir=str(tmp_path)) as spilled:
+        w1 = torch.tensor([ids[32:64]])
+        assert torch.equal(spilled(w1), ref(w1)[0])
+        with pytest.raises(KeyError, match="not one of the windows"):
+            spilled(torch.tensor([ids[1:33]]))
+        assert compare(lambda w: m(w)[0], spilled, ids, 32) == direct
+    assert direct.kld_mean > 0.01  # two different models: the comparison measures something
+    assert list(tmp_path.iterdir()) == []
 
 
 def _bf16_source(seed=0):
