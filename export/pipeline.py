@@ -95,7 +95,26 @@ class ExportState:
 
 
 def peak_rss_mb() -> float:
+    """The process's peak resident memory since start or since the last reset_peak_rss()."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak (Linux: /proc/self/clear_refs, value 5), so that each stage reports its
+    own; False where the peak cannot be reset (then peaks are since the start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def rss_mb() -> float:
@@ -531,16 +550,20 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportS
         st.workdir = tmp
         timings = st.report.setdefault("stages", [])
         t_all = time.perf_counter()
+        overall = peak_rss_mb()
         for name, fn in stages:
+            reset_peak_rss()
             t0 = time.perf_counter()
             st = fn(st)
             return_free_memory()
             dt = time.perf_counter() - t0
             peak, now = peak_rss_mb(), rss_mb()
+            overall = max(overall, peak)
             timings.append({"stage": name, "seconds": round(dt, 3),
                             "peak_rss_mb": round(peak, 1), "rss_after_mb": round(now, 1)})
             log(f"[{name:<10}] {dt:7.2f} s   peak RSS {peak:8.1f} MB   (after: {now:.0f} MB)")
         st.report["total_seconds"] = round(time.perf_counter() - t_all, 3)
+        st.report["peak_rss_mb"] = round(overall, 1)
         if st.deferred_errors:
             st.report["errors"] = list(st.deferred_errors)
         stage_report(st)

@@ -126,3 +126,26 @@ def test_quality_stage_frees_the_reference_before_any_artifact_runs(tiny_ckpt, t
     assert in_quality == [[]]  # the edge artifact, scored with no reference model alive
     q = st.report["artifacts"]["edge"]["quality"]
     assert 0 < q["kld_mean"] < 0.05 and q["windows"] >= 3
+
+
+def test_each_stage_reports_its_own_peak(tiny_ckpt, tmp_path, monkeypatch):
+    """A stage's transient allocation shows in that stage's peak, not in the next one's; the
+    report keeps the whole export's peak."""
+    if not pipeline.reset_peak_rss():
+        pytest.skip("the peak resident memory cannot be reset on this system")
+    big = 300  # MB, far above the tiny stages' own footprint
+    real = pipeline.stage_lower_edge
+
+    def lower_with_transient(st):
+        buf = bytearray(big * 2**20)  # zero-filled: resident
+        del buf
+        return real(st)
+
+    monkeypatch.setattr(pipeline, "stage_lower_edge", lower_with_transient)
+    st = run_export(ExportConfig(checkpoint=str(tiny_ckpt), out=tmp_path / "out",
+                                 max_context=256), log=lambda s: None)
+    peaks = {x["stage"]: x["peak_rss_mb"] for x in st.report["stages"]}
+    after = {x["stage"]: x["rss_after_mb"] for x in st.report["stages"]}
+    assert peaks["lower:edge"] >= after["load"] + 0.9 * big
+    assert peaks["report"] < peaks["lower:edge"] - 0.5 * big
+    assert st.report["peak_rss_mb"] >= max(peaks.values())
