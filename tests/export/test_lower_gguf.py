@@ -74,10 +74,28 @@ def recipe(weight: dict, act: dict | None = None, pattern="*") -> Recipe:
     return Recipe.from_dict({"name": "test", "rules": [{"pattern": pattern, "config": config}]})
 
 
-def quantized(r: Recipe, cfg=CFG) -> LlamaModel:
-    m = tiny_model(cfg)
+def quantized(r: Recipe, cfg=CFG, pruned: bool = False) -> LlamaModel:
+    m = pruned_tiny_model() if pruned else tiny_model(cfg)
     quantize(m, r, None)
     return m
+
+
+# What the mobile targets' parity tests also run on: CFG with one of its two blocks, one of its
+# two KV groups (with its two query heads) and half of its FFN channels removed by importance
+# on random calibration ids (export/prune.py), a smaller but standard Llama.
+PRUNE_SPEC = "layers=1,heads=1,ffn=0.5,multiple=32"
+
+
+def pruned_tiny_model(seed=0) -> LlamaModel:
+    from export.prune import parse_prune, prune_tensors
+
+    sd = {k: v.float() * (4.0 if k.endswith("embed_tokens.weight") else 1.0)
+          for k, v in random_state_dict(CFG, seed, torch.float32).items()}
+    ids = torch.randint(0, CFG.vocab_size, (2, 48), generator=torch.Generator().manual_seed(7))
+    cfg, sd = prune_tensors(CFG, sd, parse_prune(PRUNE_SPEC), ids)
+    assert (cfg.num_layers, cfg.num_kv_heads, cfg.num_heads, cfg.intermediate_size) == \
+        (1, 1, 2, 64)
+    return LlamaModel.from_state_dict(cfg, sd, max_seq_len=128)
 
 
 # ------------------------------------------------------------------------------ block packing

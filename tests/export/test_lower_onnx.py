@@ -18,7 +18,7 @@ from edge.errors import ArtifactError, EdgeError
 from edge.onnx_engine import DATA_FILE, MANIFEST, MODEL_FILE, OnnxEngine
 from export.lower_onnx import pack_nbits, unpack_nbits, write_onnx
 from quant.apply import QuantEmbedding, QuantLinear
-from test_lower_gguf import CFG, quantized, recipe, tiny_model, tiny_tokenizer
+from test_lower_gguf import CFG, pruned_tiny_model, quantized, recipe, tiny_model, tiny_tokenizer
 
 try:
     import onnxruntime_genai  # noqa: F401
@@ -158,21 +158,24 @@ def test_tied_embedding_is_stored_once(tmp_path):
 
 
 # ------------------------------------------------------------------------------ logits
+@pytest.mark.parametrize("pruned", [False, True])
 @pytest.mark.parametrize("name", ["f32", "int8", "int4", "int4_asym"])
-def test_logits_equal_torch(tmp_path, name):
-    if name == "f32":
-        m = tiny_model()  # CFG: llama3 rope scaling, GQA, untied output layer
+def test_logits_equal_torch(tmp_path, name, pruned):
+    if name == "f32":  # CFG: llama3 rope scaling, GQA, untied output layer
+        m = pruned_tiny_model() if pruned else tiny_model()
     elif name == "int4_asym":
-        m = quantized(recipe({"bits": 4, "group_size": 64, "symmetric": False},
-                             pattern="model.layers.*"))
+        # (the pruned o_proj has 32 inputs: groups of 32)
+        m = quantized(recipe({"bits": 4, "group_size": 32 if pruned else 64,
+                              "symmetric": False}, pattern="model.layers.*"), pruned=pruned)
     else:
-        m = quantized(recipe(INT8 if name == "int8" else INT4))
+        m = quantized(recipe(INT8 if name == "int8" else INT4), pruned=pruned)
     diff, top1 = _compare(m, _export(m, tmp_path))
     assert diff < (F32_LOGIT_ATOL if name == "f32" else WEIGHT_ONLY_LOGIT_ATOL) and top1 == 1.0
 
 
-def test_int8_activations_close_to_torch(tmp_path):
-    m = quantized(recipe(INT4, ACT32))
+@pytest.mark.parametrize("pruned", [False, True])
+def test_int8_activations_close_to_torch(tmp_path, pruned):
+    m = quantized(recipe(INT4, ACT32), pruned=pruned)
     out = _export(m, tmp_path)
     diff, top1 = _compare(m, out)
     assert diff < ACT_INT8_LOGIT_ATOL and top1 >= ACT_INT8_MIN_TOP1
@@ -193,8 +196,9 @@ def test_emulated_activation_rounding_equals_torch(tmp_path, act):
     assert diff < EMULATED_ACT_LOGIT_ATOL and top1 == 1.0
 
 
-def test_kv_cache_path_equals_logits_all(tmp_path):
-    m = tiny_model()
+@pytest.mark.parametrize("pruned", [False, True])
+def test_kv_cache_path_equals_logits_all(tmp_path, pruned):
+    m = pruned_tiny_model() if pruned else tiny_model()
     out = _export(m, tmp_path)
     ids = _ids(100, seed=1)[0].tolist()
     s = OnnxEngine(out, max_context=128, threads=1).session()

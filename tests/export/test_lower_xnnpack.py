@@ -22,7 +22,8 @@ from quant.apply import QuantEmbedding, QuantLinear, quantize  # noqa: E402
 from quant.recipes import Recipe, load_recipe  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_lower_gguf import CFG, recipe, tiny_model, tiny_tokenizer  # noqa: E402
+from test_lower_gguf import (CFG, pruned_tiny_model, recipe, tiny_model,  # noqa: E402
+                             tiny_tokenizer)
 
 CTX = 64
 # XNNPACK quantizes each linear's input per token itself and sums in its own order; on the
@@ -35,16 +36,17 @@ GREEDY_TOKENS = 32
 PROMPT = "Rewrite in a formal tone: hey, the meeting got moved to thursday, can u make it?"
 
 
-def mobile_rtn(cfg=CFG):
-    m = tiny_model(cfg)
+def mobile_rtn(cfg=CFG, pruned=False):
+    m = pruned_tiny_model() if pruned else tiny_model(cfg)
     quantize(m, load_recipe("mobile").with_algorithm("rtn"), None)
     return m
 
 
-@pytest.fixture(scope="module")
-def tiny_pte(tmp_path_factory):
-    """A tiny model quantized with the mobile recipe (round to nearest), lowered once."""
-    m = mobile_rtn()
+@pytest.fixture(scope="module", params=["full", "pruned"])
+def tiny_pte(request, tmp_path_factory):
+    """A tiny model (and its pruned version) quantized with the mobile recipe (round to
+    nearest), lowered once."""
+    m = mobile_rtn(pruned=request.param == "pruned")
     dest = tmp_path_factory.mktemp("pte") / "xnnpack"
     write_xnnpack(m, tiny_tokenizer(), dest, CTX, recipe="mobile")
     return m, dest / PTE_NAME
@@ -76,17 +78,19 @@ def test_quantized_values_reach_the_pte_unchanged(tiny_pte):
             assert mod.qt.qdata.numpy().tobytes() in data, name
             assert mod.qt.scale.float().reshape(-1).numpy().tobytes() in data, name
             checked += 1
-    assert checked == 2 * 7 + 2  # every linear of both layers, the embedding and the output
+    # every linear of every layer, the embedding and the output
+    assert checked == 7 * m.config.num_layers + 2
 
 
 def test_runner_metadata_and_tokenizer_files(tiny_pte):
     from edge.executorch_engine import ExecuTorchEngine
 
-    _, pte = tiny_pte
+    m, pte = tiny_pte
     eng = ExecuTorchEngine(pte)
     meta = eng.meta
     assert meta["get_max_context_len"] == CTX and meta["get_vocab_size"] == CFG.vocab_size
-    assert meta["get_n_layers"] == CFG.num_layers and meta["get_bos_id"] == CFG.bos_token_id
+    assert meta["get_n_layers"] == m.config.num_layers
+    assert meta["get_bos_id"] == CFG.bos_token_id
     assert meta["use_kv_cache"] and meta["use_sdpa_with_kv_cache"] and \
         meta["enable_dynamic_shape"]
     assert set(CFG.eos_token_ids) <= set(meta["get_eos_ids"])
@@ -126,11 +130,11 @@ def test_prompt_chunks_and_decode_match_the_reference(tiny_pte):
     assert np.abs(s2.prefill(ids[0, :13].tolist()) - ref[12]).max() <= TINY_LOGIT_ATOL
 
 
-def test_float_model_is_exact(tmp_path):
+@pytest.mark.parametrize("pruned", [False, True])
+def test_float_model_is_exact(tmp_path, pruned):
     from edge.executorch_engine import ExecuTorchEngine
 
-    cfg = CFG.replace(num_layers=1)
-    m = tiny_model(cfg)
+    m = pruned_tiny_model() if pruned else tiny_model(CFG.replace(num_layers=1))
     write_xnnpack(m, tiny_tokenizer(), tmp_path / "x", 32)
     ids = list(range(3, 40, 3))
     with torch.no_grad():
