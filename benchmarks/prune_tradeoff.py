@@ -6,16 +6,21 @@ Choices and healing see only the calibration text (quant/data/calibration.txt, o
 quality is measured on a held-out text (--text) that nothing is tuned on, scored as
 quant/eval.py scores everything: no BOS, non-overlapping windows of --ctx tokens.
 
-With --edge each pruned model is also exported with the mobile recipe to an edge artifact and
-benchmarked (`llama-export export ... --recipe mobile --target edge`, `llama-edge bench
---json`): artifact size and decode tok/s. That takes minutes per model; without --edge those
-columns stay empty.
+With --edge each pruning level (chosen by importance, not healed) is also exported to an edge
+artifact with the mobile recipe's schemes and benchmarked on the edge runtime: artifact size and
+decode tok/s (`llama-edge bench --json`, tg128, medians over --edge-runs rounds with the
+artifacts alternated, each a fresh process). The weights are rounded to nearest
+(benchmarks/recipes/mobile-rtn.json): the size and the speed depend only on the shapes and the
+schemes, not on how AWQ / GPTQ choose the integers, and rounding takes seconds where AWQ + GPTQ
+take minutes per model. Methods and healing change neither, so every row of a level shares its
+level's figures. Benchmark on a quiet machine.
 
 Rows are appended to the JSON result as they finish, and a re-run skips rows already there
 (delete the file to start over).
 
     nice -n 19 python benchmarks/prune_tradeoff.py --text /usr/share/common-licenses/GPL-3 \\
         --out benchmarks/results/prune_tradeoff_smollm2 [--heal-budget 90] [--edge]
+    (re-run with --edge on an existing result to fill in only the edge columns)
 """
 
 from __future__ import annotations
@@ -52,18 +57,52 @@ def _key(level: str, method: str, healed: bool, seed: int = 0) -> str:
     return f"{level}|{method}|{'healed' if healed else 'plain'}" + (f"|seed={seed}" if seed else "")
 
 
-def _edge_columns(ck, tmp: Path) -> dict:
-    """Export with the mobile recipe, bench on the edge runtime (subprocesses)."""
+EDGE_RECIPE = REPO / "benchmarks" / "recipes" / "mobile-rtn.json"
+
+
+def _edge_artifact(ck, level: str, work: Path) -> Path:
+    """The level's model as an HF directory, exported with the mobile schemes (kept in `work`
+    between runs)."""
     from export.writers import write_hf
 
-    hf, art = tmp / "hf", tmp / "art"
-    write_hf(ck, hf, dtype=torch.float32)
-    subprocess.run([sys.executable, "-m", "export.cli", "export", str(hf), "-o", str(art),
-                    "--recipe", "mobile", "--target", "edge"], check=True, cwd=REPO)
-    out = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "-m", str(art / "edge"),
-                          "--json"], check=True, cwd=REPO, capture_output=True, text=True)
-    b = json.loads(out.stdout)
-    return {"file_mb": b.get("file_mb"), "tg128_tok_s": b.get("tg128_tok_s")}
+    d = work / level.replace(",", "_").replace("=", "")
+    art = d / "art" / "edge"
+    if not (art / "manifest.json").is_file():
+        write_hf(ck, d / "hf", dtype=torch.float32, force=True)
+        subprocess.run([sys.executable, "-m", "export.cli", "export", str(d / "hf"), "-o",
+                        str(d / "art"), "--recipe", str(EDGE_RECIPE), "--target", "edge",
+                        "--force"], check=True, cwd=REPO)
+    return art
+
+
+def _bench(art: Path, threads: int) -> dict:
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "-m", str(art), "--json",
+                          "--threads", str(threads), "--repeat", "1"], check=True, cwd=REPO,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def edge_columns(ck, levels: list[str], calib, work: Path, runs: int, threads: int) -> dict:
+    """level -> {file_mb, tg128_tok_s (median), tg128_runs}; "none" is the unpruned model."""
+    import statistics
+
+    arts = {"none": _edge_artifact(ck, "none", work)}
+    for level in levels:
+        pk, _ = prune_checkpoint(ck, parse_prune(level, "importance"), calib)
+        arts[level] = _edge_artifact(pk, level, work)
+        print(f"edge artifact for {level}: {arts[level]}", flush=True)
+    speeds: dict[str, list[float]] = {k: [] for k in arts}
+    sizes = {}
+    order = list(arts)
+    for r in range(runs):
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            b = _bench(arts[k], threads)
+            speeds[k].append(b["tg128_tok_s"])
+            sizes[k] = b["file_mb"]
+            print(f"round {r} {k:20} {b['file_mb']:7.1f} MB  tg128 {b['tg128_tok_s']:.1f} tok/s",
+                  flush=True)
+    return {k: {"file_mb": sizes[k], "tg128_tok_s": round(statistics.median(v), 1),
+                "tg128_runs": v} for k, v in speeds.items()}
 
 
 def main() -> int:
@@ -81,7 +120,12 @@ def main() -> int:
     ap.add_argument("--random-seeds", type=int, default=3,
                     help="unhealed random rows are measured with this many seeds")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--edge", action="store_true", help="also export (mobile) and bench")
+    ap.add_argument("--edge", action="store_true", help="also export each level with the "
+                    "mobile schemes and bench it on the edge runtime")
+    ap.add_argument("--edge-runs", type=int, default=3)
+    ap.add_argument("--edge-threads", type=int, default=2)
+    ap.add_argument("--edge-work", type=Path, default=Path(tempfile.gettempdir()) /
+                    "prune_tradeoff_edge", help="where the edge artifacts are kept")
     ap.add_argument("--out", type=Path, required=True, help="result path without extension")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,9 +162,6 @@ def main() -> int:
         rows["unpruned"] = {"level": "none", "method": "-", "healed": False,
                             "params_m": result["meta"]["params_m_unpruned"],
                             **_score(ck, wins, ids, args.ctx, ref_fn), "kld_mean": 0.0}
-        if args.edge:
-            with tempfile.TemporaryDirectory() as tmp:
-                rows["unpruned"].update(_edge_columns(ck, Path(tmp)))
         save()
     methods = args.methods.split(",")
     levels = args.levels.split(";")
@@ -144,14 +185,16 @@ def main() -> int:
                                                                        ref_fn),
                "removed_layers": rep.removed_layers, "ffn_sizes": sorted(set(rep.ffn_sizes)),
                "heal": rep.heal, "prune_s": round(rep.seconds, 1)}
-        if args.edge:
-            with tempfile.TemporaryDirectory() as tmp:
-                row.update(_edge_columns(pk, Path(tmp)))
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows[key] = row
         print(f"{key:40} params {row['params_m']:6.1f} M  KLD {row['kld_mean']:.4f}  "
               f"PPL {row['ppl']:.2f}  ({row['seconds']:.0f} s)", flush=True)
         save()
+    if args.edge:
+        result["edge"] = edge_columns(ck, levels, args.calib, args.edge_work, args.edge_runs,
+                                      args.edge_threads)
+        result["meta"]["edge"] = {"recipe": str(EDGE_RECIPE.relative_to(REPO)),
+                                  "threads": args.edge_threads, "runs": args.edge_runs}
     save()
     return 0
 
@@ -172,15 +215,15 @@ def write_markdown(result: dict, path: Path) -> None:
              f"pruned) per token. Healing: logit-KL distillation from the unpruned model, "
              f"{m['heal']['budget_s']:g} s budget (at most {m['heal']['steps']} steps of "
              f"{m['heal']['seq_len']} tokens, {m['threads']} thread). Random rows without "
-             "healing are the mean over seeds (KLD range in brackets). Mobile MB / decode tok/s: "
-             "the edge artifact after `--recipe mobile` (filled by a run with --edge).", "",
+             "healing are the mean over seeds (KLD range in brackets)." + _edge_note(result), "",
              "| level | method | healed | params (M) | PPL | mean KLD | p99 KLD | same top-1 "
              "| mobile MB | decode tok/s |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     order = {lv: i for i, lv in enumerate(("none", *LEVELS))}
     for r in sorted(merged_rows(result["rows"]), key=lambda r: (
             order.get(r["level"], 99), r["healed"],
             METHODS.index(r["method"]) if r["method"] in METHODS else -1)):
-        f = lambda k, fmt: ("" if r.get(k) is None else format(r[k], fmt))  # noqa: E731
+        e = result.get("edge", {}).get(r["level"], {})  # the same for every row of a level
+        f = lambda k, fmt: ("" if e.get(k) is None else format(e[k], fmt))  # noqa: E731
         method, kld = r["method"], f"{r['kld_mean']:.3f}"
         if r.get("seeds", 1) > 1:
             method += f" ({r['seeds']} seeds)"
@@ -188,9 +231,20 @@ def write_markdown(result: dict, path: Path) -> None:
         healed = f"{r['heal']['steps']} steps" if r.get("heal") else "no"
         lines.append(f"| {r['level']} | {method} | {healed} | "
                      f"{r['params_m']:.1f} | {r['ppl']:.2f} | {kld} | "
-                     f"{f('kld_p99', '.2f')} | {100 * r['top1']:.1f} % | {f('file_mb', '.1f')} | "
+                     f"{r['kld_p99']:.2f} | {100 * r['top1']:.1f} % | {f('file_mb', '.1f')} | "
                      f"{f('tg128_tok_s', '.1f')} |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _edge_note(result: dict) -> str:
+    e = result["meta"].get("edge")
+    if not e:
+        return " Mobile MB / decode tok/s: filled by a run with --edge."
+    return (f" Mobile MB / decode tok/s: the level's model (importance, not healed) as an edge "
+            f"artifact with the mobile recipe's schemes (`{e['recipe']}`: rounded to nearest; "
+            "size and speed do not depend on how the integers are chosen), tg128 on the edge "
+            f"runtime with {e['threads']} threads, median of {e['runs']} rounds, artifacts "
+            "alternated.")
 
 
 def merged_rows(rows: list[dict]) -> list[dict]:
@@ -224,7 +278,11 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    edge = result.get("edge")
+    if edge:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    else:
+        fig, ax = plt.subplots(figsize=(8, 5))
     colors = {"importance": "tab:blue", "magnitude": "tab:red", "random": "tab:gray"}
     for method in METHODS:
         for healed in (False, True):
@@ -252,6 +310,28 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"Pruning {result['meta']['model']}: held-out {Path(result['meta']['text']).name}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if edge:  # what a level buys on the device: decode speed and size against quality
+        for healed, marker in ((False, "o"), (True, "^")):
+            sel = [r for r in merged_rows(result["rows"]) if r["method"] in ("importance", "-")
+                   and r["healed"] == healed and r["level"] in edge and r["level"] != "none"]
+            ax2.scatter([edge[r["level"]]["tg128_tok_s"] for r in sel],
+                        [r["kld_mean"] for r in sel], marker=marker, color="tab:blue",
+                        label=f"importance{' + healing' if healed else ''}")
+            if not healed:
+                for r in sel:
+                    e = edge[r["level"]]
+                    ax2.annotate(f"{r['level']} ({e['file_mb']:.0f} MB)",
+                                 (e["tg128_tok_s"], r["kld_mean"]), fontsize=7,
+                                 xytext=(3, 3), textcoords="offset points")
+        if "none" in edge:
+            ax2.axvline(edge["none"]["tg128_tok_s"], color="k", ls="--", lw=0.8,
+                        label=f"unpruned ({edge['none']['file_mb']:.0f} MB)")
+        ax2.set_yscale("log")
+        ax2.set_xlabel("decode tok/s, edge runtime (mobile schemes)")
+        ax2.set_ylabel("mean KLD to the unpruned model (log)")
+        ax2.set_title("speed on the device vs quality")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
