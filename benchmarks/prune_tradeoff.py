@@ -144,7 +144,9 @@ def main() -> int:
 
     path = args.out.with_suffix(".json")
     result = json.loads(path.read_text()) if path.exists() else {}
-    rows = {_key(r["level"], r["method"], r["healed"]): r for r in result.get("rows", [])}
+    rows = {"unpruned" if r["level"] == "none" else
+            _key(r["level"], r["method"], r["healed"], r.get("seed", 0)): r
+            for r in result.get("rows", [])}
     result["meta"] = {
         "model": args.model, "text": str(args.text), "ctx": args.ctx, "tokens": len(ids),
         "calibration": str(args.calib or "quant/data/calibration.txt"), "threads": args.threads,
