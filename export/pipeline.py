@@ -140,10 +140,11 @@ def return_free_memory() -> None:
 
 
 # Peak resident memory of an export as a multiple of the source's float weights, plus a fixed
-# part (interpreter, torch, executorch / onnxruntime, the quality stage's scoring). Measured at
-# the Llama 3.2 1B shape (2.47 GB of bf16 weights), mobile recipe: load 1.07x, quantize 1.71x,
-# lowering to xnnpack 1.86x, to onnx 1.81-2.09x, verify / quality below that. Healing after
-# pruning also holds a trainable fp32 copy, its gradients and Adam's two moments.
+# part (interpreter, torch, executorch / onnxruntime, the quality stage's scoring). Measured with
+# the mobile schemes at the Llama 3.2 1B shape (2.47 GB of bf16 weights): load 1.12x, quantize
+# 1.79x, lowering to xnnpack 1.91x (onnx 1.12x), verify / quality at most 1.62x; at the 3B shape
+# (6.43 GB) to onnx: quantize 1.69x. Healing after pruning also holds a trainable fp32 copy, its
+# gradients and Adam's two moments.
 PEAK_PER_WEIGHT_BYTE = 2.1
 PEAK_FIXED_BYTES = 0.7e9
 HEAL_BYTES_PER_PARAM = 16
