@@ -111,9 +111,10 @@ def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, forc
                skip_memory_check, prune, prune_method, heal_steps, heal_budget, threads,
                as_json):
     """Export CHECKPOINT (HF dir, Meta dir, .gguf, known model name, or preset:NAME)."""
-    from .pipeline import ExportConfig, run_export
+    from .pipeline import ExportConfig, bound_heap_retention, run_export
 
     _check_heal(prune, heal_steps, heal_budget, threads)
+    bound_heap_retention()  # process-wide: this command's process only
     cfg = ExportConfig(checkpoint=checkpoint, out=out, recipe=recipe, targets=targets,
                        dtype=dtype, force=force, allow_pickle=allow_pickle, calib=calib,
                        max_context=max_context, prune=prune, prune_method=prune_method,

@@ -561,7 +561,6 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportS
     from .writers import atomic_dir
 
     stages = build_stages(cfg)  # validate the request before any work
-    bound_heap_retention()
     check_memory(cfg, source_weight_bytes(cfg.checkpoint), None)  # and again once loaded
     st = ExportState(cfg)
     inputs = (cfg.checkpoint,) if Path(cfg.checkpoint).exists() else ()

@@ -80,21 +80,24 @@ def quantized(r: Recipe, cfg=CFG, pruned: bool = False) -> LlamaModel:
     return m
 
 
-# What the mobile targets' parity tests also run on: CFG with one of its two blocks, one of its
-# two KV groups (with its two query heads) and half of its FFN channels removed by importance
-# on random calibration ids (export/prune.py), a smaller but standard Llama.
-PRUNE_SPEC = "layers=1,heads=1,ffn=0.5,multiple=32"
+# What the mobile targets' parity tests also run on: CFG with a third block, then one block, one
+# of the two KV groups (with its two query heads) and half of the FFN channels removed by
+# importance on random calibration ids, the widths chosen per layer (export/prune.py): a smaller
+# Llama whose two layers have different FFN widths.
+PRUNE_SPEC = "layers=1,heads=1,ffn=0.5,multiple=32,ffn-per-layer"
 
 
 def pruned_tiny_model(seed=0) -> LlamaModel:
     from export.prune import parse_prune, prune_tensors
 
+    base = CFG.replace(num_layers=3)
     sd = {k: v.float() * (4.0 if k.endswith("embed_tokens.weight") else 1.0)
-          for k, v in random_state_dict(CFG, seed, torch.float32).items()}
+          for k, v in random_state_dict(base, seed, torch.float32).items()}
     ids = torch.randint(0, CFG.vocab_size, (2, 48), generator=torch.Generator().manual_seed(7))
-    cfg, sd = prune_tensors(CFG, sd, parse_prune(PRUNE_SPEC), ids)
-    assert (cfg.num_layers, cfg.num_kv_heads, cfg.num_heads, cfg.intermediate_size) == \
-        (1, 1, 2, 64)
+    cfg, sd = prune_tensors(base, sd, parse_prune(PRUNE_SPEC), ids)
+    assert (cfg.num_layers, cfg.num_kv_heads, cfg.num_heads) == (2, 1, 2)
+    widths = [cfg.ffn_size(i) for i in range(cfg.num_layers)]
+    assert sum(widths) == 128 and widths[0] != widths[1], widths
     return LlamaModel.from_state_dict(cfg, sd, max_seq_len=128)
 
 

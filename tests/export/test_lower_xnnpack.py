@@ -130,11 +130,10 @@ def test_prompt_chunks_and_decode_match_the_reference(tiny_pte):
     assert np.abs(s2.prefill(ids[0, :13].tolist()) - ref[12]).max() <= TINY_LOGIT_ATOL
 
 
-@pytest.mark.parametrize("pruned", [False, True])
-def test_float_model_is_exact(tmp_path, pruned):
+def test_float_model_is_exact(tmp_path):
     from edge.executorch_engine import ExecuTorchEngine
 
-    m = pruned_tiny_model() if pruned else tiny_model(CFG.replace(num_layers=1))
+    m = tiny_model(CFG.replace(num_layers=1))
     write_xnnpack(m, tiny_tokenizer(), tmp_path / "x", 32)
     ids = list(range(3, 40, 3))
     with torch.no_grad():
