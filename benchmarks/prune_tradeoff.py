@@ -42,7 +42,7 @@ from export.evaluate import read_text  # noqa: E402
 from export.loaders import load_checkpoint  # noqa: E402
 from export.model import LlamaModel  # noqa: E402
 from export.prune import METHODS, parse_prune, prune_checkpoint  # noqa: E402
-from quant.eval import compare, windows  # noqa: E402
+from quant.eval import SpilledLogits, compare  # noqa: E402
 
 LEVELS = ("ffn=0.1", "ffn=0.25", "ffn=0.4", "layers=2", "layers=4", "layers=8", "heads=1",
           "layers=2,ffn=0.25")
@@ -132,15 +132,10 @@ def main() -> int:
 
     ck = load_checkpoint(args.model)
     ids = ck.tokenizer.encode(read_text(args.text))[: args.windows * args.ctx]
-    wins = windows(ids, args.ctx)
     ref = LlamaModel.from_state_dict(ck.config, ck.tensors, max_seq_len=args.ctx)
-    with torch.inference_mode():
-        ref_logits = [ref(w.unsqueeze(0))[0] for w in wins]  # per window (ctx, vocab)
+    with torch.inference_mode():  # the unpruned model's logits, computed once
+        ref_fn = SpilledLogits(lambda w: ref(w)[0], ids, args.ctx)
     del ref
-
-    def ref_fn(w):
-        i = next(k for k, v in enumerate(wins) if torch.equal(v, w[0]))
-        return ref_logits[i]
 
     path = args.out.with_suffix(".json")
     result = json.loads(path.read_text()) if path.exists() else {}
@@ -163,7 +158,7 @@ def main() -> int:
     if "unpruned" not in rows:
         rows["unpruned"] = {"level": "none", "method": "-", "healed": False,
                             "params_m": result["meta"]["params_m_unpruned"],
-                            **_score(ck, wins, ids, args.ctx, ref_fn), "kld_mean": 0.0}
+                            **_score(ck, ids, args.ctx, ref_fn), "kld_mean": 0.0}
         save()
     methods = args.methods.split(",")
     levels = args.levels.split(";")
@@ -183,8 +178,7 @@ def main() -> int:
                                    heal_steps=args.heal_steps if healed else 0,
                                    heal_budget=args.heal_budget if healed else None)
         row = {"level": level, "method": method, "healed": healed, "seed": seed,
-               "params_m": round(rep.params_after / 1e6, 2), **_score(pk, wins, ids, args.ctx,
-                                                                       ref_fn),
+               "params_m": round(rep.params_after / 1e6, 2), **_score(pk, ids, args.ctx, ref_fn),
                "removed_layers": rep.removed_layers, "ffn_sizes": sorted(set(rep.ffn_sizes)),
                "heal": rep.heal, "prune_s": round(rep.seconds, 1)}
         row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -202,7 +196,7 @@ def main() -> int:
 
 
 @torch.inference_mode()
-def _score(ck, wins, ids, ctx, ref_fn) -> dict:
+def _score(ck, ids, ctx, ref_fn) -> dict:
     model = LlamaModel.from_state_dict(ck.config, ck.tensors, max_seq_len=ctx)
     r = compare(lambda w: model(w)[0], ref_fn, ids, ctx)
     return {"ppl": round(r.ppl, 3), "ref_ppl": round(r.ref_ppl, 3), "kld_mean": round(r.kld_mean, 4),

@@ -94,16 +94,24 @@ class ExportState:
     deferred_errors: list[str] = field(default_factory=list)
 
 
-def peak_rss_mb() -> float:
-    """The process's peak resident memory since start or since the last reset_peak_rss()."""
+def _proc_kb(path: str, field: str) -> int | None:
+    """A 'Field:  N kB' line of a /proc file (None where it cannot be read)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return None
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory since start or since the last reset_peak_rss()."""
+    kb = _proc_kb("/proc/self/status", "VmHWM")
+    if kb is None:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0
 
 
 def reset_peak_rss() -> bool:
@@ -152,14 +160,8 @@ HEAL_BYTES_PER_PARAM = 16
 
 def available_memory_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (None where it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    kb = _proc_kb("/proc/meminfo", "MemAvailable")
+    return None if kb is None else kb * 1024
 
 
 def source_weight_bytes(checkpoint: str) -> int | None:
