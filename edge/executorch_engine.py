@@ -23,6 +23,7 @@ import numpy as np
 
 from .artifact import sha256_file
 from .errors import ArtifactError, EdgeError, require
+from .nativelog import HeldLog, native_log_held, quiet_imports
 
 SIDECAR = "llama_edge.json"
 SIDECAR_FORMAT = "llama-edge-pte"
@@ -92,20 +93,27 @@ def write_sidecar(pte: Path, extra: dict) -> None:
 
 
 def _runtime():
-    require("executorch", "running a .pte program", "export")
-    import executorch.kernels.quantized  # noqa: F401 (quantized embedding kernels)
-    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 (KV cache, SDPA)
-    from executorch.runtime import Runtime, Verification
+    with quiet_imports():
+        require("executorch", "running a .pte program", "export")
+        import executorch.kernels.quantized  # noqa: F401 (quantized embedding kernels)
+        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 (KV cache, SDPA)
+        from executorch.runtime import Runtime, Verification
 
     return Runtime.get(), Verification
 
 
+def _said(log: HeldLog) -> str:
+    return f"; the runtime said: {log.tail()}" if log.lines else ""
+
+
 def _load_program(path: Path):
     rt, verification = _runtime()
-    try:
-        return rt.load_program(path, verification=verification.InternalConsistency)
-    except (RuntimeError, ValueError) as e:
-        raise ArtifactError(path, f"ExecuTorch could not load the program ({e})") from None
+    with native_log_held() as log:
+        try:
+            return rt.load_program(path, verification=verification.InternalConsistency)
+        except (RuntimeError, ValueError) as e:
+            err = e
+    raise ArtifactError(path, f"ExecuTorch could not load the program ({err}){_said(log)}")
 
 
 def program_metadata(program, path: Path) -> dict:
@@ -118,10 +126,13 @@ def program_metadata(program, path: Path) -> dict:
                             "not a program from llama-export --target xnnpack")
     meta = {}
     for n in sorted(names - {"forward"}):
-        try:
-            out = program.load_method(n).execute([])
-        except RuntimeError as e:
-            raise ArtifactError(path, f"method {n} cannot run ({e})") from None
+        with native_log_held() as log:
+            try:
+                out, err = program.load_method(n).execute([]), None
+            except RuntimeError as e:
+                err = e
+        if err is not None:
+            raise ArtifactError(path, f"method {n} cannot run ({err}){_said(log)}")
         values = list(out)
         meta[n] = values if n == "get_eos_ids" else (values[0] if values else None)
     return meta
@@ -133,11 +144,16 @@ class ExecuTorchSession:
 
         self.engine, self.max_context = engine, engine.max_context
         self._torch = torch
-        try:
-            self._forward = engine.program.load_method("forward")
-        except RuntimeError as e:
-            raise ArtifactError(engine.path, f"method forward cannot be loaded ({e}); the "
-                                "program needs kernels this executorch does not have") from None
+        with native_log_held() as log:
+            try:
+                self._forward, err = engine.program.load_method("forward"), None
+            except RuntimeError as e:
+                err = e
+        if err is not None:
+            raise ArtifactError(engine.path, f"method forward cannot be loaded ({err}); the "
+                                f"program needs kernels this executorch does not have"
+                                f"{_said(log)}")
+        self._quiet_first = True
         self._chunk = engine.max_seq_len
         self.pos = 0
 
@@ -152,7 +168,13 @@ class ExecuTorchSession:
     def _run(self, ids) -> np.ndarray:
         torch = self._torch
         tokens = torch.tensor([list(ids)], dtype=torch.long)
-        out = self._forward.execute([tokens, torch.tensor([self.pos], dtype=torch.long)])[0]
+        args = [tokens, torch.tensor([self.pos], dtype=torch.long)]
+        if self._quiet_first:  # the delegate's first call sets up its threads and logs it
+            with native_log_held():
+                out = self._forward.execute(args)[0]
+            self._quiet_first = False
+        else:
+            out = self._forward.execute(args)[0]
         self.pos += len(ids)
         return out.reshape(-1).numpy()
 
@@ -233,7 +255,8 @@ class ExecuTorchEngine:
         self.threads = threads or len(os.sched_getaffinity(0))
         from executorch.extension.pybindings import portable_lib
 
-        portable_lib._unsafe_reset_threadpool(self.threads)
+        with native_log_held():
+            portable_lib._unsafe_reset_threadpool(self.threads)
         self.isa = None
 
     @property

@@ -67,6 +67,9 @@ def _check_heal(prune, heal_steps, heal_budget, threads):
 @click.version_option(package_name="llama-edge")
 def main():
     """llama-export: load, quantize and lower Llama checkpoints for on-device use."""
+    from edge.nativelog import quiet_import_loggers
+
+    quiet_import_loggers()
 
 
 @main.command("export")

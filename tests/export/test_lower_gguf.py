@@ -359,7 +359,6 @@ def smollm2_exports(smollm2_gguf, tmp_path_factory):
     with round to nearest instead, llama.cpp's top-1 agreement on the probe text is 88 %)."""
     from export.pipeline import ExportConfig, run_export
 
-    torch.set_num_threads(1)
     out = {}
     for r in ("none", "int8", "8da4w"):
         dest = tmp_path_factory.mktemp("smol") / r

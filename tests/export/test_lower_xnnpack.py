@@ -225,7 +225,7 @@ def test_engine_selection(tiny_pte):
 # layers takes minutes on a 2-core machine, and what is checked here (the runner's contract,
 # the tokenizer file, kernels against the reference) does not depend on the depth. The full
 # model is measured in benchmarks/pte_compare.py.
-REAL_LAYERS = 6
+REAL_LAYERS = 2
 REAL_CTX = 256
 # Per-token int8 activations make SmolLM2 rounding-sensitive (see tests/edge/test_runtime.py):
 # a one-part-in-10^7 perturbation of the reference flips a few percent of its top-1 tokens, so
@@ -349,6 +349,18 @@ def test_smollm2_mobile_pte_within_the_references_own_spread(smollm2_ptes):
     assert top1 >= top1_ref - ACT_TOP1_MARGIN, (top1, top1_ref)
 
 
+@pytest.mark.slow
+def test_cli_stderr_carries_only_our_status_line(smollm2_ptes):
+    """ExecuTorch's runtime logs its thread-pool setup to fd 2 and importing executorch makes
+    torchao report the CUDA libraries it lacks; none of it reaches the user's terminal."""
+    _, ptes = smollm2_ptes
+    _, pte = ptes["mobile"]
+    r = _run_cli("run", "-m", str(pte), "--prompt", PROMPT, "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "engine: executorch" in err[0], r.stderr
+
+
 def test_lowering_leaves_no_reference_to_the_weights(tmp_path):
     """torch's fake-tensor cache and ExecuTorch's module-level notes keep the last lowered graph
     (and so every weight) alive unless cleared: once the model is dropped, its integers are
@@ -356,7 +368,7 @@ def test_lowering_leaves_no_reference_to_the_weights(tmp_path):
     import gc
     import weakref
 
-    m = mobile_rtn()
+    m = mobile_rtn(CFG.replace(num_layers=1))
     alive = weakref.ref(m.model.layers[0].mlp.down_proj.qt.qdata)
     write_xnnpack(m, tiny_tokenizer(), tmp_path / "x", CTX, recipe="mobile")
     del m
