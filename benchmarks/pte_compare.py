@@ -161,13 +161,13 @@ def runner_child(pte: str, tokenizer: str, prompt_file: str, gen: int, repeat: i
                                                     s.inference_start_ms) / 1e3))
         tgs.append((s.num_generated_tokens - 1) / max(1e-9, (s.inference_end_ms -
                                                              s.first_token_ms) / 1e3))
-    import resource
+    from edge.bench import peak_rss_mb  # this process image's own (ru_maxrss would include
+    # the benchmark's process it was forked from)
 
     print(json.dumps({"prompt_tokens": s.num_prompt_tokens, "generated": s.num_generated_tokens,
                       "prefill_tok_s": statistics.median(pps), "decode_tok_s":
                       statistics.median(tgs), "prefill_runs": pps, "decode_runs": tgs,
-                      "load_s": load_s,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "load_s": load_s, "peak_rss_mb": peak_rss_mb()}))
 
 
 def measure_speed(pte: Path, prompt_file: Path, gen: int, repeat: int) -> dict:

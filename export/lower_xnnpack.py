@@ -31,6 +31,7 @@ that ask for them are refused before any work (use --recipe mobile).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -249,7 +250,7 @@ class PteLlama(nn.Module):
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         t = tokens.shape[1]
         pos = input_pos[0].item()
-        torch._check_is_size(pos)
+        torch._check(pos >= 0)
         torch._check(pos + t <= self.max_context)
         x = self.embed_tokens(tokens)
         cos = self.rope_cos.narrow(0, pos, t).view(1, t, 1, -1)
@@ -280,14 +281,28 @@ def lower_to_pte(model: LlamaModel, tokenizer, max_context: int, path: Path,
     """Write the .pte of `model` (fp32 activations, XNNPACK-delegated linears) to `path`,
     streamed from the serialized pieces (no contiguous copy of the program in memory); returns
     how much of it runs in XNNPACK (delegated_share)."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 (registers ops)
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401
+
+    with warnings.catch_warnings():
+        for category, message in LOWERING_NOTICES:
+            warnings.filterwarnings("ignore", message, category)
+        return _lower(model, tokenizer, max_context, path, max_seq_len)
+
+
+# What torch.export and ExecuTorch's passes warn about on every lowering of this graph: their
+# own deprecations (FutureWarning) and the KV cache buffers that forward mutates (they are meant
+# to start empty). Not actionable for someone exporting a model.
+LOWERING_NOTICES = ((FutureWarning, ""), (UserWarning, "Mutation on a buffer"))
+
+
+def _lower(model, tokenizer, max_context, path, max_seq_len) -> dict:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
     from executorch.exir import (EdgeCompileConfig, ExecutorchBackendConfig,
                                  to_edge_transform_and_lower)
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
-    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 (registers ops)
-    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401
 
     max_seq_len = min(max_seq_len, max_context)
     pte = PteLlama(model, max_context).eval()
