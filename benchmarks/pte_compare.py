@@ -15,6 +15,9 @@ measurement runs in a fresh process (peak RSS from wait4), the two programs alte
 round, each round's figure is the median of --repeat generations in that process, and each
 reported figure is the median over rounds. Speeds are the runner's own statistics:
 prompt tokens / (prompt evaluated - inference start), (generated - 1) / (end - first token).
+A second, finer measurement loads both programs in one process (executorch's Python runtime,
+same delegate) and alternates their prompt and decode calls for --interleaved-rounds rounds:
+the ratio of each round's pair is taken, so the host's slow and fast moments cancel.
 Quality: mean KLD, same-top-token rate and perplexity against the float model over windows of
 the held-out text (never used for calibration or tuning), one token per forward call.
 """
@@ -170,6 +173,54 @@ def runner_child(pte: str, tokenizer: str, prompt_file: str, gen: int, repeat: i
                       "load_s": load_s, "peak_rss_mb": peak_rss_mb()}))
 
 
+def interleaved_child(ours: str, theirs: str, prompt_file: str, rounds: int, gen: int) -> None:
+    """Both programs loaded in one process (executorch's runtime, the XNNPACK delegate the
+    runner uses), their prompt and decode calls alternated round by round: what the host's
+    slow and fast moments do to one, they do to the other within milliseconds."""
+    from edge.executorch_engine import ExecuTorchEngine
+
+    engines = {"ours": ExecuTorchEngine(ours, verify=False),
+               "executorch": ExecuTorchEngine(theirs, verify=False)}
+    ids = engines["ours"].tokenizer.encode(Path(prompt_file).read_text())
+    sessions = {k: e.session() for k, e in engines.items()}
+    out = {k: {"prefill_s": [], "decode_s": []} for k in engines}
+    order = list(engines)
+    for r in range(rounds + 1):  # round 0 warms both up and is not counted
+        for k in order[r % 2:] + order[:r % 2]:
+            s = sessions[k]
+            s.reset()
+            t0 = time.perf_counter()
+            s.prefill(ids)
+            t1 = time.perf_counter()
+            for i in range(gen):
+                s.decode(ids[i % len(ids)])
+            t2 = time.perf_counter()
+            if r:
+                out[k]["prefill_s"].append(t1 - t0)
+                out[k]["decode_s"].append((t2 - t1) / gen)
+    print(json.dumps({"prompt_tokens": len(ids), "gen": gen, "rounds": rounds, "runs": out}))
+
+
+def interleaved(ptes: dict[str, Path], prompt_file: Path, rounds: int, gen: int) -> dict:
+    cmd = [sys.executable, __file__, "--interleaved-child", str(ptes["ours"]),
+           str(ptes["executorch"]), str(prompt_file), str(rounds), str(gen)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if r.returncode != 0:
+        raise SystemExit(f"interleaved measurement failed:\n{r.stderr[-2000:]}")
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    runs, n = d["runs"], d["prompt_tokens"]
+    med = {k: {"prefill_tok_s": round(n / statistics.median(v["prefill_s"]), 2),
+               "decode_tok_s": round(1 / statistics.median(v["decode_s"]), 2)}
+           for k, v in runs.items()}
+    o, e = runs["ours"], runs["executorch"]
+    d["speed"] = med
+    d["paired"] = {"prefill": round(statistics.median(
+                       b / a for a, b in zip(o["prefill_s"], e["prefill_s"])), 3),
+                   "decode": round(statistics.median(
+                       b / a for a, b in zip(o["decode_s"], e["decode_s"])), 3)}
+    return d
+
+
 def measure_speed(pte: Path, prompt_file: Path, gen: int, repeat: int) -> dict:
     cmd = [sys.executable, __file__, "--runner-child", str(pte), str(pte.parent / "tokenizer.json"),
            str(prompt_file), str(gen), str(repeat)]
@@ -217,6 +268,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--runner-child":
         runner_child(*sys.argv[2:5], int(sys.argv[5]), int(sys.argv[6]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--interleaved-child":
+        interleaved_child(*sys.argv[2:5], int(sys.argv[5]), int(sys.argv[6]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", required=True)
     ap.add_argument("--checkpoint", required=True)
@@ -227,6 +281,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=MAX_SEQ_LEN)
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=5, help="generations per process (median)")
+    ap.add_argument("--interleaved-rounds", type=int, default=30,
+                    help="rounds of the in-process alternated measurement (0: skip)")
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--quality-tokens", type=int, default=1024)
     ap.add_argument("--reuse", action="store_true", help="keep existing exports (no export "
@@ -266,6 +322,10 @@ def main() -> None:
             print(f"round {r} {k}: pp {m['prefill_tok_s']:.1f} tg {m['decode_tok_s']:.1f}",
                   flush=True)
     res["rounds"] = rounds
+    if args.interleaved_rounds:
+        res["interleaved"] = interleaved(ptes, prompt, args.interleaved_rounds, 32)
+        print(f"interleaved: {res['interleaved']['speed']} paired "
+              f"{res['interleaved']['paired']}", flush=True)
     res["speed"] = {k: {f: round(statistics.median(x[f] for x in v), 2) for f in
                         ("prefill_tok_s", "decode_tok_s", "load_s", "peak_rss_mb")}
                     | {"prompt_tokens": v[0]["prompt_tokens"],
@@ -316,6 +376,15 @@ def markdown(res: dict) -> str:
         lines += ["", f"Paired (median over rounds of ours / executorch, run back to back): "
                   f"prefill {r['paired_prefill']}x, decode {r['paired_decode']}x. Fastest "
                   f"generation of each: prefill {r['best_prefill']}x, decode {r['best_decode']}x."]
+    if "interleaved" in res:
+        d = res["interleaved"]
+        s_o, s_e = d["speed"]["ours"], d["speed"]["executorch"]
+        lines += ["", f"Both programs in one process (executorch's Python runtime), prompt "
+                  f"({d['prompt_tokens']} tokens) and {d['gen']} decode steps alternated over "
+                  f"{d['rounds']} rounds: prefill {s_o['prefill_tok_s']} vs "
+                  f"{s_e['prefill_tok_s']} tok/s, decode {s_o['decode_tok_s']} vs "
+                  f"{s_e['decode_tok_s']} tok/s; paired (median of per-round ratios) prefill "
+                  f"{d['paired']['prefill']}x, decode {d['paired']['decode']}x."]
     if "quality" in res:
         lines += ["", f"Quality vs the float model on {res['quality_text']}:", "",
                   "| program | mean KLD | top-1 agreement | PPL | float PPL |", "|---|---|---|---|---|"]
