@@ -164,8 +164,7 @@ def runner_child(pte: str, tokenizer: str, prompt_file: str, gen: int, repeat: i
                                                     s.inference_start_ms) / 1e3))
         tgs.append((s.num_generated_tokens - 1) / max(1e-9, (s.inference_end_ms -
                                                              s.first_token_ms) / 1e3))
-    from edge.bench import peak_rss_mb  # this process image's own (ru_maxrss would include
-    # the benchmark's process it was forked from)
+    from edge.bench import peak_rss_mb  # this image's own (ru_maxrss includes the parent's)
 
     print(json.dumps({"prompt_tokens": s.num_prompt_tokens, "generated": s.num_generated_tokens,
                       "prefill_tok_s": statistics.median(pps), "decode_tok_s":

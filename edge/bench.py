@@ -39,17 +39,26 @@ def cpu_info() -> dict:
             "cores": os.cpu_count(), "machine": platform.machine()}
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process image. VmHWM starts afresh at exec, unlike
-    getrusage's maxrss, which a child inherits from the parent that started it."""
+def proc_kb(path: str, field: str) -> int | None:
+    """A 'Field:  N kB' line of a /proc file (None where it cannot be read)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image (since exec, or since the peak was reset
+    through /proc/self/clear_refs). VmHWM starts afresh at exec, unlike getrusage's maxrss,
+    which a child inherits from the parent that started it."""
+    kb = proc_kb("/proc/self/status", "VmHWM")
+    if kb is None:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0
 
 
 def prompt_ids(n: int, vocab: int, seed: int = BENCH_SEED) -> list[int]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .artifact import sha256_file
 from .errors import ArtifactError, EdgeError, require
-from .nativelog import HeldLog, native_log_held, quiet_imports
+from .nativelog import native_log_held, quiet_imports
 
 SIDECAR = "llama_edge.json"
 SIDECAR_FORMAT = "llama-edge-pte"
@@ -102,18 +102,23 @@ def _runtime():
     return Runtime.get(), Verification
 
 
-def _said(log: HeldLog) -> str:
-    return f"; the runtime said: {log.tail()}" if log.lines else ""
+def _runtime_call(fn, path: Path, message: str, errors=(RuntimeError,)):
+    """fn() with the runtime's log lines held back; a failure becomes a one-line ArtifactError:
+    message, the runtime's error and its last log lines (filled once the hold ends)."""
+    with native_log_held() as log:
+        try:
+            return fn()
+        except errors as e:
+            err = e
+    said = f"; the runtime said: {log.tail()}" if log.lines else ""
+    raise ArtifactError(path, message.format(err=err) + said)
 
 
 def _load_program(path: Path):
     rt, verification = _runtime()
-    with native_log_held() as log:
-        try:
-            return rt.load_program(path, verification=verification.InternalConsistency)
-        except (RuntimeError, ValueError) as e:
-            err = e
-    raise ArtifactError(path, f"ExecuTorch could not load the program ({err}){_said(log)}")
+    return _runtime_call(
+        lambda: rt.load_program(path, verification=verification.InternalConsistency), path,
+        "ExecuTorch could not load the program ({err})", (RuntimeError, ValueError))
 
 
 def program_metadata(program, path: Path) -> dict:
@@ -126,14 +131,8 @@ def program_metadata(program, path: Path) -> dict:
                             "not a program from llama-export --target xnnpack")
     meta = {}
     for n in sorted(names - {"forward"}):
-        with native_log_held() as log:
-            try:
-                out, err = program.load_method(n).execute([]), None
-            except RuntimeError as e:
-                err = e
-        if err is not None:
-            raise ArtifactError(path, f"method {n} cannot run ({err}){_said(log)}")
-        values = list(out)
+        values = list(_runtime_call(lambda: program.load_method(n).execute([]), path,
+                                    f"method {n} cannot run ({{err}})"))
         meta[n] = values if n == "get_eos_ids" else (values[0] if values else None)
     return meta
 
@@ -144,16 +143,10 @@ class ExecuTorchSession:
 
         self.engine, self.max_context = engine, engine.max_context
         self._torch = torch
-        with native_log_held() as log:
-            try:
-                self._forward, err = engine.program.load_method("forward"), None
-            except RuntimeError as e:
-                err = e
-        if err is not None:
-            raise ArtifactError(engine.path, f"method forward cannot be loaded ({err}); the "
-                                f"program needs kernels this executorch does not have"
-                                f"{_said(log)}")
-        self._quiet_first = True
+        self._forward = _runtime_call(
+            lambda: engine.program.load_method("forward"), engine.path,
+            "method forward cannot be loaded ({err}); the program needs kernels this executorch "
+            "does not have")
         self._chunk = engine.max_seq_len
         self.pos = 0
 
@@ -168,13 +161,7 @@ class ExecuTorchSession:
     def _run(self, ids) -> np.ndarray:
         torch = self._torch
         tokens = torch.tensor([list(ids)], dtype=torch.long)
-        args = [tokens, torch.tensor([self.pos], dtype=torch.long)]
-        if self._quiet_first:  # the delegate's first call sets up its threads and logs it
-            with native_log_held():
-                out = self._forward.execute(args)[0]
-            self._quiet_first = False
-        else:
-            out = self._forward.execute(args)[0]
+        out = self._forward.execute([tokens, torch.tensor([self.pos], dtype=torch.long)])[0]
         self.pos += len(ids)
         return out.reshape(-1).numpy()
 

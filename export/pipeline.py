@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from edge.bench import peak_rss_mb, proc_kb
 from edge.errors import EdgeError
 
 from .loaders import Checkpoint, load_checkpoint
@@ -94,26 +95,6 @@ class ExportState:
     deferred_errors: list[str] = field(default_factory=list)
 
 
-def _proc_kb(path: str, field: str) -> int | None:
-    """A 'Field:  N kB' line of a /proc file (None where it cannot be read)."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def peak_rss_mb() -> float:
-    """The process's peak resident memory since start or since the last reset_peak_rss()."""
-    kb = _proc_kb("/proc/self/status", "VmHWM")
-    if kb is None:
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024.0
-
-
 def reset_peak_rss() -> bool:
     """Start a new peak (Linux: /proc/self/clear_refs, value 5), so that each stage reports its
     own; False where the peak cannot be reset (then peaks are since the start)."""
@@ -160,7 +141,7 @@ HEAL_BYTES_PER_PARAM = 16
 
 def available_memory_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (None where it cannot be read)."""
-    kb = _proc_kb("/proc/meminfo", "MemAvailable")
+    kb = proc_kb("/proc/meminfo", "MemAvailable")
     return None if kb is None else kb * 1024
 
 
