@@ -100,18 +100,20 @@ def bench_session(session, vocab: int, repeat: int = 3, pp=(128, 512), tg: int =
 
 
 def run_bench(model: str, threads: int | None = None, ctx: int | None = None, repeat: int = 3,
-              kv: str = "f32", verify: bool = True, engine: str = "auto") -> dict:
+              kv: str = "f32", verify: bool = True, engine: str = "auto",
+              weight_memory: str = "auto") -> dict:
     from .engines import open_model, model_bytes
 
     t0 = time.perf_counter()
     engine = open_model(model, max_context=ctx, threads=threads, kv=kv, verify=verify,
-                        engine=engine)
+                        engine=engine, weight_memory=weight_memory)
     load_s = time.perf_counter() - t0
     session = engine.session()
     res = {"engine": engine.name, "model": str(model), "load_s": round(load_s, 4)}
     res.update(bench_session(session, engine.config.vocab_size, repeat))
     res.update(peak_rss_mb=round(peak_rss_mb(), 1), file_mb=round(model_bytes(model) / 1e6, 2),
                threads=getattr(engine, "threads", threads), isa=getattr(engine, "isa", None),
+               weight_memory=getattr(getattr(engine, "artifact", None), "weight_memory", None),
                max_context=session.max_context, kv_bytes=getattr(session, "kv_bytes", None),
                repeat=repeat, **cpu_info())
     return res

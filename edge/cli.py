@@ -13,6 +13,7 @@ import time
 
 import click
 
+from .artifact import WEIGHT_MEMORY
 from .cliutil import report_errors
 from .engines import ENGINES
 from .errors import EdgeError, GenerationError
@@ -22,6 +23,14 @@ _errors = report_errors(oom="out of memory; try a smaller --ctx or a smaller mod
 ENGINE_HELP = ("auto: edge artifacts on the edge kernels, .gguf files in llama.cpp when "
                "llama-cpp-python is installed, other checkpoints on the torch reference; "
                "torch runs a .gguf (dequantized) on the torch reference.")
+
+
+WEIGHTS_OPTION = click.option(
+    "--weights", "weight_memory", type=click.Choice(WEIGHT_MEMORY), default="auto",
+    show_default=True,
+    help="Where an edge artifact's weights live: mapped (the file's pages, shared and "
+         "evictable), resident (read into huge-page memory: faster decode, loaded once per "
+         "process), auto (resident where the system offers transparent huge pages).")
 
 
 def _gen_options(fn):
@@ -49,6 +58,7 @@ def _gen_options(fn):
                      help="Compute threads (default: the cores this process may use)."),
         click.option("--kv-cache", "kv", type=click.Choice(["f32", "int8"]), default="f32",
                      show_default=True, help="KV cache precision (edge artifacts)."),
+        WEIGHTS_OPTION,
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
     ]
     for o in reversed(opts):
@@ -74,7 +84,7 @@ def _generate(kw, messages: list[dict] | None, raw_text: str | None, default_new
     params = _params(kw, default_new, default_rep)  # validate before the slow load
     t0 = time.perf_counter()
     engine = open_model(kw["model"], max_context=kw["ctx"], threads=kw["threads"], kv=kw["kv"],
-                        engine=kw["engine"])
+                        engine=kw["engine"], weight_memory=kw["weight_memory"])
     load_s = time.perf_counter() - t0
     tok = engine.tokenizer
     if tok is None:
@@ -173,20 +183,21 @@ def rewrite(file, style, **kw):
 @click.option("--no-verify", is_flag=True, help="Skip the artifact's file digests at load.")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help=ENGINE_HELP)
+@WEIGHTS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_errors
-def bench(model, threads, ctx, repeat, kv, no_verify, engine, as_json):
+def bench(model, threads, ctx, repeat, kv, no_verify, engine, weight_memory, as_json):
     """Prompt and decode speed, time to first token, load time and peak memory of MODEL."""
     from .bench import run_bench
 
     if repeat < 1:
         raise EdgeError("--repeat must be at least 1")
     r = run_bench(model, threads=threads, ctx=ctx, repeat=repeat, kv=kv, verify=not no_verify,
-                  engine=engine)
+                  engine=engine, weight_memory=weight_memory)
     if as_json:
         click.echo(json.dumps(r))
         return
-    for key in ("engine", "isa", "threads", "pp128_tok_s", "pp512_tok_s", "tg128_tok_s",
+    for key in ("engine", "isa", "threads", "weight_memory", "pp128_tok_s", "pp512_tok_s", "tg128_tok_s",
                 "ttft64_s", "load_s", "peak_rss_mb", "file_mb", "cpu"):
         if r.get(key) is not None:
             click.echo(f"{key:14} {r[key]}")
@@ -201,7 +212,7 @@ def info(artifact, no_verify, as_json):
     """Describe an edge ARTIFACT: model, quantization per tensor kind, size, tokenizer, limits."""
     from .artifact import load_artifact
 
-    a = load_artifact(artifact, verify=not no_verify)
+    a = load_artifact(artifact, verify=not no_verify, weight_memory="mapped")
     c = a.config
     kinds: dict[str, int] = {}
     for name, e in a.manifest["tensors"].items():

@@ -39,7 +39,8 @@ def _is_onnx(path: str) -> bool:
 
 
 def open_model(path: str, max_context: int | None = None, threads: int | None = None,
-               kv: str = "f32", verify: bool = True, engine: str = "auto"):
+               kv: str = "f32", verify: bool = True, engine: str = "auto",
+               weight_memory: str = "auto"):
     from .artifact import is_artifact
     from .errors import EdgeError
 
@@ -78,7 +79,7 @@ def open_model(path: str, max_context: int | None = None, threads: int | None = 
         from .artifact import load_artifact
         from .runtime import EdgeEngine
 
-        art = load_artifact(path, verify=verify)
+        art = load_artifact(path, verify=verify, weight_memory=weight_memory)
         return EdgeEngine(art, max_context=max_context or min(art.max_context, DEFAULT_CONTEXT),
                           threads=threads, kv=kv)
     require("torch", "running a checkpoint on the torch reference path", "export")

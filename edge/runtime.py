@@ -94,9 +94,10 @@ class EdgeEngine:
 
     def __init__(self, artifact: Artifact | str, max_context: int | None = None,
                  threads: int | None = None, kv: str = "f32", isa: str = "auto",
-                 verify: bool = True):
+                 verify: bool = True, weight_memory: str = "auto"):
         k = _kernels()
-        art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, verify)
+        art = artifact if isinstance(artifact, Artifact) else load_artifact(
+            artifact, verify, weight_memory)
         if kv not in KV_KINDS:
             raise EdgeError(f"KV cache kind {kv!r}: choose one of {', '.join(KV_KINDS)}")
         if threads is not None and not 1 <= threads <= 256:

@@ -33,15 +33,19 @@ from edge.artifact import (
     FORMAT_VERSION,
     MANIFEST,
     WEIGHTS,
+    HUGE_PAGE,
+    WEIGHT_MEMORY,
     TensorEntry,
+    _read_resident,
     file_digest,
     load_artifact,
     manifest_digest,
+    resolve_weight_memory,
     write_artifact,
 )
 from edge.cli import main as edge_cli
 from edge.config import LlamaConfig
-from edge.errors import ArtifactError
+from edge.errors import ArtifactError, EdgeError
 from edge.packing import from_canonical
 from edge.runtime import EdgeEngine
 from edge.safetensors import read_header
@@ -146,9 +150,13 @@ def expect(root, *fragments, file=None, verify=True) -> str:
     artifact; default the manifest) and containing every fragment; returns the message."""
     root = Path(root)
     file = root / MANIFEST if file is None else root / file if isinstance(file, str) else file
-    with pytest.raises(ArtifactError) as ei:
-        load_artifact(root, verify=verify)
-    msg = str(ei.value)
+    msgs = []
+    for memory in ("mapped", "resident"):  # the same checks whichever way the weights are held
+        with pytest.raises(ArtifactError) as ei:
+            load_artifact(root, verify=verify, weight_memory=memory)
+        msgs.append(str(ei.value))
+    msg = msgs[0]
+    assert msgs[1] == msg, msgs
     assert str(file) in msg, msg
     for frag in fragments:
         assert frag in msg, f"{frag!r} not in {msg!r}"
@@ -225,6 +233,61 @@ def test_good_artifact_loads_and_runs(good, good_logits):
     # every file of a finished artifact is in place and nothing else
     assert sorted(p.name for p in good.iterdir()) == sorted(
         [MANIFEST, WEIGHTS, "tokenizer.json", "tokenizer_config.json"])
+
+
+# ---------------------------------------------------------------------------------- weight memory
+@pytest.mark.parametrize("memory", WEIGHT_MEMORY[1:])
+def test_weight_memory_same_results(good, good_logits, memory):
+    """Mapped and resident weights give bit-identical logits; both are read-only, and resident
+    weights start on a huge-page boundary (tensor addresses = base + file offset)."""
+    a = load_artifact(good, weight_memory=memory)
+    assert a.weight_memory == memory
+    q = a.weights[Q0].data
+    assert not q.flags.writeable
+    if memory == "resident":
+        start = read_header(good / WEIGHTS)[0][f"{Q0}.data"].start
+        assert (q.ctypes.data - start) % HUGE_PAGE == 0
+    logits = EdgeEngine(a, threads=1).session().prefill(PROMPT)
+    np.testing.assert_array_equal(logits, good_logits)
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("always [madvise] never\n", "resident"), ("[always] madvise never\n", "resident"),
+    ("always madvise [never]\n", "mapped"), (None, "mapped")])
+def test_auto_weight_memory_follows_huge_page_setting(tmp_path, monkeypatch, setting, expected):
+    path = tmp_path / "enabled"
+    if setting is not None:
+        path.write_text(setting)
+    monkeypatch.setattr("edge.artifact.THP_SETTING", str(path))
+    assert resolve_weight_memory("auto") == expected
+    assert resolve_weight_memory("mapped") == "mapped"
+    assert resolve_weight_memory("resident") == "resident"
+
+
+def test_unknown_weight_memory(good):
+    with pytest.raises(EdgeError, match="weight memory 'huge': choose one of auto, mapped, resident"):
+        load_artifact(good, weight_memory="huge")
+    r = CliRunner().invoke(edge_cli, ["bench", "-m", str(good), "--weights", "huge"])
+    assert r.exit_code == 2 and "'huge' is not one of" in r.output
+
+
+def test_weights_shorter_than_their_size_while_read(art):
+    """A weights file cut after its size was checked (replaced during the load) stops the
+    resident read with the file and the byte it ended at."""
+    w = art / WEIGHTS
+    size = w.stat().st_size
+    with pytest.raises(ArtifactError) as ei:
+        _read_resident(w, size + 100, True)
+    assert str(ei.value) == (f"{w}: ended at byte {size} of {size + 100} while being read: "
+                             "truncated or replaced; export again")
+
+
+def test_cli_bench_reports_weight_memory(good):
+    for memory in WEIGHT_MEMORY[1:]:
+        r = CliRunner().invoke(edge_cli, ["bench", "-m", str(good), "--weights", memory,
+                                          "--repeat", "1", "--threads", "1", "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["weight_memory"] == memory
 
 
 # ---------------------------------------------------------------------------------- truncation
@@ -867,10 +930,11 @@ def test_set_aside_previous_artifact_restored(art, good):
     assert leftovers(art) == [] and snapshot(art) == snapshot(good)
 
 
-def test_rewrite_while_mapped(art, good_logits):
-    """An engine keeps running on the artifact it mapped after the path is rewritten; a new
+@pytest.mark.parametrize("memory", WEIGHT_MEMORY[1:])
+def test_rewrite_while_mapped(art, good_logits, memory):
+    """An engine keeps running on the artifact it loaded after the path is rewritten; a new
     load sees the new content."""
-    engine = EdgeEngine(art, threads=1)
+    engine = EdgeEngine(art, threads=1, weight_memory=memory)
     sess = engine.session()
     np.testing.assert_array_equal(sess.prefill(PROMPT), good_logits)
     write(art, seed=1, force=True)
