@@ -4,7 +4,10 @@ one run on one machine, reported as ratios.
 Every measurement runs in a fresh process (honest load time and peak RSS); engines are
 alternated round by round (the order rotates), and each figure is the median over rounds of
 medians over repeats. The machine's read bandwidth is measured in the same run, before and
-after, to give each artifact's decode roofline (bandwidth / bytes read per generated token).
+after each round, over ordinary and over huge pages; the higher of the two medians gives each
+artifact's decode roofline (bandwidth / bytes read per generated token). An edge artifact's
+weights are held as `llama-edge bench` holds them by default (--weights auto) unless
+`--weights LABEL=mapped|resident` says otherwise.
 
     python benchmarks/edge_speed.py --name smollm2 --threads 2 --runs 3 \\
         --engine edge-8da4w=build/bench/smollm2-8da4w/edge \\
@@ -41,7 +44,7 @@ def kind_of(path: str) -> str:
     return "torch"
 
 
-def measure(path: str, threads: int, repeat: int, ctx: int) -> dict:
+def measure(path: str, threads: int, repeat: int, ctx: int, weights: str | None = None) -> dict:
     kind = kind_of(path)
     if kind == "llama.cpp":
         cmd = [sys.executable, str(HERE / "llamacpp_bench.py"), path, "--threads", str(threads),
@@ -49,6 +52,8 @@ def measure(path: str, threads: int, repeat: int, ctx: int) -> dict:
     else:
         cmd = [sys.executable, "-m", "edge.cli", "bench", "-m", path, "--threads", str(threads),
                "--repeat", str(repeat), "--ctx", str(ctx), "--json"]
+        if weights:
+            cmd += ["--weights", weights]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
@@ -86,10 +91,12 @@ def gguf_bytes_per_token(path: str) -> int:
     return total
 
 
-def bandwidth(threads: int) -> float:
-    """Read bandwidth (GB/s) of `threads` threads streaming a 1 GiB buffer, median of 5, in a
-    separate process (its 1 GiB must not count in anyone's peak memory)."""
-    code = f"from edge import _kernels; print(_kernels.read_bandwidth(1 << 30, {threads}, 5))"
+def bandwidth(threads: int, huge_pages: bool) -> float:
+    """Read bandwidth (GB/s) of `threads` threads streaming a 1 GiB buffer (of huge or ordinary
+    pages), median of 5, in a separate process (its 1 GiB must not count in anyone's peak
+    memory)."""
+    code = ("from edge import _kernels; "
+            f"print(_kernels.read_bandwidth(1 << 30, {threads}, 5, huge_pages={huge_pages}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                        check=True)
     return float(r.stdout.strip())
@@ -100,6 +107,8 @@ def main():
     ap.add_argument("--name", required=True)
     ap.add_argument("--engine", action="append", required=True, help="LABEL=PATH")
     ap.add_argument("--compare", action="append", default=[], help="OURS:PEER label pairs")
+    ap.add_argument("--weights", action="append", default=[],
+                    help="LABEL=mapped|resident: how that edge artifact's weights are held")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3)
@@ -107,28 +116,38 @@ def main():
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     engines = dict(e.split("=", 1) for e in args.engine)
-    bw = [bandwidth(args.threads)]
-    print(f"read bandwidth {bw[0]:.1f} GB/s", flush=True)
+    weights = dict(w.split("=", 1) for w in args.weights)
+
+    def probe():
+        got = {"pages": bandwidth(args.threads, False), "huge_pages": bandwidth(args.threads, True)}
+        print(f"read bandwidth {got['pages']:.1f} GB/s (huge pages {got['huge_pages']:.1f})",
+              flush=True)
+        return got
+
+    bw = [probe()]
     rows: dict[str, list[dict]] = {k: [] for k in engines}
     labels = list(engines)
     for r in range(args.runs):
         order = labels[r % len(labels):] + labels[:r % len(labels)]
         for label in order:
             t0 = time.perf_counter()
-            m = measure(engines[label], args.threads, args.repeat, args.ctx)
+            m = measure(engines[label], args.threads, args.repeat, args.ctx, weights.get(label))
             rows[label].append(m)
             print(f"run {r + 1}/{args.runs} {label:24} tg128 {m.get('tg128_tok_s')} "
                   f"pp512 {m.get('pp512_tok_s')} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        bw.append(bandwidth(args.threads))
-    bw_gbs = statistics.median(bw)
+        bw.append(probe())
+    bw_kinds = {k: statistics.median(b[k] for b in bw) for k in ("pages", "huge_pages")}
+    bw_gbs = max(bw_kinds.values())
     result = {"name": args.name, "threads": args.threads, "runs": args.runs,
-              "repeat": args.repeat, "read_bandwidth_gb_s": [round(b, 2) for b in bw],
+              "repeat": args.repeat, "read_bandwidth_gb_s": round(bw_gbs, 2),
+              "read_bandwidth_runs": {k: [round(b[k], 2) for b in bw] for k in bw_kinds},
               "engines": {}, "ratios": {}}
     for label, ms in rows.items():
         med = {k: round(statistics.median(m[k] for m in ms), 4) for k in KEYS if k in ms[0]}
         last = ms[-1]
         kind = kind_of(engines[label])
         info = {"path": engines[label], "kind": kind, **med, "file_mb": last.get("file_mb"),
+                "weight_memory": last.get("weight_memory"),
                 "threads": last.get("threads"), "isa": last.get("isa"), "cpu": last.get("cpu"),
                 "cpu_features": last.get("cpu_features"), "all_runs": ms}
         if kind in ("edge", "llama.cpp"):
@@ -150,10 +169,13 @@ def main():
 
 
 def markdown(res: dict) -> str:
-    cols = ["pp128_tok_s", "pp512_tok_s", "tg128_tok_s", "ttft64_s", "load_s", "peak_rss_mb",
-            "file_mb", "bytes_per_token_mb", "roofline_tok_s", "decode_vs_roofline"]
+    cols = ["weight_memory", "pp128_tok_s", "pp512_tok_s", "tg128_tok_s", "ttft64_s", "load_s",
+            "peak_rss_mb", "file_mb", "bytes_per_token_mb", "roofline_tok_s", "decode_vs_roofline"]
+    runs = res.get("read_bandwidth_runs", {})
     lines = [f"### {res['name']}: {res['threads']} threads, median of {res['runs']} runs x "
-             f"{res['repeat']} repeats; read bandwidth {res['read_bandwidth_gb_s']} GB/s",
+             f"{res['repeat']} repeats; read bandwidth {res['read_bandwidth_gb_s']} GB/s "
+             f"(the higher median of ordinary pages {runs.get('pages')} and huge pages "
+             f"{runs.get('huge_pages')})",
              "", "| engine | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for label, e in res["engines"].items():
         lines.append(f"| {label} | " + " | ".join(str(e.get(c, "")) for c in cols) + " |")

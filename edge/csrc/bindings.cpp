@@ -4,9 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
+#include <memory>
 
 #include "model.h"
 
@@ -227,13 +231,22 @@ PYBIND11_MODULE(_kernels, mod) {
 
   // Read bandwidth of `threads` threads streaming disjoint parts of a buffer with the widest
   // loads this CPU's kernels use (the access pattern of a decode step over the weights): median
-  // GB/s of `repeats` passes after a warm-up pass.
+  // GB/s of `repeats` passes after a warm-up pass. huge_pages: the buffer is 2 MiB-aligned
+  // anonymous memory advised for transparent huge pages (as resident weights are), else
+  // ordinary pages.
   mod.def(
       "read_bandwidth",
-      [](int64_t nbytes, int threads, int repeats) {
+      [](int64_t nbytes, int threads, int repeats, bool huge_pages) {
         if (nbytes < (1 << 20) || threads < 1 || repeats < 1) throw py::value_error("bad arguments");
         const int64_t n = nbytes / 4;
-        std::vector<float> buf(n);
+        const size_t huge = (size_t)2 << 20, len = (size_t)n * 4 + huge;
+        void* map = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (map == MAP_FAILED) throw std::bad_alloc();
+        std::unique_ptr<void, std::function<void(void*)>> unmap(map, [len](void* p) { munmap(p, len); });
+        float* buf = reinterpret_cast<float*>(((uintptr_t)map + huge - 1) & ~(uintptr_t)(huge - 1));
+#ifdef MADV_HUGEPAGE
+        if (huge_pages) madvise(buf, (size_t)n * 4, MADV_HUGEPAGE);
+#endif
         for (int64_t i = 0; i < n; i++) buf[i] = (float)(i & 1023) * 1e-3f;
         const Kernels& K = *kernels_for(best_isa());
         ThreadPool pool(threads);
@@ -244,7 +257,7 @@ PYBIND11_MODULE(_kernels, mod) {
           auto t0 = std::chrono::steady_clock::now();
           pool.run([&](int tid) {
             const int64_t a = n * tid / threads, b = n * (tid + 1) / threads;
-            sink[tid * 16] += K.dot(buf.data() + a, buf.data() + a, b - a);
+            sink[tid * 16] += K.dot(buf + a, buf + a, b - a);
           });
           double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           if (r > 0) gbs.push_back((double)n * 4 / sec / 1e9);
@@ -254,7 +267,8 @@ PYBIND11_MODULE(_kernels, mod) {
         (void)keep;
         return gbs[gbs.size() / 2];
       },
-      py::arg("nbytes") = (int64_t)1 << 30, py::arg("threads") = 2, py::arg("repeats") = 5);
+      py::arg("nbytes") = (int64_t)1 << 30, py::arg("threads") = 2, py::arg("repeats") = 5,
+      py::arg("huge_pages") = false);
 
   py::class_<PyModel>(mod, "Model")
       .def(py::init([](int64_t hidden, int64_t layers, int64_t heads, int64_t kv_heads,

@@ -1,5 +1,6 @@
 // The Llama forward pass over memory-mapped weights: one call per prefill chunk or decode step.
 #pragma once
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -80,9 +81,10 @@ class Model {
   void forward_chunk(Session& s, const int32_t* tokens, int64_t n, int64_t pos, float* logits,
                      int mode, int tid);
   void matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, const float* x,
-               int64_t m, int64_t ldx, int tid);
-  // Quantize the shared input of `users` in every form they need; true when anything was
-  // done (the caller then waits at a barrier before the products).
+               int64_t m, int64_t ldx, int tid, int& call);
+  // Quantize the shared input of `users` in every form they need, each thread its share of
+  // the tokens (split as the norms split them); true when anything was done (the caller then
+  // waits at a barrier before the products).
   bool quantize_input(const float* x, int64_t m, int64_t k, std::initializer_list<const Linear*> users,
                       int tid);
   void attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid);
@@ -115,6 +117,10 @@ class Model {
   std::vector<int32_t> btn_;
   std::vector<float> bts_;
   std::vector<std::vector<float>> scratch_;  // per thread
+  // Decode products hand out rows in chunks: one claim counter per product call of a pass
+  // (each thread numbers the calls the same way), zeroed before each pass.
+  std::unique_ptr<std::atomic<int64_t>[]> claims_;
+  int64_t n_claims_ = 0;
   int64_t ws_bytes_ = 0;
   bool ready_ = false;
 };
