@@ -156,16 +156,26 @@ def main():
             info.update(bytes_per_token_mb=round(bpt / 1e6, 2), roofline_tok_s=round(roof, 1),
                         decode_vs_roofline=round(med["tg128_tok_s"] / roof, 3))
         result["engines"][label] = info
+    result["paired_ratios"] = {}
     for pair in args.compare:
         ours, peer = pair.split(":", 1)
         a, b = result["engines"][ours], result["engines"][peer]
-        result["ratios"][pair] = {
-            k: round(a[k] / b[k], 3) if k in HIGHER_IS_BETTER else round(b[k] / a[k], 3)
-            for k in KEYS if k in a and k in b and a[k] and b[k]}
+        result["ratios"][pair] = {k: ratio(k, a[k], b[k]) for k in KEYS
+                                  if k in a and k in b and a[k] and b[k]}
+        # the same round's two measurements, taken minutes apart at most: the machine's drift
+        # between rounds cancels
+        per_round = {k: [ratio(k, x[k], y[k]) for x, y in zip(rows[ours], rows[peer])
+                         if x.get(k) and y.get(k)] for k in KEYS}
+        result["paired_ratios"][pair] = {k: round(statistics.median(v), 3)
+                                         for k, v in per_round.items() if v}
     out = args.out or HERE / "results" / f"edge_speed_{args.name}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
+
+
+def ratio(key: str, ours: float, peer: float) -> float:
+    return round(ours / peer, 3) if key in HIGHER_IS_BETTER else round(peer / ours, 3)
 
 
 def markdown(res: dict) -> str:
@@ -183,9 +193,15 @@ def markdown(res: dict) -> str:
         lines += ["", "| ours : peer | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
         for pair, r in res["ratios"].items():
             lines.append(f"| {pair} | " + " | ".join(str(r.get(k, "")) for k in KEYS) + " |")
+        if res.get("paired_ratios"):
+            lines += ["", "| ours : peer, median of per-round ratios | " + " | ".join(KEYS)
+                      + " |", "|---" * (len(KEYS) + 1) + "|"]
+            for pair, r in res["paired_ratios"].items():
+                lines.append(f"| {pair} | " + " | ".join(str(r.get(k, "")) for k in KEYS) + " |")
         lines.append("")
         lines.append("Ratios: ours / peer for speeds, peer / ours for times and memory (> 1 is "
-                     "better for us).")
+                     "better for us); the first table divides the engines' medians, the second "
+                     "takes the median of each round's ratio.")
     return "\n".join(lines) + "\n"
 
 

@@ -118,9 +118,9 @@ def _chunked(view: memoryview, fill, digest: bool) -> str | None:
 # Where the weights live once loaded. "mapped": the file's pages, memory-mapped (shared with
 # the page cache and with other processes mapping the same file; the system can drop them
 # under memory pressure). "resident": read once into anonymous memory the kernel backs with
-# 2 MiB transparent huge pages; decode streams every weight once per token, and with 4 KiB
-# pages the page walks and the hardware prefetchers' restarts at each page boundary cost
-# 1.2-1.3x decode speed on the 1B shape (benchmarks/README.md). "auto": resident where the
+# 2 MiB transparent huge pages; decode streams every weight once per token, and from 4 KiB
+# pages the same stream runs slower (1B shape, 2 threads: see README, "Weights in memory";
+# prefetching the next rows in software did not make up for it). "auto": resident where the
 # system offers transparent huge pages, mapped elsewhere.
 WEIGHT_MEMORY = ("auto", "mapped", "resident")
 HUGE_PAGE = 2 << 20

@@ -251,6 +251,22 @@ def test_weight_memory_same_results(good, good_logits, memory):
     np.testing.assert_array_equal(logits, good_logits)
 
 
+def test_thread_counts_give_identical_logits(good):
+    """Rows are split between threads (decode hands the last rows of each product to whichever
+    thread is free), but every output is computed by one thread in one order: prompt and decode
+    logits are bit-identical for any thread count."""
+    def run(threads):
+        s = EdgeEngine(good, threads=threads).session()
+        out = [s.prefill(PROMPT).copy()]
+        for _ in range(12):
+            out.append(s.decode(int(np.argmax(out[-1]))).copy())
+        return np.stack(out)
+
+    one = run(1)
+    for threads in (2, 3, 5):
+        np.testing.assert_array_equal(run(threads), one, err_msg=f"{threads} threads")
+
+
 @pytest.mark.parametrize("setting, expected", [
     ("always [madvise] never\n", "resident"), ("[always] madvise never\n", "resident"),
     ("always madvise [never]\n", "mapped"), (None, "mapped")])
