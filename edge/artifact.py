@@ -142,6 +142,9 @@ def resolve_weight_memory(choice: str) -> str:
         raise EdgeError(f"weight memory {choice!r}: choose one of {', '.join(WEIGHT_MEMORY)}")
     if choice == "auto":
         return "resident" if huge_pages_available() else "mapped"
+    if choice == "resident" and not (hasattr(mmap, "MAP_ANONYMOUS") and hasattr(mmap, "MAP_PRIVATE")):
+        raise EdgeError("resident weights need anonymous memory mappings, which this system's "
+                        "Python does not offer; use mapped weights")
     return choice
 
 
@@ -158,20 +161,18 @@ def _read_resident(wpath: Path, size: int, digest: bool):
     base = np.frombuffer(owner, dtype=np.uint8, count=1).ctypes.data
     start = -base % HUGE_PAGE
     view = memoryview(owner)[start:start + size]
-    fd = os.open(wpath, os.O_RDONLY)
-    try:
-        def fill(offset, piece):
+    def fill(offset, piece):
+        with open(wpath, "rb", buffering=0) as f:
+            f.seek(offset)
             done = 0
             while done < len(piece):
-                got = os.preadv(fd, [piece[done:]], offset + done)
-                if got <= 0:
+                got = f.readinto(piece[done:])
+                if not got:
                     raise ArtifactError(wpath, f"ended at byte {offset + done} of {size} while "
                                         "being read: truncated or replaced; export again")
                 done += got
 
-        value = _chunked(view[:], fill, digest)
-    finally:
-        os.close(fd)
+    value = _chunked(view[:], fill, digest)
     return owner, view.toreadonly(), value
 
 
