@@ -82,14 +82,15 @@ def file_digest(path: Path, mm=None) -> str:
     size = path.stat().st_size if mm is None else len(mm)
     if size == 0:
         return hashlib.sha256(b"").hexdigest()
-    if mm is not None:
-        return _chunked(memoryview(mm), None, True)
-    with open(path, "rb") as f:
-        own = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    own = None
+    if mm is None:
+        with open(path, "rb") as f:
+            own = mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        return _chunked(memoryview(own), None, True)
+        return _chunked(memoryview(mm), None, True)
     finally:
-        own.close()
+        if own is not None:
+            own.close()
 
 
 def _chunked(view: memoryview, fill, digest: bool) -> str | None:
@@ -161,6 +162,7 @@ def _read_resident(wpath: Path, size: int, digest: bool):
     base = np.frombuffer(owner, dtype=np.uint8, count=1).ctypes.data
     start = -base % HUGE_PAGE
     view = memoryview(owner)[start:start + size]
+
     def fill(offset, piece):
         with open(wpath, "rb", buffering=0) as f:
             f.seek(offset)

@@ -197,8 +197,8 @@ def bench(model, threads, ctx, repeat, kv, no_verify, engine, weight_memory, as_
     if as_json:
         click.echo(json.dumps(r))
         return
-    for key in ("engine", "isa", "threads", "weight_memory", "pp128_tok_s", "pp512_tok_s", "tg128_tok_s",
-                "ttft64_s", "load_s", "peak_rss_mb", "file_mb", "cpu"):
+    for key in ("engine", "isa", "threads", "weight_memory", "pp128_tok_s", "pp512_tok_s",
+                "tg128_tok_s", "ttft64_s", "load_s", "peak_rss_mb", "file_mb", "cpu"):
         if r.get(key) is not None:
             click.echo(f"{key:14} {r[key]}")
 

@@ -9,8 +9,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <functional>
-#include <memory>
 
 #include "model.h"
 
@@ -242,7 +240,11 @@ PYBIND11_MODULE(_kernels, mod) {
         const size_t huge = (size_t)2 << 20, len = (size_t)n * 4 + huge;
         void* map = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (map == MAP_FAILED) throw std::bad_alloc();
-        std::unique_ptr<void, std::function<void(void*)>> unmap(map, [len](void* p) { munmap(p, len); });
+        struct Unmap {
+          void* p;
+          size_t n;
+          ~Unmap() { munmap(p, n); }
+        } unmap{map, len};
         float* buf = reinterpret_cast<float*>(((uintptr_t)map + huge - 1) & ~(uintptr_t)(huge - 1));
 #ifdef MADV_HUGEPAGE
         if (huge_pages) madvise(buf, (size_t)n * 4, MADV_HUGEPAGE);
