@@ -153,9 +153,11 @@ def run(prompt, raw, system, **kw):
 @_errors
 def summarize(file, **kw):
     """Summarize a UTF-8 text FILE ('-' for stdin)."""
-    from .tasks import read_input, summarize_messages
+    from .tasks import read_input, summarize_messages, task_defaults
 
-    _generate(kw, summarize_messages(read_input(file)), None, 160, 1.1, "summarize")
+    d = task_defaults("summarize")
+    _generate(kw, summarize_messages(read_input(file)), None, d["max_new_tokens"],
+              d["repetition_penalty"], "summarize")
 
 
 @main.command()
@@ -166,9 +168,11 @@ def summarize(file, **kw):
 @_errors
 def rewrite(file, style, **kw):
     """Rewrite a UTF-8 text FILE ('-' for stdin) in another style."""
-    from .tasks import read_input, rewrite_messages
+    from .tasks import read_input, rewrite_messages, task_defaults
 
-    _generate(kw, rewrite_messages(read_input(file), style), None, 320, 1.1, "rewrite")
+    d = task_defaults("rewrite")
+    _generate(kw, rewrite_messages(read_input(file), style), None, d["max_new_tokens"],
+              d["repetition_penalty"], "rewrite")
 
 
 @main.command()

@@ -10,26 +10,40 @@ from pathlib import Path
 
 from .errors import GenerationError
 
+TASKS_FILE = Path(__file__).resolve().parent / "data" / "tasks.json"
+TASKS_FORMAT, TASKS_VERSION = "llama-edge-tasks", 1
+
+
+def load_task_spec(path: Path = TASKS_FILE) -> dict:
+    """The task prompts, styles, input limits and decoding defaults: one data file that the
+    runtime, the server and the Android app (as an asset) all read."""
+    import json
+
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GenerationError(f"{path}: cannot read the task prompts ({e}); reinstall "
+                              "llama-edge") from None
+    if spec.get("format") != TASKS_FORMAT or spec.get("version") != TASKS_VERSION:
+        raise GenerationError(f"{path}: not a {TASKS_FORMAT} v{TASKS_VERSION} file")
+    return spec
+
+
+_SPEC = load_task_spec()
 # Summaries and rewrites of more than ~100 kB of text do not fit any supported context;
 # refuse before spending time tokenizing it.
-MAX_TASK_INPUT_BYTES = 512 * 1024
-
-SUMMARY_PROMPT = (
-    "Summarize the following text in two or three sentences. Keep the key facts and numbers "
-    "and do not add anything that is not in the text.\n\n{text}"
-)
-REWRITE_PROMPT = (
-    "Rewrite the following text in a {style} style. Keep its meaning and facts; change only "
-    "the wording. Reply with the rewritten text only.\n\n{text}"
-)
+MAX_TASK_INPUT_BYTES = _SPEC["limits"]["max_input_bytes"]
+MAX_STYLE_CHARS = _SPEC["limits"]["max_style_chars"]
+SUMMARY_PROMPT = _SPEC["tasks"]["summarize"]["prompt"]
+REWRITE_PROMPT = _SPEC["tasks"]["rewrite"]["prompt"]
 # Named styles get a more specific instruction; any other style word is used as given.
-STYLES = {
-    "formal": "formal, professional",
-    "casual": "casual, friendly",
-    "concise": "concise (about half as long)",
-    "simple": "simple, plain-language (short sentences, everyday words)",
-    "bullet": "bullet-point",
-}
+STYLES = _SPEC["tasks"]["rewrite"]["styles"]
+
+
+def task_defaults(task: str) -> dict:
+    """Decoding defaults of a task (max_new_tokens, temperature, top_p, top_k,
+    repetition_penalty)."""
+    return dict(_SPEC["tasks"][task]["defaults"])
 
 
 def read_input(path) -> str:
@@ -64,7 +78,7 @@ def summarize_messages(text: str) -> list[dict]:
 
 def rewrite_messages(text: str, style: str) -> list[dict]:
     style = style.strip()
-    if not style or len(style) > 80:
+    if not style or len(style) > MAX_STYLE_CHARS:
         raise GenerationError("parameter --style: give a short style such as "
                               f"{', '.join(STYLES)} (got {style!r})")
     return [{"role": "user",
