@@ -23,7 +23,7 @@ from edge.artifact import ACT_INT8, TensorEntry, write_artifact  # noqa: E402
 from edge.config import PRESETS  # noqa: E402
 from edge.errors import EdgeError  # noqa: E402
 from edge.packing import from_float  # noqa: E402
-from export.lower_edge import act_name, packed_quant  # noqa: E402
+from export.targets.edge import act_name, packed_quant  # noqa: E402
 from quant.recipes import load_recipe  # noqa: E402
 
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.config import PRESETS, LlamaConfig  # noqa: E402
 from edge.errors import EdgeError  # noqa: E402
-from edge.llamacpp import _LOG_ERRORS, llama_cpp_errors, quiet_llama_cpp_log  # noqa: E402, F401
-from export.lower_gguf import (GGUFVocab, PlannedTensor, rope_freq_factors,  # noqa: E402
+from edge.engines.llamacpp import _LOG_ERRORS, llama_cpp_errors, quiet_llama_cpp_log  # noqa: E402, F401
+from export.targets.gguf import (GGUFVocab, PlannedTensor, rope_freq_factors,  # noqa: E402
                                write_llama_gguf)
 
 # The types the benchmarks use; requantize accepts every LLAMA_FTYPE_MOSTLY_* name.

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from export.evaluate import read_text  # noqa: E402
 from export.loaders import load_checkpoint  # noqa: E402
 from export.model import LlamaModel  # noqa: E402
-from export.prune import METHODS, parse_prune, prune_checkpoint  # noqa: E402
+from export.pruning import METHODS, parse_prune, prune_checkpoint  # noqa: E402
 from quant.eval import SpilledLogits, compare  # noqa: E402
 
 LEVELS = ("ffn=0.1", "ffn=0.25", "ffn=0.4", "layers=2", "layers=4", "layers=8", "heads=1",

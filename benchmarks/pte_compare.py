@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -176,7 +175,7 @@ def interleaved_child(ours: str, theirs: str, prompt_file: str, rounds: int, gen
     """Both programs loaded in one process (executorch's runtime, the XNNPACK delegate the
     runner uses), their prompt and decode calls alternated round by round: what the host's
     slow and fast moments do to one, they do to the other within milliseconds."""
-    from edge.executorch_engine import ExecuTorchEngine
+    from edge.engines.executorch import ExecuTorchEngine
 
     engines = {"ours": ExecuTorchEngine(ours, verify=False),
                "executorch": ExecuTorchEngine(theirs, verify=False)}
@@ -233,7 +232,7 @@ def measure_speed(pte: Path, prompt_file: Path, gen: int, repeat: int) -> dict:
 def quality(ptes: dict[str, Path], ck: str, text: str, ctx: int, max_tokens: int) -> dict:
     import torch
 
-    from edge.executorch_engine import ExecuTorchEngine
+    from edge.engines.executorch import ExecuTorchEngine
     from export.evaluate import read_text
     from export.loaders import load_checkpoint
     from export.model import LlamaModel

@@ -23,13 +23,10 @@ range, tokenizer against the embedding.
 from __future__ import annotations
 
 import concurrent.futures
-import glob
 import hashlib
 import json
 import mmap
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +36,7 @@ from .config import LlamaConfig
 from .errors import ArtifactError, CheckpointError, ConfigError, EdgeError, TokenizerError
 from .packing import KINDS, Packed
 from .safetensors import ITEMSIZE, loads_strict, read_header
+from .sampling import checked_sampling_defaults
 
 FORMAT = "llama-edge"
 FORMAT_VERSION = 1
@@ -196,104 +194,29 @@ class TensorEntry:
 
 def write_artifact(dest, config: LlamaConfig, weights: dict[str, TensorEntry],
                    norms: dict[str, np.ndarray], tokenizer, chat_format: str, max_context: int,
-                   generation: dict | None = None, recipe: str = "none", extra: dict | None = None,
-                   force: bool = False) -> Path:
-    """Write an edge artifact to `dest` atomically: the files go into a temporary directory
-    next to it, which then takes the place of `dest` in one step, so `dest` always holds either
-    the previous artifact or the complete new one."""
-    dest = Path(dest)
-    if dest.parent.is_dir():
-        _remove_stale_temporaries(dest)
-    if (dest.exists() or dest.is_symlink()) and not force:
-        raise ArtifactError(dest, "already exists; pass force=True (--force) to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
-    try:
+                   recipe: dict | str = "none", generation: dict | None = None,
+                   extra: dict | None = None, force: bool = False) -> Path:
+    """Write an edge artifact to `dest` atomically (edge/atomic.py): `dest` always holds
+    either the previous artifact or the complete new one."""
+    from .atomic import atomic_dir
+
+    with atomic_dir(dest, force) as tmp:
         write_artifact_into(tmp, config, weights, norms, tokenizer, chat_format, max_context,
-                            generation, recipe, extra)
-        if not (dest.exists() or dest.is_symlink()):
-            os.replace(tmp, dest)
-        elif dest.is_dir() and not dest.is_symlink() and _exchange(tmp, dest):
-            _remove(tmp)  # now the previous artifact
-        else:
-            _replace_in_two_steps(tmp, dest)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return dest
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False where the
-    system or file system cannot."""
-    import ctypes
-    import errno
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
-
-
-def _replace_in_two_steps(tmp: Path, dest: Path) -> None:
-    """Move the previous artifact aside, then the new one in; if the second step fails, the
-    previous artifact goes back."""
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
-    os.replace(dest, old)
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        if not (dest.exists() or dest.is_symlink()):
-            os.replace(old, dest)
-        raise
-    _remove(old)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_stale_temporaries(dest: Path) -> None:
-    """Clear up after a writer of `dest` that was killed mid-way (its process is gone): its
-    temporary directories go; a previous artifact it had moved aside goes back to `dest` if
-    nothing took its place, otherwise it goes too."""
-    for prefix in (f".{dest.name}.old-", f".{dest.name}.tmp-"):
-        for p in sorted(dest.parent.glob(glob.escape(prefix) + "*")):
-            pid = p.name[len(prefix):].split("-", 1)[0]
-            if not pid.isdigit() or _alive(int(pid)):
-                continue
-            if prefix.endswith(".old-") and not (dest.exists() or dest.is_symlink()):
-                os.replace(p, dest)
-            else:
-                _remove(p)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+                            recipe, generation, extra)
+    return Path(dest)
 
 
 def write_artifact_into(out: Path, config: LlamaConfig, weights: dict[str, TensorEntry],
                         norms: dict[str, np.ndarray], tokenizer, chat_format: str,
-                        max_context: int, generation: dict | None = None, recipe: str = "none",
-                        extra: dict | None = None) -> dict:
-    """Write the artifact's files into an existing empty directory; the manifest goes last."""
+                        max_context: int, recipe: dict | str = "none",
+                        generation: dict | None = None, extra: dict | None = None) -> dict:
+    """Write the artifact's files into an existing empty directory; the manifest goes last.
+
+    recipe: what quantized the weights (the resolved rules, or a label); generation: the
+    sampling defaults the model's publisher recommends (edge.sampling.sampling_defaults; greedy
+    when None), which `llama-edge run` uses for every option not given."""
+    from .sampling import sampling_defaults
+
     from safetensors.numpy import save_file
 
     from . import __version__
@@ -339,8 +262,7 @@ def write_artifact_into(out: Path, config: LlamaConfig, weights: dict[str, Tenso
             "eos_token_ids": sorted(set(config.eos_token_ids) | set(tokenizer.eos_ids)),
             "vocab_size": tokenizer.vocab_size,
         },
-        "generation": generation or {"temperature": 0.0, "top_p": 1.0, "top_k": 0,
-                                     "repetition_penalty": 1.0, "max_new_tokens": 256},
+        "generation": sampling_defaults(generation or {}),
         "files": files,
         "digest_algorithm": DIGEST_ALGORITHM,
         **(extra or {}),
@@ -369,6 +291,12 @@ class Artifact:
     file_bytes: int
     weight_memory: str = "mapped"  # where the weights live: "mapped" or "resident"
     _mm: object = field(default=None, repr=False)
+
+    @property
+    def recipe_name(self) -> str:
+        """The recipe's name (the manifest holds the rules applied, or a label)."""
+        r = self.manifest.get("recipe")
+        return str(r.get("name")) if isinstance(r, dict) else str(r)
 
     def close(self):
         """Drop this object's references to the weights' memory (arrays handed out keep it
@@ -449,9 +377,10 @@ def load_artifact(path, verify: bool = True, weight_memory: str = "auto") -> Art
             _check_digest(wpath, digest, files[WEIGHTS])
         weights, acts, tied = _tensors(mpath, wpath, m["tensors"], infos, mm, config)
         tok, eos = tok_job.result()
-    gen = m.get("generation")
-    if not isinstance(gen, dict):
-        raise ArtifactError(mpath, "field 'generation' must be an object")
+    try:
+        gen = checked_sampling_defaults(m.get("generation"))
+    except EdgeError as e:
+        raise ArtifactError(mpath, f"field 'generation': {e}") from None
     fmt = m["tokenizer"].get("chat_format")
     if fmt not in ("llama3", "chatml", "raw"):
         raise ArtifactError(mpath, f"field 'tokenizer.chat_format' = {fmt!r}: expected llama3, "

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import statistics
 import time
 
 import numpy as np
+
+from .memory import peak_rss_mb
 
 BENCH_SEED = 1234
 
@@ -37,28 +38,6 @@ def cpu_info() -> dict:
               "asimd", "asimddp", "i8mm", "sve")
     return {"cpu": model or platform.processor() or platform.machine(), "cpu_features": [f for f in wanted if f in flags],
             "cores": os.cpu_count(), "machine": platform.machine()}
-
-
-def proc_kb(path: str, field: str) -> int | None:
-    """A 'Field:  N kB' line of a /proc file (None where it cannot be read)."""
-    try:
-        with open(path, encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process image (since exec, or since the peak was reset
-    through /proc/self/clear_refs). VmHWM starts afresh at exec, unlike getrusage's maxrss,
-    which a child inherits from the parent that started it."""
-    kb = proc_kb("/proc/self/status", "VmHWM")
-    if kb is None:
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024.0
 
 
 def prompt_ids(n: int, vocab: int, seed: int = BENCH_SEED) -> list[int]:
@@ -112,8 +91,7 @@ def run_bench(model: str, threads: int | None = None, ctx: int | None = None, re
     res = {"engine": engine.name, "model": str(model), "load_s": round(load_s, 4)}
     res.update(bench_session(session, engine.config.vocab_size, repeat))
     res.update(peak_rss_mb=round(peak_rss_mb(), 1), file_mb=round(model_bytes(model) / 1e6, 2),
-               threads=getattr(engine, "threads", threads), isa=getattr(engine, "isa", None),
-               weight_memory=getattr(getattr(engine, "artifact", None), "weight_memory", None),
-               max_context=session.max_context, kv_bytes=getattr(session, "kv_bytes", None),
+               threads=engine.threads, isa=engine.isa, weight_memory=engine.weight_memory,
+               max_context=session.max_context, kv_bytes=session.kv_bytes,
                repeat=repeat, **cpu_info())
     return res

@@ -90,7 +90,7 @@ def _generate(kw, messages: list[dict] | None, raw_text: str | None, default_new
     if tok is None:
         raise EdgeError(f"{kw['model']}: has no tokenizer, so it cannot generate text")
     if messages is not None:
-        fmt = getattr(engine, "chat_format", None) or detect_chat_format(tok)
+        fmt = engine.chat_format or detect_chat_format(tok)
         ids = encode_chat(tok, messages, fmt)
     else:
         fmt = "raw"
@@ -107,8 +107,7 @@ def _generate(kw, messages: list[dict] | None, raw_text: str | None, default_new
         d = r.to_json()
         d.pop("token_ids")
         d.update(task=task, engine=engine.name, chat_format=fmt, load_s=round(load_s, 3),
-                 model=str(kw["model"]), threads=getattr(engine, "threads", None),
-                 isa=getattr(engine, "isa", None))
+                 model=str(kw["model"]), threads=engine.threads, isa=engine.isa)
         click.echo(json.dumps(d, ensure_ascii=False))
     else:
         click.echo("")
@@ -227,7 +226,7 @@ def info(artifact, no_verify, as_json):
     from . import _kernels
 
     d = {"path": str(a.path), "format_version": a.manifest["format_version"],
-         "producer": a.manifest.get("producer"), "recipe": a.manifest.get("recipe"),
+         "producer": a.manifest.get("producer"), "recipe": a.recipe_name,
          "model": {"layers": c.num_layers, "hidden": c.hidden_size, "heads": c.num_heads,
                    "kv_heads": c.num_kv_heads, "vocab": c.vocab_size,
                    "parameters": c.num_parameters(), "tied_embeddings": c.tie_word_embeddings},

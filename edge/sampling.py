@@ -50,6 +50,37 @@ class SamplingParams:
         return self
 
 
+# Sampling defaults an artifact carries (the model publisher's recommendation), in our terms.
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+
+
+def sampling_defaults(hf: dict) -> dict:
+    """Our sampling defaults from a Hugging Face generation config (generation_config.json):
+    greedy unless it sets do_sample, as transformers' generate does; then its temperature,
+    top_p and top_k with transformers' own defaults (1.0, 1.0, 50) where it gives none."""
+    out = dict(GREEDY)
+    if hf.get("do_sample") is True:
+        out.update(temperature=float(hf.get("temperature", 1.0)),
+                   top_p=float(hf.get("top_p", 1.0)), top_k=int(hf.get("top_k", 50)))
+    if "repetition_penalty" in hf:
+        out["repetition_penalty"] = float(hf["repetition_penalty"])
+    return checked_sampling_defaults(out)
+
+
+def checked_sampling_defaults(d) -> dict:
+    """A stored set of sampling defaults, checked as SamplingParams checks a request."""
+    if not isinstance(d, dict):
+        raise GenerationError("must be an object of sampling defaults")
+    unknown = sorted(set(d) - set(SAMPLING_KEYS))
+    if unknown:
+        raise GenerationError(f"unknown sampling default(s) {', '.join(map(repr, unknown))}; "
+                              f"known: {', '.join(SAMPLING_KEYS)}")
+    merged = {**GREEDY, **d}
+    SamplingParams(**merged).validate()
+    return merged
+
+
 class Sampler:
     def __init__(self, params: SamplingParams):
         self.p = params.validate()

@@ -114,7 +114,9 @@ def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, forc
                skip_memory_check, prune, prune_method, heal_steps, heal_budget, threads,
                as_json):
     """Export CHECKPOINT (HF dir, Meta dir, .gguf, known model name, or preset:NAME)."""
-    from .pipeline import ExportConfig, bound_heap_retention, run_export
+    from edge.memory import bound_heap_retention
+
+    from .pipeline import ExportConfig, run_export
 
     _check_heal(prune, heal_steps, heal_budget, threads)
     bound_heap_retention()  # process-wide: this command's process only
@@ -158,10 +160,12 @@ def prune_cmd(checkpoint, out, prune, prune_method, heal_steps, heal_budget, thr
     command accepts (e.g. llama-export export OUT --recipe mobile)."""
     from edge.errors import EdgeError
 
+    from edge.atomic import atomic_dir
+
     from .loaders import load_checkpoint
-    from .pipeline import _dtype_for
-    from .prune import check_spec, describe, parse_prune, prune_checkpoint
-    from .writers import atomic_dir, write_hf_into
+    from .pruning import check_spec, describe, parse_prune, prune_checkpoint
+    from .targets.common import dtype_for
+    from .writers import write_hf_into
 
     if not prune:
         raise EdgeError("give what to remove with --prune (e.g. --prune layers=2,ffn=0.25)")
@@ -176,7 +180,7 @@ def prune_cmd(checkpoint, out, prune, prune_method, heal_steps, heal_budget, thr
         pruned, rep = prune_checkpoint(ck, spec, calib, heal_steps=heal_steps,
                                        heal_budget=heal_budget,
                                        log=lambda s: click.echo(s, err=True))
-        write_hf_into(pruned, tmp, _dtype_for(pruned, dtype))
+        write_hf_into(pruned, tmp, dtype_for(pruned, dtype))
         report = {"source": str(ck.path), "out": str(out), **rep.to_json()}
         (tmp / "prune_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if as_json:

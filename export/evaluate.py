@@ -14,6 +14,13 @@ from .model import LlamaModel
 
 # Texts above this are a mistake for an evaluation that runs on a CPU.
 MAX_EVAL_BYTES = 8 * 1024 * 1024
+# Every export scores its artifacts against the source on the packaged evaluation text (written
+# for the project, independent of the calibration text) in windows of this length, and checks
+# each artifact against the model it was lowered from on the probe text.
+QUALITY_CTX = 256
+QUALITY_TEXT = Path(__file__).resolve().parents[1] / "quant" / "data" / "eval.txt"
+PROBE_TEXT = ("The library opens at nine in the morning and closes at six. On Saturdays it "
+              "closes early, at one, and it is closed on Sundays and public holidays.")
 
 
 def read_text(path) -> str:
@@ -36,7 +43,7 @@ def evaluate_artifact(model_path: str, text_path, reference: str, ctx: int = 512
                       progress=None) -> dict:
     """An edge artifact, run by the edge kernels, against an unquantized reference checkpoint."""
     from edge.artifact import load_artifact
-    from edge.runtime import EdgeEngine
+    from edge.engines.native import EdgeEngine
 
     art = load_artifact(model_path)
     if not 2 <= ctx <= art.max_context:
@@ -53,7 +60,7 @@ def evaluate_artifact(model_path: str, text_path, reference: str, ctx: int = 512
     r = compare(lambda w: torch.from_numpy(sess.logits_all(w[0].tolist())), _logits_fn(ref_model),
                 ids, ctx, progress)
     return {"model": str(model_path), "text": str(text_path), "engine": "edge",
-            "recipe": art.manifest.get("recipe"), "file_mb": round(art.file_bytes / 1e6, 2),
+            "recipe": art.recipe_name, "file_mb": round(art.file_bytes / 1e6, 2),
             **r.to_json()}
 
 

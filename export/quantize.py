@@ -3,13 +3,15 @@ quant/ (which knows nothing of either)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from edge.errors import EdgeError
 from quant.apply import QuantReport, quantize
-from quant.recipes import Recipe, load_recipe
+from quant.recipes import Recipe, Rule, load_recipe
 
 from .loaders.common import Checkpoint
 from .model import LlamaModel
@@ -45,53 +47,114 @@ AUTO_MEASURE_WINDOWS = 2
 AUTO_DEFAULT_BPW = 4.5
 
 
-def parse_auto(spec: str, n_params: int) -> float | None:
-    """'auto' | 'auto:4.5' (bits per weight) | 'auto:60MB' -> target bits per weight."""
-    if spec != "auto" and not spec.startswith("auto:"):
-        return None
-    arg = spec.partition(":")[2].strip().lower()
-    try:
-        if not arg:
-            return AUTO_DEFAULT_BPW
-        if arg.endswith("mb"):
-            return float(arg[:-2]) * 8e6 / n_params
-        return float(arg.removesuffix("bpw"))
-    except ValueError:
-        raise EdgeError(f"--recipe {spec}: give a size as auto:BITS (e.g. auto:4.5) or "
-                        "auto:SIZEMB (e.g. auto:80MB)") from None
+@dataclass(frozen=True)
+class RecipeChoice:
+    """--recipe, parsed once: no quantization, a fixed recipe (preset or file), or `auto` with
+    a size target (bits per weight, or megabytes of quantized weights)."""
+
+    text: str
+    recipe: Recipe | None = None  # the fixed recipe
+    auto_bits: float | None = None  # auto:BITS
+    auto_megabytes: float | None = None  # auto:SIZEMB
+
+    @property
+    def quantized(self) -> bool:
+        return self.recipe is not None or self.is_auto
+
+    @property
+    def is_auto(self) -> bool:
+        return self.auto_bits is not None or self.auto_megabytes is not None
+
+    def target_bpw(self, n_params: int) -> float:
+        """auto's size target in bits per weight for a model of n_params parameters."""
+        if self.auto_megabytes is not None:
+            return self.auto_megabytes * 8e6 / n_params
+        return self.auto_bits
+
+    @property
+    def label(self) -> str:
+        return self.recipe.name if self.recipe is not None else self.text
 
 
-def quantized_model(ck: Checkpoint, recipe: Recipe | str, calib: Path | None = None,
-                    progress=None, max_seq_len: int = 2048) -> tuple[LlamaModel, QuantReport]:
+NO_RECIPE = RecipeChoice("none")
+
+
+def parse_recipe(text: str) -> RecipeChoice:
+    """'none' | a preset name | a recipe .json | 'auto' | 'auto:4.5' (bits per weight) |
+    'auto:60MB' (megabytes); a bad name, file or size fails here, before any work."""
+    text = str(text).strip()
+    if text == "none":
+        return NO_RECIPE
+    if text == "auto" or text.startswith("auto:"):
+        arg = text.partition(":")[2].strip().lower()
+        try:
+            if not arg:
+                return RecipeChoice(text, auto_bits=AUTO_DEFAULT_BPW)
+            if arg.endswith("mb"):
+                mb = float(arg[:-2])
+                if mb > 0:
+                    return RecipeChoice(text, auto_megabytes=mb)
+            else:
+                bits = float(arg.removesuffix("bpw"))
+                if 1 <= bits <= 16:
+                    return RecipeChoice(text, auto_bits=bits)
+        except ValueError:
+            pass
+        raise EdgeError(f"--recipe {text}: give a size as auto:BITS (bits per weight, 1..16, "
+                        "e.g. auto:4.5) or auto:SIZEMB (e.g. auto:80MB)")
+    return RecipeChoice(text, recipe=load_recipe(text))
+
+
+def applied_recipe(model: nn.Module, choice: RecipeChoice) -> Recipe:
+    """The rules a quantized model was given, one per quantized module by its exact name (for
+    `auto`, the schemes it chose): what the artifacts record as their recipe."""
+    from quant.apply import QuantEmbedding, QuantLinear
+
+    rules = tuple(Rule(n, m.config) for n, m in model.named_modules()
+                  if isinstance(m, (QuantLinear, QuantEmbedding)))
+    base = choice.recipe
+    return Recipe(choice.label, rules, kv_cache=base.kv_cache if base else None,
+                  description=base.description if base else f"chosen by --recipe {choice.text}")
+
+
+def quantized_model(ck: Checkpoint, recipe: RecipeChoice | Recipe | str,
+                    calib: Path | None = None, progress=None,
+                    max_seq_len: int = 2048) -> tuple[LlamaModel, QuantReport]:
     """A LlamaModel of `ck` quantized with `recipe` (the fake-quant reference, computing in fp32).
 
     A recipe's model shares the checkpoint's tensors (quantize never writes them) and holds
     nothing but integers once quantized: peak memory is about the checkpoint plus its quantized
-    bytes. `auto` rewrites weights in place while it measures, so it works on fp32 copies."""
-    def factory():
-        m = LlamaModel.from_state_dict(
-            ck.config, {k: v.float().clone() for k, v in ck.tensors.items()},
-            max_seq_len=max_seq_len)
-        return m, m.model.layers
-
+    bytes. `auto` rewrites weights in place while it measures, so it works on fp32 copies.
+    The report's `applied` is the recipe as applied (applied_recipe)."""
     if isinstance(recipe, str):
-        target = parse_auto(recipe, ck.config.num_parameters())
-        if target is not None:
-            from quant.auto import auto_quantize
+        recipe = parse_recipe(recipe)
+    choice = recipe if isinstance(recipe, RecipeChoice) else RecipeChoice(recipe.name, recipe)
+    if not choice.quantized:
+        raise EdgeError("quantized_model needs a recipe other than 'none'")
+    if choice.is_auto:
+        from quant.auto import auto_quantize
 
-            measure = calibration_ids(ck.tokenizer, calib, AUTO_MEASURE_WINDOWS, 512)
-            algo = calibration_ids(ck.tokenizer, calib, 16, 512)
-            model, auto_report, rep = auto_quantize(factory, measure, algo, target,
-                                                    LLAMA_AWQ_MAP, progress=progress)
-            rep.recipe = f"auto:{target:g}"
-            rep.notes.append(f"auto: {auto_report}")
-            rep.auto = auto_report
-            return model, rep
-        recipe = load_recipe(recipe)
-    model = LlamaModel.from_state_dict(ck.config, ck.tensors, None, max_seq_len=max_seq_len)
-    ids = None
-    if recipe.needs_calibration():
-        ids = calibration_ids(ck.tokenizer, calib, recipe.calib_windows, recipe.calib_seq_len)
-    rep = quantize(model, recipe, ids, blocks=model.model.layers, awq_map=LLAMA_AWQ_MAP,
-                   progress=progress)
+        def factory():
+            m = LlamaModel.from_state_dict(
+                ck.config, {k: v.float().clone() for k, v in ck.tensors.items()},
+                max_seq_len=max_seq_len)
+            return m, m.model.layers
+
+        target = choice.target_bpw(ck.config.num_parameters())
+        measure = calibration_ids(ck.tokenizer, calib, AUTO_MEASURE_WINDOWS, 512)
+        algo = calibration_ids(ck.tokenizer, calib, 16, 512)
+        model, auto_report, rep = auto_quantize(factory, measure, algo, target,
+                                                LLAMA_AWQ_MAP, progress=progress)
+        rep.recipe = f"auto:{target:g}"
+        rep.notes.append(f"auto: {auto_report}")
+        rep.auto = auto_report
+    else:
+        r = choice.recipe
+        model = LlamaModel.from_state_dict(ck.config, ck.tensors, None, max_seq_len=max_seq_len)
+        ids = None
+        if r.needs_calibration():
+            ids = calibration_ids(ck.tokenizer, calib, r.calib_windows, r.calib_seq_len)
+        rep = quantize(model, r, ids, blocks=model.model.layers, awq_map=LLAMA_AWQ_MAP,
+                       progress=progress)
+    rep.applied = applied_recipe(model, choice)
     return model, rep

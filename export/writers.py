@@ -1,60 +1,23 @@
 """Writing checkpoints back out: a normal Hugging Face directory (what pruning produces and
 every target accepts) and a Meta directory (interop and test fixtures).
 
-Everything is written into a temporary sibling directory and renamed into place at the end, so
-an interrupted write never leaves a half-written checkpoint or destroys the previous one.
+Everything is written through edge/atomic.py's atomic_dir: an interrupted or failed write never
+leaves a half-written checkpoint or destroys the previous one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from edge.errors import EdgeError
+from edge.atomic import atomic_dir
 
 from .loaders.common import Checkpoint
 from .loaders.layout import half_to_interleaved
 from .loaders.safetensors_io import write_safetensors
-
-
-@contextlib.contextmanager
-def atomic_dir(out, force: bool = False, inputs: tuple = ()):
-    """Yield a temp directory next to `out`; on success replace `out` with it."""
-    out = Path(out)
-    for src in inputs:
-        try:
-            if out.resolve() == Path(src).resolve():
-                raise EdgeError(f"{out}: the output path is the input checkpoint; choose "
-                                "another output directory")
-        except OSError:
-            pass
-    if out.is_symlink():
-        raise EdgeError(f"{out}: is a symbolic link; refusing to write through it")
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise EdgeError(f"{out}: already exists and is not empty; pass --force to replace it")
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise EdgeError(f"{parent}: directory is not writable")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
-        yield tmp
-        if out.exists():
-            old = parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_hf(ck: Checkpoint, out, dtype=torch.bfloat16, force: bool = False,

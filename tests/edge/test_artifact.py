@@ -25,8 +25,6 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from click.testing import CliRunner
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
-from tokenizers import Tokenizer as HFTokenizer
 
 from edge.artifact import (
     ACT_INT8,
@@ -35,97 +33,27 @@ from edge.artifact import (
     WEIGHTS,
     HUGE_PAGE,
     WEIGHT_MEMORY,
-    TensorEntry,
     _read_resident,
     file_digest,
     load_artifact,
     manifest_digest,
     resolve_weight_memory,
-    write_artifact,
 )
+from edge.atomic import DestinationError, WriteError
 from edge.cli import main as edge_cli
-from edge.config import LlamaConfig
 from edge.errors import ArtifactError, EdgeError
-from edge.packing import from_canonical
-from edge.runtime import EdgeEngine
+from edge.engines.native import EdgeEngine
 from edge.safetensors import read_header
-from edge.tokenizer import BYTE_TO_CHAR, Tokenizer
+from edge.tokenizer import Tokenizer
+from support.artifacts import (CFG, MAX_CONTEXT, TOKENIZER_VOCAB, write)
 
-SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-MERGES = (("t", "h"), ("Ġ", "t"), ("e", "r"), ("i", "n"), ("Ġ", "a"))
-TOKENIZER_VOCAB = 256 + len(MERGES) + len(SPECIALS)  # 264
-CFG = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_layers=2,
-                  num_heads=2, num_kv_heads=1, head_dim=32, max_position_embeddings=512,
-                  tie_word_embeddings=True, eos_token_ids=(256 + len(MERGES),))
-MAX_CONTEXT = 256
-GROUP = 32
-# Linears stored as symmetric 4-bit (no zero points); the others are asymmetric.
-SYMMETRIC = ("q_proj", "o_proj", "gate_proj")
 PROMPT = [5, 17, 256, 99, 3, 41, 200, 7]
-
 EMB = "model.embed_tokens"
 Q0 = "model.layers.0.self_attn.q_proj"  # symmetric q4
 K0 = "model.layers.0.self_attn.k_proj"  # asymmetric q4 (has zero points)
 DOWN0 = "model.layers.0.mlp.down_proj"
 NORM0 = "model.layers.0.input_layernorm"
 FUZZ_CASES = 300
-
-
-# ---------------------------------------------------------------------------------- fixtures
-def make_tokenizer() -> Tokenizer:
-    """Byte-level BPE: the 256 byte symbols, a few merges, then the chat specials."""
-    vocab = {BYTE_TO_CHAR[b]: b for b in range(256)}
-    for a, b in MERGES:
-        vocab[a + b] = len(vocab)
-    hf = HFTokenizer(models.BPE(vocab=vocab, merges=list(MERGES)))
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
-    return Tokenizer(hf, bos_id=None, eos_ids=[hf.token_to_id("<|endoftext|>")],
-                     source="test tokenizer")
-
-
-def make_weights(cfg: LlamaConfig = CFG, seed: int = 0):
-    """(weights, norms) in kernel layout, quantized the way an 8da4w export stores them."""
-    rng = np.random.default_rng(seed)
-
-    def scales(n, groups, base):
-        return (base * rng.uniform(0.5, 1.5, (n, groups))).astype(np.float16).astype(np.float32)
-
-    weights: dict[str, TensorEntry] = {}
-    n, k = cfg.vocab_size, cfg.hidden_size
-    emb = from_canonical(rng.integers(-127, 128, (n, k), dtype=np.int8), scales(n, 1, 0.02),
-                         None, 8, k, act_int8=True)
-    weights[EMB] = TensorEntry(emb, "int8_pc_sym", None)
-    weights["lm_head"] = TensorEntry(None, "int8_pc_sym", ACT_INT8, tied_to=EMB)
-    norms = {"model.norm": rng.uniform(0.8, 1.2, k).astype(np.float32)}
-    for name, shape in cfg.expected_shapes().items():
-        name = name.removesuffix(".weight")
-        if name == EMB or name in norms:
-            continue
-        if len(shape) == 1:
-            norms[name] = rng.uniform(0.8, 1.2, shape).astype(np.float32)
-            continue
-        n, k = shape
-        g = k // GROUP
-        if name.endswith(SYMMETRIC):
-            p = from_canonical(rng.integers(-8, 8, (n, k), dtype=np.int8),
-                               scales(n, g, 0.3 / np.sqrt(k)), None, 4, GROUP, act_int8=True)
-            scheme = "int4_g32_sym"
-        else:
-            p = from_canonical(rng.integers(0, 16, (n, k), dtype=np.uint8),
-                               scales(n, g, 0.3 / np.sqrt(k)),
-                               rng.integers(4, 12, (n, g), dtype=np.uint8), 4, GROUP,
-                               act_int8=True)
-            scheme = "int4_g32_asym"
-        weights[name] = TensorEntry(p, scheme, ACT_INT8)
-    return weights, norms
-
-
-def write(dest, cfg: LlamaConfig = CFG, seed: int = 0, tokenizer=None, **kw) -> Path:
-    weights, norms = make_weights(cfg, seed)
-    return write_artifact(dest, cfg, weights, norms, tokenizer or make_tokenizer(), "chatml",
-                          MAX_CONTEXT, recipe="8da4w", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -534,7 +462,9 @@ def case(path: str, value, frags: list[str], file=None):
     case("max_context", 4096, ["field 'max_context' = 4096 is not in 1..512"]),
     case("max_context", "256", ["field 'max_context' is missing or not a int"]),
     case("tensors", [], ["field 'tensors' is missing or not a dict"]),
-    case("generation", None, ["field 'generation' must be an object"]),
+    case("generation", None, ["field 'generation': must be an object"]),
+    case("generation", {"temperature": -1.0}, ["field 'generation': parameter temperature"]),
+    case("generation", {"temprature": 0.7}, ["field 'generation': unknown sampling default"]),
     case("tokenizer|chat_format", "alpaca", ["field 'tokenizer.chat_format' = 'alpaca'"]),
     # the file table
     case(f"files|{WEIGHTS}", _DELETE, [f"field 'files' does not list {WEIGHTS}"]),
@@ -784,7 +714,7 @@ def leftovers(dest: Path) -> list[str]:
 
 def test_existing_destination_refused_without_force(art):
     before = snapshot(art)
-    with pytest.raises(ArtifactError) as ei:
+    with pytest.raises(DestinationError) as ei:
         write(art, seed=1)
     assert str(art) in str(ei.value) and "already exists" in str(ei.value)
     assert "force" in str(ei.value)
@@ -792,7 +722,7 @@ def test_existing_destination_refused_without_force(art):
 
 
 def test_force_replaces(art, good_logits, monkeypatch):
-    import edge.artifact as ea
+    import edge.atomic as ea
 
     swaps = []
     real = ea._exchange
@@ -832,7 +762,7 @@ def test_failure_while_writing_keeps_previous(art, monkeypatch, good_logits, inj
     before = snapshot(art)
     if inject == "weights":
         monkeypatch.setattr(safetensors.numpy, "save_file", _fail_after_partial_weights)
-        exc = OSError
+        exc = WriteError
     elif inject == "tokenizer":
         monkeypatch.setattr(Tokenizer, "save", _fail_tokenizer_save)
         exc = KeyboardInterrupt
@@ -845,7 +775,7 @@ def test_failure_while_writing_keeps_previous(art, monkeypatch, good_logits, inj
                 raise OSError(5, "Input/output error")
             return real(self, *a, **kw)
         monkeypatch.setattr(Path, "write_text", write_text)
-        exc = OSError
+        exc = WriteError
     with pytest.raises(exc):
         write(art, seed=1, force=True)
     monkeypatch.undo()
@@ -857,7 +787,7 @@ def test_failure_while_writing_keeps_previous(art, monkeypatch, good_logits, inj
 def test_failure_of_a_fresh_write_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors.numpy, "save_file", _fail_after_partial_weights)
     dest = tmp_path / "new"
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="no space left"):
         write(dest)
     assert list(tmp_path.iterdir()) == []
 
@@ -865,7 +795,7 @@ def test_failure_of_a_fresh_write_leaves_nothing(tmp_path, monkeypatch):
 def test_failed_swap_restores_previous(art, monkeypatch, good_logits):
     """Where the directories cannot be swapped in one step, the previous artifact is moved
     aside and back if the new one cannot be moved in."""
-    import edge.artifact as ea
+    import edge.atomic as ea
 
     real = os.replace
 
@@ -877,7 +807,7 @@ def test_failed_swap_restores_previous(art, monkeypatch, good_logits):
     monkeypatch.setattr(ea, "_exchange", lambda a, b: False)
     monkeypatch.setattr(os, "replace", replace)
     before = snapshot(art)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="permission denied"):
         write(art, seed=1, force=True)
     monkeypatch.setattr(os, "replace", real)
     assert snapshot(art) == before and leftovers(art) == []
@@ -888,7 +818,7 @@ def test_failed_swap_restores_previous(art, monkeypatch, good_logits):
 _KILLED_WRITER = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from test_artifact import write
+from support.artifacts import write
 print("ready", flush=True)
 seed = 1
 while True:
@@ -900,7 +830,7 @@ while True:
 def test_killed_writer_never_breaks_the_artifact(art, good):
     """SIGKILL at arbitrary moments of repeated forced rewrites: the path always holds a
     complete artifact; what the killed writer left behind goes at the next write."""
-    script = _KILLED_WRITER.format(tests=str(Path(__file__).parent), dest=str(art))
+    script = _KILLED_WRITER.format(tests=str(Path(__file__).parents[1]), dest=str(art))
     rng = random.Random(3)
     for _ in range(3):
         child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
@@ -941,7 +871,7 @@ def test_set_aside_previous_artifact_restored(art, good):
     aside = art.parent / f".{art.name}.old-{dead.pid}-x1"
     os.replace(art, aside)
     (art.parent / f".{art.name}.tmp-{dead.pid}-x2").mkdir()
-    with pytest.raises(ArtifactError, match="already exists"):
+    with pytest.raises(DestinationError, match="already exists"):
         write(art, seed=1)
     assert leftovers(art) == [] and snapshot(art) == snapshot(good)
 

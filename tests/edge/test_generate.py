@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def engine(smollm2_ck):
-    from export.reference import TorchEngine
+    from export.model.reference import TorchEngine
 
     return TorchEngine(smollm2_ck, max_context=256)
 

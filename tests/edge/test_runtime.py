@@ -71,7 +71,7 @@ RECIPES = {
 def _export(ck, recipe: dict, out):
     from edge.artifact import write_artifact
     from edge.chat import detect_chat_format
-    from export.lower_edge import edge_weights
+    from export.targets.edge import edge_weights
     from export.quantize import quantized_model
     from quant.recipes import Recipe
     import torch
@@ -86,8 +86,8 @@ def _export(ck, recipe: dict, out):
 @pytest.fixture(scope="module", params=sorted(RECIPES))
 def pair(request, smollm2_ck, tmp_path_factory):
     """(edge engine, torch reference engine) of one quantized model."""
-    from edge.runtime import EdgeEngine
-    from export.reference import TorchEngine
+    from edge.engines.native import EdgeEngine
+    from export.model.reference import TorchEngine
 
     out = tmp_path_factory.mktemp("edge") / request.param
     model = _export(smollm2_ck, RECIPES[request.param], out)
@@ -99,17 +99,20 @@ def _weight_only(name: str) -> bool:
     return "da" not in name
 
 
+WEIGHT_ONLY = [n for n in sorted(RECIPES) if _weight_only(n)]
+ACT_QUANTIZED = [n for n in sorted(RECIPES) if not _weight_only(n)]
+
+
 def _prompt(tok, text="Summarize: the council voted to turn the old railway into a cycle path."):
     from edge.chat import detect_chat_format, encode_chat
 
     return encode_chat(tok, [{"role": "user", "content": text}], detect_chat_format(tok))
 
 
+@pytest.mark.parametrize("pair", WEIGHT_ONLY, indirect=True)
 def test_greedy_tokens_and_logits_match_reference(pair):
+    """Weight-only artifacts (int8 activations: compared statistically below)."""
     name, edge, ref = pair
-    if not _weight_only(name):
-        pytest.skip("int8 activations: compared statistically in test_act_quantized_matches_"
-                    "reference_within_its_own_sensitivity")
     ids = _prompt(edge.tokenizer)
     es, rs = edge.session(), ref.session()
     le, lr = es.prefill(ids).copy(), rs.prefill(ids)
@@ -152,12 +155,10 @@ def _reference_spread(model, ids):
     return r, perturbed
 
 
+@pytest.mark.parametrize("pair", ACT_QUANTIZED, indirect=True)
 def test_act_quantized_matches_reference_within_its_own_sensitivity(pair):
-    import torch
-
+    """Artifacts with int8 activations (weight-only: token for token above)."""
     name, edge, ref = pair
-    if _weight_only(name):
-        pytest.skip("weight-only: compared token for token")
     model = ref.model
     prompts = ["Summarize: the council voted to turn the old railway into a cycle path.",
                "Write a haiku about the sea.", "What is the capital of France? Explain briefly."]
@@ -275,12 +276,12 @@ def test_context_limits_and_bad_tokens(pair):
         s.decode(5)  # one past the end: never written
     with pytest.raises((ValueError, IndexError), match="outside the vocabulary"):
         s.prefill([edge.config.vocab_size])
-    with pytest.raises(EdgeError, match="session context"):
+    with pytest.raises(EdgeError, match="context 513 is outside 1..512"):
         edge.session(max_context=edge.max_context + 1)
 
 
 def test_int8_kv_cache_close_to_f32(pair, smollm2_ck):
-    from edge.runtime import EdgeEngine
+    from edge.engines.native import EdgeEngine
 
     name, edge, ref = pair
     e8 = EdgeEngine(edge.artifact, max_context=512, kv="int8")

@@ -131,6 +131,7 @@ def test_gguf_matches_transformers(smol, transformers_gguf, text):
     assert [ref.convert_tokens_to_ids(t) for t in smol.special_ids] == list(smol.special_ids.values())
 
 
+@pytest.mark.optional("llama-cpp-python (bench extra)")
 def test_gguf_matches_llama_cpp(smol, gguf_path, text):
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama_cpp does not import (llama-cpp-python missing or incomplete)"

@@ -5,24 +5,22 @@ in the runtime, and the real model in llama.cpp against our torch reference."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from edge.config import LlamaConfig, RopeScaling
 from edge.errors import EdgeError
 from edge.gguf_io import parse_gguf, tensor_bytes
-from edge.tokenizer import BYTE_TO_CHAR, Tokenizer
 from export.loaders import load_checkpoint
 from export.loaders.gguf_loader import hf_name
 from export.loaders.layout import interleaved_to_half
-from export.lower_gguf import (BLOCK_Q4_0, BLOCK_Q8_0, pack_q4_0, pack_q8_0, unpack_q4_0,
+from export.targets.gguf import (BLOCK_Q4_0, BLOCK_Q8_0, pack_q4_0, pack_q8_0, unpack_q4_0,
                                unpack_q8_0, write_gguf)
-from export.model import LlamaModel, random_state_dict
-from quant.apply import QuantEmbedding, QuantLinear, quantize
-from quant.recipes import Recipe, load_recipe
+from quant.apply import QuantEmbedding, QuantLinear
+from support.generation import CHAT_PROMPTS, chat_ids, greedy
+from support.tiny import (CFG, TEMPLATE, TOKENS, quantized, recipe,
+                          tiny_model, tiny_tokenizer)
 
 try:
     import llama_cpp  # noqa: F401
@@ -30,76 +28,19 @@ try:
     HAVE_LLAMA_CPP = True
 except ImportError:
     HAVE_LLAMA_CPP = False
-needs_llama_cpp = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python is not "
-                                     "installed (pip install 'llama-edge[bench]')")
+
+
+def needs_llama_cpp(test):
+    """llama.cpp interop: needs llama-cpp-python (the bench extra, which CI does not install:
+    it compiles llama.cpp)."""
+    test = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python is not installed "
+                              "(pip install 'llama-edge[bench]')")(test)
+    return pytest.mark.optional("llama-cpp-python (bench extra)")(test)
 
 # Logits of an all-F32 GGUF in llama.cpp against our fp32 model: two implementations of the same
 # fp32 math (the export pipeline's VERIFY_LOGIT_ATOL_EXACT).
 F32_LOGIT_ATOL = 1e-3
 GREEDY_TOKENS = 48
-PROMPT = "Rewrite in a formal tone: hey, the meeting got moved to thursday, can u make it?"
-
-TOKENS = list(BYTE_TO_CHAR) + ["Ġt", "he", "Ġthe", "<|im_start|>", "<|im_end|>",
-                               "<|endoftext|>"]
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
-            "{% endfor %}")
-CFG = LlamaConfig(vocab_size=272, hidden_size=64, intermediate_size=128, num_layers=2,
-                  num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512,
-                  rope_theta=500000.0, tie_word_embeddings=False,
-                  rope_scaling=RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                           original_max_position_embeddings=64),
-                  bos_token_id=261, eos_token_ids=(260,))
-
-
-def tiny_tokenizer() -> Tokenizer:
-    fields = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
-              "tokenizer.ggml.tokens": TOKENS,
-              "tokenizer.ggml.token_type": [1] * 259 + [3, 3, 3],
-              "tokenizer.ggml.merges": ["Ġ t", "h e", "Ġt he"],
-              "tokenizer.ggml.bos_token_id": 261, "tokenizer.ggml.eos_token_id": 260,
-              "tokenizer.chat_template": TEMPLATE}
-    return Tokenizer.from_gguf_fields(fields, "tiny")
-
-
-def tiny_model(cfg=CFG, seed=0) -> LlamaModel:
-    sd = {k: v.float() * (4.0 if k.endswith("embed_tokens.weight") else 1.0)
-          for k, v in random_state_dict(cfg, seed, torch.float32).items()}
-    return LlamaModel.from_state_dict(cfg, sd, max_seq_len=128)
-
-
-def recipe(weight: dict, act: dict | None = None, pattern="*") -> Recipe:
-    config = {"weight": {"type": "int", **weight}, "algorithm": "rtn"}
-    if act is not None:
-        config["act"] = act
-    return Recipe.from_dict({"name": "test", "rules": [{"pattern": pattern, "config": config}]})
-
-
-def quantized(r: Recipe, cfg=CFG, pruned: bool = False) -> LlamaModel:
-    m = pruned_tiny_model() if pruned else tiny_model(cfg)
-    quantize(m, r, None)
-    return m
-
-
-# What the mobile targets' parity tests also run on: CFG with a third block, then one block, one
-# of the two KV groups (with its two query heads) and half of the FFN channels removed by
-# importance on random calibration ids, the widths chosen per layer (export/prune.py): a smaller
-# Llama whose two layers have different FFN widths.
-PRUNE_SPEC = "layers=1,heads=1,ffn=0.5,multiple=32,ffn-per-layer"
-
-
-def pruned_tiny_model(seed=0) -> LlamaModel:
-    from export.prune import parse_prune, prune_tensors
-
-    base = CFG.replace(num_layers=3)
-    sd = {k: v.float() * (4.0 if k.endswith("embed_tokens.weight") else 1.0)
-          for k, v in random_state_dict(base, seed, torch.float32).items()}
-    ids = torch.randint(0, CFG.vocab_size, (2, 48), generator=torch.Generator().manual_seed(7))
-    cfg, sd = prune_tensors(base, sd, parse_prune(PRUNE_SPEC), ids)
-    assert (cfg.num_layers, cfg.num_kv_heads, cfg.num_heads) == (2, 1, 2)
-    widths = [cfg.ffn_size(i) for i in range(cfg.num_layers)]
-    assert sum(widths) == 128 and widths[0] != widths[1], widths
-    return LlamaModel.from_state_dict(cfg, sd, max_seq_len=128)
-
 
 # ------------------------------------------------------------------------------ block packing
 def test_block_layouts_match_gguf_package():
@@ -235,7 +176,7 @@ def test_export_checks_the_recipe_before_any_work(tmp_path, name, message):
 
     cfg = ExportConfig(checkpoint="x", out=tmp_path / "o", recipe=name, targets=("gguf",))
     if message is None:
-        assert "lower:gguf" in [n for n, _ in build_stages(cfg)]
+        assert "lower:gguf" in [n for n, _ in build_stages(cfg)[1]]
         return
     with pytest.raises(EdgeError, match=message) as e:
         build_stages(cfg)
@@ -243,7 +184,7 @@ def test_export_checks_the_recipe_before_any_work(tmp_path, name, message):
 
 
 def test_failed_write_keeps_previous_file(tmp_path):
-    from export.lower_gguf import GGUFVocab, PlannedTensor, gguf_plan, write_llama_gguf
+    from export.targets.gguf import GGUFVocab, PlannedTensor, gguf_plan, write_llama_gguf
 
     dst = tmp_path / "m.gguf"
     write_gguf(tiny_model(), tiny_tokenizer(), dst, torch.float32)
@@ -271,7 +212,7 @@ def tiny_gguf(tmp_path_factory):
 
 @pytest.mark.parametrize("cut", [0, 3, 10, 24, 200, 2000, -1000, -1])
 def test_truncated_gguf_gives_one_line_error(tiny_gguf, tmp_path, cut):
-    from edge.llamacpp import validate_gguf
+    from edge.engines.llamacpp import validate_gguf
 
     data = tiny_gguf.read_bytes()
     bad = tmp_path / "bad.gguf"
@@ -306,12 +247,13 @@ def test_corrupt_gguf_in_the_cli(tiny_gguf, tmp_path):
 @needs_llama_cpp
 @torch.inference_mode()
 def test_f32_gguf_logits_in_llama_cpp(tmp_path):
-    from edge.llamacpp import LlamaCppEngine
+    from edge.engines.llamacpp import LlamaCppEngine
 
     m = tiny_model()
     write_gguf(m, tiny_tokenizer(), tmp_path / "m.gguf", torch.float32)
     ids = torch.randint(0, 262, (1, 100), generator=torch.Generator().manual_seed(0))
-    sess = LlamaCppEngine(tmp_path / "m.gguf", max_context=128, threads=1).session(exact=True)
+    sess = LlamaCppEngine(tmp_path / "m.gguf", max_context=128, threads=1,
+                          exact=True).session()
     got = torch.from_numpy(sess.logits_all(ids[0].tolist()))
     diff = float((got - m(ids)[0]).abs().max())
     assert diff < F32_LOGIT_ATOL
@@ -339,19 +281,6 @@ def test_engine_selection(tiny_gguf):
 # 0.0020-0.0026, greedy text equal for 48 tokens on 3 of the 4 prompts.
 MIN_TOP1 = {"int8": 0.95, "8da4w": 0.95}
 MAX_KLD = {"int8": 0.015, "8da4w": 0.015}
-PROMPTS = [PROMPT, "Summarize: The library opens at nine in the morning and closes at six. On "
-           "Saturdays it closes early, at one, and it is closed on Sundays and public holidays."]
-
-
-def _greedy(session, ids, n) -> list[int]:
-    logits = session.prefill(ids)
-    out = []
-    for _ in range(n):
-        out.append(int(np.argmax(logits)))
-        logits = session.decode(out[-1])
-    return out
-
-
 @pytest.fixture(scope="module")
 def smollm2_exports(smollm2_gguf, tmp_path_factory):
     """SmolLM2 exported to gguf unquantized (F32), with int8 (Q8_0) and with 8da4w (Q4_0),
@@ -369,19 +298,13 @@ def smollm2_exports(smollm2_gguf, tmp_path_factory):
 
 
 def _engines(st):
-    from edge.llamacpp import LlamaCppEngine
-    from export.pipeline import _float_model
-    from export.reference import TorchEngine
+    from edge.engines.llamacpp import LlamaCppEngine
+    from export.targets.common import float_model
+    from export.model.reference import TorchEngine
 
-    model = st.model if st.model is not None else _float_model(st.checkpoint, 256)
-    lc = LlamaCppEngine(st.artifacts["gguf"], max_context=256, threads=1)
+    model = st.model if st.model is not None else float_model(st.checkpoint, 256)
+    lc = LlamaCppEngine(st.artifacts["gguf"], max_context=256, threads=1, exact=True)
     return lc, TorchEngine(st.checkpoint, max_context=256, threads=1, model=model), model
-
-
-def _chat_ids(tok, text):
-    from edge.chat import detect_chat_format, encode_chat
-
-    return encode_chat(tok, [{"role": "user", "content": text}], detect_chat_format(tok))
 
 
 @pytest.mark.slow
@@ -392,11 +315,11 @@ def test_smollm2_f32_gguf_greedy_in_llama_cpp_equals_torch(smollm2_exports):
     assert rep["runtime"] == "llama.cpp" and rep["exact"] and rep["tensor_types"] == {"F32": 272}
     assert rep["max_abs_logit_diff"] < F32_LOGIT_ATOL and rep["top1_agreement"] == 1.0
     lc, ref, _ = _engines(st)
-    for text in PROMPTS:
-        ids = _chat_ids(lc.tokenizer, text)
-        assert ids == _chat_ids(st.checkpoint.tokenizer, text)  # our tokenizer from the file
-        got = _greedy(lc.session(exact=True), ids, GREEDY_TOKENS)
-        assert got == _greedy(ref.session(), ids, GREEDY_TOKENS), lc.tokenizer.decode(got)
+    for text in CHAT_PROMPTS:
+        ids = chat_ids(lc.tokenizer, text)
+        assert ids == chat_ids(st.checkpoint.tokenizer, text)  # our tokenizer from the file
+        got = greedy(lc.session(), ids, GREEDY_TOKENS)
+        assert got == greedy(ref.session(), ids, GREEDY_TOKENS), lc.tokenizer.decode(got)
 
 
 @pytest.mark.slow
@@ -421,10 +344,10 @@ def test_smollm2_quantized_gguf_in_llama_cpp(smollm2_exports, recipe_name):
         np.testing.assert_array_equal(d.view(np.uint16), want.view(np.uint16), err_msg=n)
     # llama.cpp along the reference's own greedy continuation
     lc, ref, model = _engines(st)
-    for text in PROMPTS:
-        ids = _chat_ids(lc.tokenizer, text)
-        seq = ids + _greedy(ref.session(), ids, GREEDY_TOKENS)
-        got = torch.from_numpy(lc.session(exact=True).logits_all(seq)).double()
+    for text in CHAT_PROMPTS:
+        ids = chat_ids(lc.tokenizer, text)
+        seq = ids + greedy(ref.session(), ids, GREEDY_TOKENS)
+        got = torch.from_numpy(lc.session().logits_all(seq)).double()
         with torch.inference_mode():
             want = model(torch.tensor([seq]))[0].double()
         top1 = float((got.argmax(-1) == want.argmax(-1)).double().mean())

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from edge.errors import ArtifactError, EdgeError
-from edge.onnx_engine import DATA_FILE, MANIFEST, MODEL_FILE, OnnxEngine
-from export.lower_onnx import pack_nbits, unpack_nbits, write_onnx
+from edge.engines.onnxruntime import DATA_FILE, MANIFEST, MODEL_FILE, OnnxEngine
+from export.targets.onnx import write_onnx
+from export.targets.onnx.weights import pack_nbits, unpack_nbits
 from quant.apply import QuantEmbedding, QuantLinear
-from test_lower_gguf import CFG, pruned_tiny_model, quantized, recipe, tiny_model, tiny_tokenizer
+from support.tiny import CFG, pruned_tiny_model, quantized, recipe, tiny_model, tiny_tokenizer
 
 try:
     import onnxruntime_genai  # noqa: F401
@@ -233,7 +234,7 @@ def test_unsupported_schemes_are_refused_before_work(tmp_path, rule, message):
     assert f"rule '{rule['pattern']}'" in msg and "--recipe int8" in msg and "\n" not in msg
     for name in ("mobile", "8da4w", "int8", "int4-g128"):
         ok = ExportConfig(checkpoint="x", out=tmp_path / "o", recipe=name, targets=("onnx",))
-        assert "lower:onnx" in [n for n, _ in build_stages(ok)]
+        assert "lower:onnx" in [n for n, _ in build_stages(ok)[1]]
 
 
 def test_unsupported_tensor_is_refused_without_output(tmp_path):
@@ -246,7 +247,8 @@ def test_unsupported_tensor_is_refused_without_output(tmp_path):
 
 
 def test_failed_write_keeps_previous_output(tmp_path, monkeypatch):
-    from export import lower_onnx
+    from edge.atomic import WriteError
+    from export.targets.onnx import weights as lower_onnx
 
     out = _export(tiny_model(), tmp_path)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -260,7 +262,7 @@ def test_failed_write_keeps_previous_output(tmp_path, monkeypatch):
 
     real = lower_onnx.DataFile.add
     monkeypatch.setattr(lower_onnx.DataFile, "add", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="no space left on the device"):
         write_onnx(tiny_model(seed=1), tiny_tokenizer(), out, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # no temp directory left
@@ -407,7 +409,7 @@ QDQ_S1_LOGIT_ATOL = 0.05
 
 @pytest.fixture(scope="module")
 def tiny_qdq(tmp_path_factory):
-    from export.lower_onnx_qdq import write_qdq_into
+    from export.targets.onnx.qdq import write_qdq_into
 
     m = quantized(recipe(INT4, ACT32))
     d = tmp_path_factory.mktemp("qdq")
@@ -422,7 +424,7 @@ def test_qdq_graphs_hold_our_values_and_track_the_reference(tiny_qdq):
     from onnx import numpy_helper
 
     from edge.config import LlamaConfig
-    from export.lower_onnx_qdq import CHUNK, QDQ_FILE, StaticRunner
+    from export.targets.onnx.qdq import CHUNK, QDQ_FILE, static_runner
 
     m, d = tiny_qdq
     meta = json.loads((d / QDQ_FILE).read_text())
@@ -443,13 +445,13 @@ def test_qdq_graphs_hold_our_values_and_track_the_reference(tiny_qdq):
     assert not ops & {"MatMulNBits", "GroupQueryAttention"}  # standard ops only
     cfg = LlamaConfig.from_hf_dict(meta["config"])
     x = _ids(120, seed=4)
-    got = StaticRunner(d / f"model_s{CHUNK}.onnx", cfg, CHUNK, 256, 1).logits_all(x[0].tolist())
+    got = static_runner(d / f"model_s{CHUNK}.onnx", cfg, CHUNK, 256, 1).logits_all(x[0].tolist())
     want = m(x)[0].double()
     p, lq = torch.log_softmax(want, -1), torch.log_softmax(torch.from_numpy(got).double(), -1)
     kld = float((p.exp() * (p - lq)).sum(-1).mean())
     top1 = float((got.argmax(-1) == want.numpy().argmax(-1)).mean())
     assert kld < QDQ_MAX_KLD and top1 >= QDQ_MIN_TOP1, (kld, top1)
-    r1 = StaticRunner(d / "model_s1.onnx", cfg, 1, 256, 1)
+    r1 = static_runner(d / "model_s1.onnx", cfg, 1, 256, 1)
     steps = np.stack([r1.run([t])[0][0] for t in x[0, :40].tolist()])
     np.testing.assert_allclose(steps, got[:40], atol=QDQ_S1_LOGIT_ATOL, rtol=0)
 
@@ -461,7 +463,7 @@ def test_qdq_needs_a_recipe(tmp_path):
         build_stages(ExportConfig(checkpoint="x", out=tmp_path / "o", targets=("onnx-qdq",)))
     assert "\n" not in str(e.value)
     ok = ExportConfig(checkpoint="x", out=tmp_path / "o", recipe="8da4w", targets=("onnx-qdq",))
-    assert "lower:onnx-qdq" in [n for n, _ in build_stages(ok)]
+    assert "lower:onnx-qdq" in [n for n, _ in build_stages(ok)[1]]
 
 
 # ------------------------------------------------------------------------------ real model
@@ -501,7 +503,7 @@ def smollm2_onnx(smollm2_gguf, tmp_path_factory):
 
 
 def _engines(st):
-    from export.reference import TorchEngine
+    from export.model.reference import TorchEngine
 
     eng = OnnxEngine(st.artifacts["onnx"], max_context=256, threads=2)
     return eng, TorchEngine(st.checkpoint, max_context=256, threads=2, model=st.model)
@@ -509,18 +511,18 @@ def _engines(st):
 
 @pytest.mark.slow
 def test_smollm2_int8_onnx_greedy_equals_torch(smollm2_onnx):
-    from test_lower_gguf import PROMPTS, _chat_ids, _greedy
+    from support.generation import CHAT_PROMPTS, chat_ids, greedy
 
     st = smollm2_onnx["int8"]
     rep = st.report["artifacts"]["onnx"]
     assert rep["exact"] and rep["weights"] == {"int8": 30 * 7 + 2}  # + embedding, lm_head
     assert rep["max_abs_logit_diff"] < 1e-3 and rep["top1_agreement"] == 1.0
     eng, ref = _engines(st)
-    for text in PROMPTS:
-        ids = _chat_ids(eng.tokenizer, text)
-        assert ids == _chat_ids(st.checkpoint.tokenizer, text)
-        got = _greedy(eng.session(), ids, GREEDY_TOKENS_ONNX)
-        assert got == _greedy(ref.session(), ids, GREEDY_TOKENS_ONNX), eng.tokenizer.decode(got)
+    for text in CHAT_PROMPTS:
+        ids = chat_ids(eng.tokenizer, text)
+        assert ids == chat_ids(st.checkpoint.tokenizer, text)
+        got = greedy(eng.session(), ids, GREEDY_TOKENS_ONNX)
+        assert got == greedy(ref.session(), ids, GREEDY_TOKENS_ONNX), eng.tokenizer.decode(got)
 
 
 @pytest.mark.slow
@@ -528,7 +530,7 @@ def test_smollm2_mobile_onnx_tracks_torch(smollm2_onnx):
     """Per-token int8 activations make SmolLM2 rounding-sensitive (tests/edge/test_runtime.py):
     the graph is held to the reference's own spread under a one-part-in-10^7 perturbation,
     teacher-forced along the reference's greedy continuation."""
-    from test_lower_gguf import PROMPTS, _chat_ids, _greedy
+    from support.generation import CHAT_PROMPTS, chat_ids, greedy
 
     st = smollm2_onnx["mobile"]
     rep = st.report["artifacts"]["onnx"]
@@ -540,9 +542,9 @@ def test_smollm2_mobile_onnx_tracks_torch(smollm2_onnx):
     orig = emb.detach().clone()
     noise = 1 + 1e-7 * torch.randn(orig.shape, generator=torch.Generator().manual_seed(0))
     ours, spread = [], []
-    for text in PROMPTS:
-        ids = _chat_ids(eng.tokenizer, text)
-        seq = ids + _greedy(ref.session(), ids, GREEDY_TOKENS_ONNX)
+    for text in CHAT_PROMPTS:
+        ids = chat_ids(eng.tokenizer, text)
+        seq = ids + greedy(ref.session(), ids, GREEDY_TOKENS_ONNX)
         got = torch.from_numpy(eng.session().logits_all(seq)).double()
         with torch.inference_mode():
             want = model(torch.tensor([seq]))[0].double()

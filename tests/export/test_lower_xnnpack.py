@@ -15,15 +15,13 @@ import torch
 pytest.importorskip("executorch")
 
 from edge.errors import ArtifactError, EdgeError  # noqa: E402
-from export.lower_xnnpack import (PTE_NAME, XNNPACK_BLOCK_MULTIPLE, check_request,  # noqa: E402
+from export.targets.xnnpack import (PTE_NAME, XNNPACK_BLOCK_MULTIPLE, check_request,  # noqa: E402
                                   write_xnnpack)
 from export.pipeline import ExportConfig, build_stages  # noqa: E402
 from quant.apply import QuantEmbedding, QuantLinear, quantize  # noqa: E402
 from quant.recipes import Recipe, load_recipe  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_lower_gguf import (CFG, pruned_tiny_model, recipe, tiny_model,  # noqa: E402
-                             tiny_tokenizer)
+from support.tiny import CFG, pruned_tiny_model, recipe, tiny_model, tiny_tokenizer  # noqa: E402
 
 CTX = 64
 # XNNPACK quantizes each linear's input per token itself and sums in its own order; on the
@@ -83,7 +81,7 @@ def test_quantized_values_reach_the_pte_unchanged(tiny_pte):
 
 
 def test_runner_metadata_and_tokenizer_files(tiny_pte):
-    from edge.executorch_engine import ExecuTorchEngine
+    from edge.engines.executorch import ExecuTorchEngine
 
     m, pte = tiny_pte
     eng = ExecuTorchEngine(pte)
@@ -108,7 +106,7 @@ def _same_top1_unless_tied(got: np.ndarray, want: np.ndarray, atol: float) -> bo
 
 
 def test_prompt_chunks_and_decode_match_the_reference(tiny_pte):
-    from edge.executorch_engine import ExecuTorchEngine
+    from edge.engines.executorch import ExecuTorchEngine
 
     m, pte = tiny_pte
     ids = torch.randint(0, CFG.vocab_size, (1, 20), generator=torch.Generator().manual_seed(1))
@@ -131,7 +129,7 @@ def test_prompt_chunks_and_decode_match_the_reference(tiny_pte):
 
 
 def test_float_model_is_exact(tmp_path):
-    from edge.executorch_engine import ExecuTorchEngine
+    from edge.engines.executorch import ExecuTorchEngine
 
     m = tiny_model(CFG.replace(num_layers=1))
     write_xnnpack(m, tiny_tokenizer(), tmp_path / "x", 32)
@@ -176,7 +174,7 @@ def _run_cli(*args) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("cut", [0.0, 0.01, 0.5, 0.9, 0.999])
 def test_truncated_pte_gives_one_line_error(tiny_pte, tmp_path, cut):
-    from edge.executorch_engine import ExecuTorchEngine
+    from edge.engines.executorch import ExecuTorchEngine
 
     _, pte = tiny_pte
     d = tmp_path / "x"
@@ -211,7 +209,7 @@ def test_corrupt_pte_in_the_cli(tiny_pte, tmp_path):
 
 def test_engine_selection(tiny_pte):
     from edge.engines import open_model
-    from edge.executorch_engine import ExecuTorchEngine
+    from edge.engines.executorch import ExecuTorchEngine
 
     _, pte = tiny_pte
     assert isinstance(open_model(str(pte)), ExecuTorchEngine)
@@ -284,7 +282,7 @@ def _runner_text(pte: Path, prompt: str, n: int) -> tuple[str, int]:
 
 
 def _reference(ck, model):
-    from export.reference import TorchEngine
+    from export.model.reference import TorchEngine
 
     return TorchEngine(ck, max_context=REAL_CTX, model=model)
 
@@ -307,7 +305,7 @@ def test_smollm2_float_pte_in_executorch_runner_equals_torch(smollm2_ptes):
 def test_smollm2_mobile_pte_runner_equals_our_engine(smollm2_ptes):
     """The same quantized program in ExecuTorch's runner and in llama-edge's engine gives the
     same greedy text."""
-    from edge.executorch_engine import ExecuTorchEngine
+    from edge.engines.executorch import ExecuTorchEngine
 
     ck, ptes = smollm2_ptes
     _, pte = ptes["mobile"]
@@ -319,7 +317,7 @@ def test_smollm2_mobile_pte_runner_equals_our_engine(smollm2_ptes):
 
 @pytest.mark.slow
 def test_smollm2_mobile_pte_within_the_references_own_spread(smollm2_ptes):
-    from edge.executorch_engine import ExecuTorchEngine
+    from edge.engines.executorch import ExecuTorchEngine
 
     ck, ptes = smollm2_ptes
     model, pte = ptes["mobile"]

@@ -37,7 +37,7 @@ def hf_ref(smollm2_hf_dir):
 
 def _greedy(ck, ids, n=GREEDY_TOKENS):
     from edge.generate import Generation
-    from export.reference import TorchEngine
+    from export.model.reference import TorchEngine
 
     eng = TorchEngine(ck, max_context=512)
     params = SamplingParams(max_new_tokens=n, temperature=0.0)

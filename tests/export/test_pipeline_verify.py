@@ -1,39 +1,40 @@
 """The verify stage: every artifact is run on its own runtime and compared with the model it was
-lowered from; artifacts whose runtime rounds activations itself are held to a logit correlation,
-which a structural fault in the artifact falls below."""
+lowered from. Exact-arithmetic artifacts are held to a bound measured from the reference's own
+float32 reordering spread; artifacts whose runtime rounds activations itself are held to a
+logit correlation. Structural faults fail either way."""
 
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from edge.errors import EdgeError
-from export import pipeline
 from export.loaders.common import Checkpoint
-from export.pipeline import ExportConfig, ExportState, logit_correlation, stage_verify
+from export.pipeline import ExportConfig, ExportState
+from export.pipeline import verify
+from export.pipeline.verify import logit_correlation, stage_verify
+from export.targets import Target
 from quant.recipes import load_recipe
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_lower_gguf import CFG, quantized, tiny_tokenizer  # noqa: E402
+from support.tiny import CFG, quantized, tiny_model, tiny_tokenizer
 
 
-def _state(model) -> ExportState:
+def _state(model, exact: bool = False) -> ExportState:
     ck = Checkpoint(Path("tiny"), "random", CFG, {}, tiny_tokenizer())
     st = ExportState(ExportConfig(checkpoint="tiny", out=Path("o")), checkpoint=ck, model=model)
     st.artifacts = {"x": Path("x")}
-    st.report["artifacts"] = {"x": {"exact": False}}
+    st.report["artifacts"] = {"x": {"exact": exact}}
     return st
 
 
 def _serve(monkeypatch, model):
+    """Target 'x' whose runtime is `model`."""
     # the tiny byte-level tokenizer makes the probe text longer than the tiny model's context
-    monkeypatch.setattr(pipeline, "PROBE_TEXT", pipeline.PROBE_TEXT[:100])
-    monkeypatch.setattr(pipeline, "artifact_logits",
-                        lambda name, path, n: (lambda w: model(w)[0]))
+    monkeypatch.setattr(verify, "PROBE_TEXT", verify.PROBE_TEXT[:100])
+    spec = Target("x", None, lambda path, n: (lambda w: model(w)[0]))
+    monkeypatch.setattr(verify.targets, "get", lambda name: spec)
 
 
 @torch.inference_mode()
@@ -47,7 +48,7 @@ def test_a_sound_artifact_passes_and_is_reported(monkeypatch):
     _serve(monkeypatch, noisy)
     st = stage_verify(_state(ref))
     info = st.report["artifacts"]["x"]
-    assert info["logit_correlation"] > pipeline.VERIFY_MIN_LOGIT_CORR
+    assert info["logit_correlation"] > verify.VERIFY_MIN_LOGIT_CORR
     assert {"top1_agreement", "max_abs_logit_diff", "verify_tokens"} <= set(info)
     assert st.model is None  # dropped after its last use (keep_model is off)
 
@@ -73,3 +74,56 @@ def test_logit_correlation_is_scale_and_shift_free():
     a = torch.randn(5, 50, generator=g)
     assert logit_correlation(a * 3 + 7, a) == pytest.approx(1.0)
     assert abs(logit_correlation(torch.randn(5, 50, generator=g), a)) < 0.3
+
+
+def _float_faults(model, fault: str):
+    bad = copy.deepcopy(model)
+    layers = bad.model.layers
+    if fault == "swap_layers":
+        layers[0], layers[1] = layers[1], layers[0]
+    elif fault == "doubled_weight":
+        layers[1].mlp.down_proj.weight.data *= 2
+    else:  # a projection's rows reversed
+        w = layers[0].self_attn.o_proj.weight
+        w.data = w.data.flip(0)
+    return bad
+
+
+class _Reordered(torch.nn.Module):
+    """The same model run token by token through its cache: the float32 sums in another order,
+    as a sound exact artifact computes them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.m = model
+
+    def forward(self, x):
+        self.m.setup_cache(max_seq_len=x.shape[1])
+        try:
+            return torch.cat([self.m(x[:, i:i + 1], i) for i in range(x.shape[1])], dim=1)
+        finally:
+            self.m.clear_cache()
+
+
+@torch.inference_mode()
+def test_an_exact_artifact_within_the_reordering_spread_passes(monkeypatch):
+    ref = tiny_model()
+    _serve(monkeypatch, _Reordered(copy.deepcopy(ref)))
+    info = stage_verify(_state(ref, exact=True)).report["artifacts"]["x"]
+    assert info["max_abs_logit_diff"] <= info["exact_tolerance"]
+    assert info["exact_tolerance"] >= verify.VERIFY_LOGIT_ATOL_EXACT
+
+
+@pytest.mark.parametrize("fault", ["swap_layers", "doubled_weight", "rows_reversed"])
+@torch.inference_mode()
+def test_faults_in_an_exact_artifact_fail(monkeypatch, fault):
+    ref = tiny_model()
+    _serve(monkeypatch, _float_faults(ref, fault))
+    with pytest.raises(EdgeError, match="verification of the x artifact failed: logits differ"):
+        stage_verify(_state(ref, exact=True))
+
+
+def test_the_exact_bound_scales_with_the_measured_spread():
+    assert verify.exact_tolerance(0.0) == verify.VERIFY_LOGIT_ATOL_EXACT
+    spread = 5e-4  # a model with large logits and activations
+    assert verify.exact_tolerance(spread) == pytest.approx(verify.VERIFY_SPREAD_FACTOR * spread)

@@ -18,25 +18,22 @@ from click.testing import CliRunner
 
 from edge.config import LlamaConfig
 from export.cli import main as export_main
-from export.heal import heal
+from export.pruning.heal import heal
 from export.loaders import load_checkpoint
 from export.loaders.common import Checkpoint
 from export.model import LlamaModel, random_state_dict
-from export.prune import (
-    PruneError,
-    check_spec,
+from export.pruning import PruneError, check_spec, parse_prune, prune_checkpoint
+from export.pruning.structure import (
+    _activation_stats,
     choose_ffn,
     choose_groups,
     choose_layers,
     keep_ffn,
     keep_groups,
-    parse_prune,
-    prune_checkpoint,
     prune_tensors,
     remove_layers,
-    _activation_stats,
 )
-from export.prune_vocab import prune_tokenizer
+from export.pruning.vocab import prune_tokenizer
 from export.writers import write_hf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -295,7 +292,7 @@ def test_vocab_closure_keeps_merge_chains(tiny_tok):
 
 def test_vocab_pruning_smollm2_tokenizer(smol, tmp_path):
     """The real tokenizer (49k tokens): the packaged sample text survives token for token."""
-    from export.prune_vocab import plan_vocab
+    from export.pruning.vocab import plan_vocab
 
     sample = REPO / "edge" / "data" / "sample.txt"
     cfg = LlamaConfig(vocab_size=smol.vocab_size, hidden_size=8, intermediate_size=8,
@@ -408,7 +405,7 @@ def test_pruned_export_to_onnx(tiny_hf, tmp_path):
     assert code == 0, text
     rep = json.loads((tmp_path / "exp" / "export_report.json").read_text())
     assert len(set(rep["pruning"]["ffn_sizes"])) > 1  # the layers kept different widths
-    from export.pipeline import VERIFY_MIN_LOGIT_CORR
+    from export.pipeline.verify import VERIFY_MIN_LOGIT_CORR
 
     info = rep["artifacts"]["onnx"]
     assert info["logit_correlation"] >= VERIFY_MIN_LOGIT_CORR

@@ -9,7 +9,7 @@ from quant.auto import Unit, allocate, auto_recipe, units_of
 from quant.recipes import QuantConfig, RecipeError
 from quant.schemes import IntWeight
 
-from tiny_llama import tiny_model
+from support.tiny import tiny_tied_model as tiny_model
 
 LOW, HIGH = QuantConfig(IntWeight(4, 32)), QuantConfig(IntWeight(8, None))
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tiny_llama import TINY, tiny_model
+from support.tiny import TINY, tiny_tied_model as tiny_model
 from quant.algorithms.awq import search_scales
 from quant.algorithms.gptq import gptq_quantize
 from export.model import LlamaModel, random_state_dict

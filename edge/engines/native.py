@@ -8,34 +8,25 @@ from several threads: forward passes take turns on the engine's thread pool.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from .artifact import ACT_INT8, ACT_INT8_BLOCKS, Artifact, load_artifact
-from .config import rope_inv_freq
-from .errors import EdgeError, GenerationError
-from .packing import view
+from ..artifact import ACT_INT8, ACT_INT8_BLOCKS, Artifact, load_artifact
+from ..config import rope_inv_freq
+from ..errors import EdgeError, GenerationError
+from ..packing import view
+from .base import KV_KINDS, resolve_context, resolve_threads
 
 # Prompt tokens run per forward call (bounds the activation workspace).
 PREFILL_CHUNK = 128
-KV_KINDS = ("f32", "int8")
 
 
 def _kernels():
     try:
-        from . import _kernels
+        from .. import _kernels
     except ImportError as e:
         raise EdgeError(f"the compiled kernels (edge._kernels) are not installed ({e}); "
                         "reinstall llama-edge with: pip install .") from None
     return _kernels
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def rope_tables(config, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,17 +91,14 @@ class EdgeEngine:
             artifact, verify, weight_memory)
         if kv not in KV_KINDS:
             raise EdgeError(f"KV cache kind {kv!r}: choose one of {', '.join(KV_KINDS)}")
-        if threads is not None and not 1 <= threads <= 256:
-            raise EdgeError(f"threads must be between 1 and 256, got {threads}")
-        if max_context is not None and not 1 <= max_context <= art.max_context:
-            raise EdgeError(f"context {max_context} is outside 1..{art.max_context} (the "
-                            "artifact's maximum context)")
+        n_threads = resolve_threads(threads)
         self.artifact, self.config, self.tokenizer = art, art.config, art.tokenizer
         self.chat_format, self.kv = art.chat_format, kv
-        self.max_context = max_context or art.max_context
+        self.weight_memory = art.weight_memory
+        self.generation = art.generation
+        self.max_context = resolve_context(max_context, art.max_context)
         c = self.config
         self._k = k
-        n_threads = threads or default_threads()
         try:
             m = k.Model(hidden=c.hidden_size, layers=c.num_layers, heads=c.num_heads,
                         kv_heads=c.num_kv_heads, head_dim=c.head_dim, vocab=c.vocab_size,
@@ -151,15 +139,13 @@ class EdgeEngine:
         return tuple(dict.fromkeys(self.artifact.eos_ids + tuple(self.tokenizer.eos_ids)))
 
     def session(self, max_context: int | None = None) -> EdgeSession:
-        n = max_context or self.max_context
-        if not 1 <= n <= self.max_context:
-            raise EdgeError(f"session context {n} is outside 1..{self.max_context}")
+        n = resolve_context(max_context, self.max_context, self.max_context)
         return EdgeSession(self, n, self.kv)
 
     def info(self) -> dict:
         a = self.artifact
         return {"path": str(a.path), "format_version": a.manifest["format_version"],
-                "producer": a.manifest.get("producer"), "recipe": a.manifest.get("recipe"),
+                "producer": a.manifest.get("producer"), "recipe": a.recipe_name,
                 "file_mb": round(a.file_bytes / 1e6, 2), "max_context": a.max_context,
                 "chat_format": a.chat_format, "isa": self.isa, "threads": self.threads,
                 "kv_cache": self.kv}

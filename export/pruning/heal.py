@@ -40,7 +40,7 @@ def heal(cfg: LlamaConfig, tensors: dict, teacher_cfg: LlamaConfig, teacher_tens
     in order and cycled."""
     from tqdm import tqdm
 
-    from .model import LlamaModel
+    from ..model import LlamaModel
 
     seq = ids.shape[1]
     teacher = LlamaModel.from_state_dict(teacher_cfg, teacher_tensors, torch.float32,

@@ -1,4 +1,4 @@
-"""The ONNX decoder graph of a LlamaModel (see export/lower_onnx.py for the artifact, the I/O
+"""The ONNX decoder graph of a LlamaModel (see export/targets/onnx/__init__.py for the artifact, the I/O
 contract and the weight layouts). Built node by node with onnx.helper; initializers are handed
 to a DataFile as they are produced, so only one weight is converted at a time."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from edge.errors import EdgeError
+
+from .weights import ACCURACY_FP32, ACCURACY_INT8, block_params
 
 MS = "com.microsoft"
 
@@ -68,8 +70,6 @@ class _Lowering:
 
     # -------------------------------------------------------------- weights
     def _nbits_params(self, name: str, qt):
-        from .lower_onnx import block_params
-
         if id(qt) in self.shared:
             return self.shared[id(qt)]
         block, packed, scales, zp = block_params(qt, name)
@@ -84,8 +84,6 @@ class _Lowering:
         from torch import nn
 
         from quant.apply import QuantLinear
-
-        from .lower_onnx import ACCURACY_FP32, ACCURACY_INT8
 
         m = self.model.get_submodule(name)
         g = self.g

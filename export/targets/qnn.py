@@ -1,7 +1,7 @@
 """The qnn target: Qualcomm HTP through ExecuTorch's Qualcomm backend.
 
 Everything up to the vendor compiler runs with the public code in the executorch wheel (see
-export/vendor.py): the static chunk program, ExecuTorch's QnnQuantizer (16-bit activations;
+export/targets/vendor.py): the static chunk program, ExecuTorch's QnnQuantizer (16-bit activations;
 4-bit weights in blocks of 32 along the input -- HTP's block-wise "16a4w_block" -- for the
 transformer linears, 8-bit per-channel weights for the output layer), calibration, and the
 simulated program scored against the unquantized model. The compile (QNN HTP context binary
@@ -29,13 +29,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
 from edge.errors import EdgeError
 
-from . import vendor
+from . import Target, vendor
 
-TARGET = "qnn"
+NAME = "qnn"
 SDK_NAME = "Qualcomm AI Engine Direct SDK (QNN)"
 SDK_VAR = "QNN_SDK_ROOT"
 # The SDK version executorch 1.5.1 downloads and builds its Qualcomm backend against
@@ -50,11 +49,7 @@ SOC = "SM8650"  # Snapdragon 8 Gen 3 (HTP v75): block-wise 4-bit weights need v6
 
 
 def check_request(cfg, recipe) -> None:
-    vendor.check_recipe(TARGET, cfg, recipe)
-
-
-def artifact_logits(path, max_seq_len):
-    return None  # the stage scores the simulated program itself (export/vendor.py)
+    vendor.check_recipe(NAME, cfg, recipe)
 
 
 def _module_qconfig(ws: vendor.WeightSpec):
@@ -80,7 +75,7 @@ def make_quantizer(spec):
             model = super().transform_for_annotation(model)
             groups: dict[vendor.WeightSpec, set[str]] = {}
             blocks = {}
-            for node, name in vendor.linear_nodes(model.graph, TARGET):
+            for node, name in vendor.linear_nodes(model.graph, NAME):
                 ws = spec(name)
                 groups.setdefault(ws, set()).add(node.name)
                 if ws.block:
@@ -155,7 +150,7 @@ def compile_program(ep, inputs, dest: Path, sdk: vendor.SdkStatus) -> Path:
         edge = to_edge_transform_and_lower_to_qnn(ep.module(), inputs, specs)
         program = edge.to_executorch()
     except Exception as e:
-        raise EdgeError(f"{TARGET}: the QNN compile with the SDK at {sdk.details['root']} "
+        raise EdgeError(f"{NAME}: the QNN compile with the SDK at {sdk.details['root']} "
                         f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                         ) from e
     out = dest / "model.pte"
@@ -163,10 +158,14 @@ def compile_program(ep, inputs, dest: Path, sdk: vendor.SdkStatus) -> Path:
     return out
 
 
-VENDOR = vendor.Vendor(target=TARGET, fused_norm=True, block_weights=True,
+VENDOR = vendor.Vendor(target=NAME, fused_norm=True, block_weights=True,
                        quantizer=make_quantizer, sdk=sdk_status, compile=compile_program,
                        no_sdk_env={SDK_VAR: ""})
 
 
 def stage(st):
     return vendor.run_stage(st, VENDOR)
+
+
+# The stage scores the simulated program itself (export/targets/vendor.py): no artifact_logits.
+TARGET = Target(NAME, stage, None, check_request)

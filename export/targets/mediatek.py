@@ -1,7 +1,7 @@
 """The mediatek target: MediaTek APU through ExecuTorch's NeuroPilot backend.
 
 Everything up to the vendor compiler runs with the public code in the executorch wheel (see
-export/vendor.py): the static chunk program, ExecuTorch's NeuropilotQuantizer (precision A16W4:
+export/targets/vendor.py): the static chunk program, ExecuTorch's NeuropilotQuantizer (precision A16W4:
 16-bit activations x 4-bit per-channel weights for the transformer linears; A16W8 for the output
 layer, the sensitive layer kept at 8 bits), calibration, and the simulated program scored against
 the unquantized model. NeuropilotQuantizer has one precision for a whole graph; the output layer
@@ -38,9 +38,9 @@ import torch
 
 from edge.errors import EdgeError
 
-from . import vendor
+from . import Target, vendor
 
-TARGET = "mediatek"
+NAME = "mediatek"
 SDK_NAME = "MediaTek NeuroPilot Express SDK"
 SDK_VAR = "MEDIATEK_SDK_ROOT"
 # The packages executorch 1.5.1's MediaTek backend imports to compile, at the versions its
@@ -54,11 +54,7 @@ _PKG = "executorch.backends.mediatek"
 
 
 def check_request(cfg, recipe) -> None:
-    vendor.check_recipe(TARGET, cfg, recipe)
-
-
-def artifact_logits(path, max_seq_len):
-    return None  # the stage scores the simulated program itself (export/vendor.py)
+    vendor.check_recipe(NAME, cfg, recipe)
 
 
 def _sdk_importable() -> bool:
@@ -95,7 +91,7 @@ def make_quantizer(spec):
 
     class PlannedNeuropilotQuantizer(qmod.NeuropilotQuantizer):
         def annotate(self, model):
-            for node, name in vendor.linear_nodes(model.graph, TARGET):
+            for node, name in vendor.linear_nodes(model.graph, NAME):
                 bits = spec(name).bits
                 if bits != 4:
                     annotate_linear(node, get_quant_config(precision[bits], is_per_channel=True))
@@ -160,16 +156,20 @@ def compile_program(ep, inputs, dest: Path, sdk: vendor.SdkStatus) -> Path:
         program = edge.to_executorch()
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
-        raise EdgeError(f"{TARGET}: the NeuroPilot compile ({sdk.details.get('packages')}) "
+        raise EdgeError(f"{NAME}: the NeuroPilot compile ({sdk.details.get('packages')}) "
                         f"failed: {type(e).__name__}: {first}") from e
     out = dest / "model.pte"
     out.write_bytes(program.buffer)
     return out
 
 
-VENDOR = vendor.Vendor(target=TARGET, fused_norm=False, block_weights=False,
+VENDOR = vendor.Vendor(target=NAME, fused_norm=False, block_weights=False,
                        quantizer=make_quantizer, sdk=sdk_status, compile=compile_program)
 
 
 def stage(st):
     return vendor.run_stage(st, VENDOR)
+
+
+# The stage scores the simulated program itself (export/targets/vendor.py): no artifact_logits.
+TARGET = Target(NAME, stage, None, check_request)

@@ -16,14 +16,15 @@ buffer mode), so nothing is copied or allocated per token except the logits.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .artifact import sha256_file
-from .errors import ArtifactError, EdgeError, require
+from ..artifact import sha256_file
+from ..errors import ArtifactError, EdgeError, require
+from ..sampling import GREEDY
+from .base import check_kv, resolve_context, resolve_threads
 
 FORMAT = "llama-edge-onnx"
 VERSION = 1
@@ -33,7 +34,6 @@ DATA_FILE = "model.onnx.data"
 GENAI_CONFIG = "genai_config.json"
 ALIGN_LARGE = 1 << 16  # external-data offsets of large initializers (mmap granularity)
 ALIGN_SMALL = 64
-DEFAULT_CONTEXT = 2048
 # Prompt tokens per run: bounds the (chunk, vocab) float32 logits onnxruntime returns
 # (Llama 3.2: 256 x 128256 x 4 bytes = 131 MB).
 PREFILL_CHUNK = 256
@@ -166,6 +166,7 @@ class OnnxSession:
         shape = (1, c.num_kv_heads, max_context, c.head_dim)  # (B, n_kv_heads, max_ctx, hd)
         self._kv = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
                     for _ in range(2 * c.num_layers)]
+        self.kv_bytes = 2 * c.num_layers * int(np.prod(shape)) * 4
         self._mask = np.ones((1, max_context), np.int64)  # (1, max_ctx) all attended
         self._positions = np.arange(max_context, dtype=np.int64)[None]  # (1, max_ctx)
         self._step_logits = np.empty((1, 1, c.vocab_size), np.float32)  # (B, S=1, vocab)
@@ -243,13 +244,11 @@ class OnnxEngine:
 
     def __init__(self, path, max_context: int | None = None, threads: int | None = None,
                  kv: str = "f32", verify: bool = True):
-        from .config import LlamaConfig
-        from .errors import ConfigError, TokenizerError
-        from .tokenizer import Tokenizer
+        from ..config import LlamaConfig
+        from ..errors import ConfigError, TokenizerError
+        from ..tokenizer import Tokenizer
 
-        if kv != "f32":
-            raise EdgeError(f"--kv-cache {kv} needs an edge artifact; the ONNX model keeps an "
-                            "f32 cache (--kv-cache f32)")
+        check_kv(kv, "onnxruntime")
         root, model_file = _locate(path)
         self.path = model_file
         m = _read_manifest(root)
@@ -278,11 +277,10 @@ class OnnxEngine:
         limit = m["max_context"]
         self.config = OnnxModelInfo(cfg.vocab_size, limit, m.get("name") or cfg.name,
                                     cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
-        self.max_context = min(max_context or DEFAULT_CONTEXT, limit)
-        if self.max_context < 1:
-            raise EdgeError(f"--ctx {max_context} must be at least 1")
-        self.threads = threads or len(os.sched_getaffinity(0))
-        self.isa = None
+        self.max_context = resolve_context(max_context, limit)
+        self.threads = resolve_threads(threads)
+        self.isa = self.weight_memory = None
+        self.generation = dict(GREEDY)
         self.ort = require("onnxruntime", "running an .onnx model", "export")
         opts = self.ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
@@ -299,5 +297,6 @@ class OnnxEngine:
     def eos_ids(self) -> tuple[int, ...]:
         return self._eos
 
-    def session(self) -> OnnxSession:
-        return OnnxSession(self, self.max_context)
+    def session(self, max_context: int | None = None) -> OnnxSession:
+        return OnnxSession(self, resolve_context(max_context, self.max_context,
+                                                 self.max_context))

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import sha256_file
-from .errors import ArtifactError, EdgeError, require
-from .nativelog import native_log_held, quiet_imports
+from ..artifact import sha256_file
+from ..errors import ArtifactError, EdgeError, require
+from ..nativelog import native_log_held, quiet_imports
+from ..sampling import GREEDY
+from .base import check_kv, resolve_context, resolve_threads
 
 SIDECAR = "llama_edge.json"
 SIDECAR_FORMAT = "llama-edge-pte"
@@ -138,10 +140,10 @@ def program_metadata(program, path: Path) -> dict:
 
 
 class ExecuTorchSession:
-    def __init__(self, engine: "ExecuTorchEngine"):
+    def __init__(self, engine: "ExecuTorchEngine", max_context: int):
         import torch
 
-        self.engine, self.max_context = engine, engine.max_context
+        self.engine, self.max_context = engine, max_context
         self._torch = torch
         self._forward = _runtime_call(
             lambda: engine.program.load_method("forward"), engine.path,
@@ -149,6 +151,7 @@ class ExecuTorchSession:
             "does not have")
         self._chunk = engine.max_seq_len
         self.pos = 0
+        self.kv_bytes = None  # the cache lives in the program's own buffers
 
     def reset(self) -> None:
         self.pos = 0  # positions past `pos` in the program's cache are never read
@@ -206,11 +209,9 @@ class ExecuTorchEngine:
 
     def __init__(self, path, max_context: int | None = None, threads: int | None = None,
                  kv: str = "f32", verify: bool = True):
-        from .tokenizer import Tokenizer
+        from ..tokenizer import Tokenizer
 
-        if kv != "f32":
-            raise EdgeError(f"--kv-cache {kv} needs an edge artifact; a .pte keeps the fp32 "
-                            "cache it was exported with")
+        check_kv(kv, "executorch", "the f32 cache the program was exported with")
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(self.path, "does not exist")
@@ -234,22 +235,22 @@ class ExecuTorchEngine:
         if self.tokenizer.vocab_size > self.config.vocab_size:
             raise ArtifactError(self.path, f"the tokenizer has {self.tokenizer.vocab_size} "
                                 f"tokens but the program's vocabulary is {self.config.vocab_size}")
-        self.max_context = min(max_context or ctx, ctx)
-        if self.max_context < 1:
-            raise EdgeError(f"--ctx {max_context} must be at least 1")
+        self.max_context = resolve_context(max_context, ctx, ctx)
         self.max_seq_len = int(self.meta["get_max_seq_len"])
         self.chat_format = (side or {}).get("chat_format")
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = resolve_threads(threads)
         from executorch.extension.pybindings import portable_lib
 
         with native_log_held():
             portable_lib._unsafe_reset_threadpool(self.threads)
-        self.isa = None
+        self.isa = self.weight_memory = None
+        self.generation = dict(GREEDY)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.meta.get("get_eos_ids") or ()) |
                             set(self.tokenizer.eos_ids)))
 
-    def session(self) -> ExecuTorchSession:
-        return ExecuTorchSession(self)
+    def session(self, max_context: int | None = None) -> ExecuTorchSession:
+        return ExecuTorchSession(self, resolve_context(max_context, self.max_context,
+                                                       self.max_context))

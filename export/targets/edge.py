@@ -1,5 +1,6 @@
-"""Lower a (possibly quantized) LlamaModel to the edge artifact: every weight in the kernels'
-layout (edge/packing.py), written by edge/artifact.py."""
+"""The edge target: a (possibly quantized) LlamaModel lowered to the edge artifact, every weight
+in the kernels' layout (edge/packing.py), written by edge/artifact.py and run by the edge
+kernels (edge/engines/native.py) for verification."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from edge.packing import from_canonical, from_float
 from quant.apply import QuantEmbedding, QuantLinear
 from quant.schemes import QuantizedTensor
 
-from .model import LlamaModel
+from ..model import LlamaModel
+from . import Target
+from .common import dir_bytes, dtype_for, model_to_lower, resolve_max_context
+
+NAME = "edge"
+DEFAULT_MAX_CONTEXT = 4096
 
 FLOAT_KINDS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
@@ -81,3 +87,51 @@ def edge_weights(model: LlamaModel, float_dtype: torch.dtype):
         raise EdgeError("lm_head quantizes its activations but the tied embedding is not "
                         "quantized to integers")
     return weights, norms
+
+
+def check_request(cfg, recipe) -> None:
+    """Refuse what the edge kernels cannot run, before any work: activation schemes they do
+    not implement."""
+    if recipe.recipe is None:
+        return
+    for rule in recipe.recipe.rules:
+        if rule.config is not None and rule.config.act is not None:
+            act_name(rule.config.act, rule.pattern)
+
+
+def stage(st):
+    """Pipeline stage lower:edge."""
+    from edge.artifact import write_artifact_into
+    from edge.chat import detect_chat_format
+    from edge.sampling import sampling_defaults
+
+    ck = st.checkpoint
+    if ck.tokenizer is None:
+        raise EdgeError(f"{ck.path}: the edge artifact needs the model's tokenizer and this "
+                        "checkpoint has none; add tokenizer.json to the checkpoint directory")
+    dest = st.workdir / NAME
+    dest.mkdir()
+    weights, norms = edge_weights(model_to_lower(st), dtype_for(ck, st.cfg.dtype))
+    max_ctx = resolve_max_context(st.cfg.max_context, ck.config, DEFAULT_MAX_CONTEXT)
+    write_artifact_into(dest, ck.config, weights, norms, ck.tokenizer,
+                        detect_chat_format(ck.tokenizer), max_ctx, recipe=st.recipe_record,
+                        generation=sampling_defaults(ck.generation))
+    kinds = sorted({w.packed.kind for w in weights.values() if w.packed is not None})
+    st.artifacts[NAME] = dest
+    # Quantized activations make the model itself sensitive to rounding: a value next to a
+    # rounding boundary goes either way with the order of float sums, so the kernels match the
+    # reference statistically (top-1 agreement, KLD in the quality stage), not to a tolerance.
+    st.report.setdefault("artifacts", {})[NAME] = {
+        "path": NAME, "dtype": "+".join(kinds), "bytes": dir_bytes(dest), "max_context": max_ctx,
+        "exact": not any(w.act for w in weights.values())}
+    return st
+
+
+def artifact_logits(path, max_seq_len: int):
+    from edge.engines.native import EdgeEngine
+
+    sess = EdgeEngine(path, max_context=max_seq_len, threads=torch.get_num_threads()).session()
+    return lambda w: torch.from_numpy(sess.logits_all(w[0].tolist()))
+
+
+TARGET = Target(NAME, stage, artifact_logits, check_request, from_quantized=True)

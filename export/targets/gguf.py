@@ -34,6 +34,9 @@ import numpy as np
 from edge.config import LlamaConfig, rope_inv_freq
 from edge.errors import EdgeError
 
+from . import Target
+from .common import chat_template, dtype_for, model_to_lower
+
 QK = 32  # llama.cpp's block length for Q8_0 and Q4_0
 BLOCK_Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", (QK,))])
 BLOCK_Q4_0 = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])
@@ -355,7 +358,7 @@ def gguf_plan(model, float_dtype) -> tuple[list[PlannedTensor], dict]:
 
     from quant.apply import QuantEmbedding, QuantLinear
 
-    from .loaders.layout import half_to_interleaved
+    from ..loaders.layout import half_to_interleaved
 
     cfg = model.config
     float_type = FLOAT_TYPES[str(float_dtype).removeprefix("torch.")]
@@ -427,3 +430,64 @@ def write_gguf(model, tokenizer, dst, float_dtype, chat_template: str | None = N
     extra = {"llama_edge.recipe": recipe} if recipe else None
     write_llama_gguf(dst, model.config, vocab, plan, file_type_of(summary["types"]), extra)
     return summary
+
+
+# ----------------------------------------------------------------------------- the target
+NAME = "gguf"
+FILE_NAME = "model.gguf"
+
+
+def check_request(cfg, recipe) -> None:
+    if recipe.recipe is not None:
+        check_recipe(recipe.recipe)
+
+
+def stage(st):
+    """Pipeline stage lower:gguf."""
+    from edge.engines.llamacpp import available
+
+    ck = st.checkpoint
+    dest = st.workdir / FILE_NAME
+    summary = write_gguf(model_to_lower(st), ck.tokenizer, dest, dtype_for(ck, st.cfg.dtype),
+                         chat_template(ck), recipe=st.recipe.label if st.recipe.quantized
+                         else None)
+    st.artifacts[NAME] = dest
+    types = summary["types"]
+    quantized = bool({"Q8_0", "Q4_0"} & set(types))
+    # llama.cpp multiplies every Q8_0 / Q4_0 weight with activations it rounds to Q8_0 blocks
+    # itself (and F16 / BF16 weights with activations rounded to that type), so only an all-F32
+    # file computes what the fp32 reference computes.
+    info = {"path": dest.name, "dtype": "+".join(sorted(types)), "bytes": dest.stat().st_size,
+            "tensor_types": types, "exact": set(types) <= {"F32"},
+            "runtime": "llama.cpp" if available() else
+            "torch (llama-cpp-python is not installed: pip install 'llama-edge[bench]')"}
+    if quantized:
+        info["activations"] = ("llama.cpp's own: each Q8_0 / Q4_0 matmul rounds its input to "
+                               "Q8_0 blocks (32 values, fp16 scale)")
+    if summary["act_dropped"]:
+        info["activations_replaced"] = len(summary["act_dropped"])
+    st.report.setdefault("artifacts", {})[NAME] = info
+    return st
+
+
+def artifact_logits(path, max_seq_len: int):
+    """llama.cpp's logits (fp32 cache, plain attention) when llama-cpp-python is installed;
+    otherwise the file read back by our loader and run on the torch reference."""
+    import torch
+
+    from edge.engines.llamacpp import LlamaCppEngine, available
+
+    if available():
+        eng = LlamaCppEngine(path, max_context=max_seq_len, threads=torch.get_num_threads(),
+                             exact=True)
+        sess = eng.session()
+        return lambda w: torch.from_numpy(sess.logits_all(w[0].tolist()).copy())
+    from ..loaders import load_checkpoint
+    from ..model import LlamaModel
+
+    art = load_checkpoint(path)
+    m = LlamaModel.from_state_dict(art.config, art.tensors, max_seq_len=max_seq_len)
+    return lambda w: m(w)[0]
+
+
+TARGET = Target(NAME, stage, artifact_logits, check_request, from_quantized=True)

@@ -1,20 +1,12 @@
 """Shared machinery of the vendor NPU targets (qnn: Qualcomm HTP, mediatek: NeuroPilot APU).
 
 Both vendor compilers take a static graph with integer activations, so everything up to the
-compiler is the same and lives here; export/lower_qnn.py and export/lower_mediatek.py add the
+compiler is the same and lives here; export/targets/qnn.py and export/targets/mediatek.py add the
 vendor's own quantizer, the SDK check and the compile call.
 
-The static program (StaticLlama) processes one chunk of CHUNK tokens with the KV cache held
-outside the graph, as the vendor LLM flows do:
-
-    inputs   tokens (1, T) int64, positions (T,) int64, mask (1, T, C) float32 (0 or MASK_VALUE),
-             caches: per layer past keys, then per layer past values, each (1, n_kv, C - T, hd)
-    outputs  logits (1, T, vocab), per layer new keys, then per layer new values (1, n_kv, T, hd)
-
-with T = chunk and C = context. Every shape is fixed; the runner (ChunkRunner) writes the T new
-keys / values of a chunk into its cache at the chunk's positions and builds the mask (past slots
-below the chunk's start plus the causal triangle of the chunk). A text of up to C tokens runs as
-ceil(n / T) chunks; the last one is padded, its padding rows discarded.
+The program is the model's static chunk form (export/model/static.py: StaticProgram, run by
+ChunkRunner) with T = CHUNK tokens per call and C = context positions (C - T past slots), as
+the vendor LLM flows run it.
 
 Quantization is the vendor's: torch.export -> prepare_pt2e(vendor quantizer) -> calibration on
 the calibration text -> convert_pt2e. The converted program still runs on the CPU, with every
@@ -44,10 +36,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import EdgeError
+
+from ..model.static import ChunkRunner, StaticProgram, example_inputs, torch_chunk_call
 
 CHUNK = 128  # tokens per call: the vendor flows' prompt-chunk length
 DEFAULT_CONTEXT = 512  # positions of the static cache (past slots + one chunk)
@@ -59,115 +52,6 @@ DEFAULT_BLOCK = 32  # weight block along the input for block-wise 4-bit (as our 
 # The saved program reloaded must reproduce the in-memory program's logits (same graph, same
 # kernels: measured 0.0 on the tiny model and SmolLM2).
 RELOAD_ATOL = 1e-5
-
-
-# ------------------------------------------------------------------------------ static program
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-class StaticLlama(nn.Module):
-    """A LlamaModel's weights in a fixed-shape chunk program (see the module docstring).
-
-    Submodules keep the LlamaModel's names (`model.layers.N.self_attn.q_proj`, `lm_head`), so
-    recipe patterns and the vendor quantizers' module predicates match them."""
-
-    def __init__(self, llama, chunk: int, context: int, fused_norm: bool = True):
-        super().__init__()
-        from .model import rope_tables
-
-        cfg = llama.config
-        if not 0 < chunk < context <= cfg.max_position_embeddings:
-            raise EdgeError(f"static program: need 0 < chunk ({chunk}) < context ({context}) "
-                            f"<= the model's {cfg.max_position_embeddings} positions")
-        self.config, self.chunk, self.context = cfg, chunk, context
-        self.fused_norm = fused_norm
-        self.model = llama.model
-        self.lm_head = llama.lm_head
-        cos, sin = rope_tables(cfg, context)
-        self.register_buffer("rope_cos", cos)  # (context, head_dim)
-        self.register_buffer("rope_sin", sin)
-
-    def _norm(self, norm, x):
-        """RMSNorm as one operator (aten.rms_norm: quantized as a whole, only its output rounded)
-        or spelled out as x * rsqrt(mean(x^2) + eps) * w (the pattern a quantizer may match as a
-        unit). Rounding each step of the spelled-out form to 16 bits breaks on the residual
-        stream's outliers: mean(x^2) spans so wide a range that small rows round to zero."""
-        if self.fused_norm:
-            return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
-
-    def forward(self, tokens, positions, mask, caches):
-        cfg = self.config
-        t, n_layers = self.chunk, cfg.num_layers
-        nh, nkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        g = nh // nkv
-        cos = F.embedding(positions, self.rope_cos).view(1, 1, t, hd)
-        sin = F.embedding(positions, self.rope_sin).view(1, 1, t, hd)
-        # Query rows are grouped by KV head: (1, n_kv, g * T, C), mask repeated per group.
-        mask_g = torch.cat([mask] * g, dim=1).unsqueeze(1)
-        x = self.model.embed_tokens(tokens)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.model.layers):
-            a = layer.self_attn
-            h = self._norm(layer.input_layernorm, x)
-            q = a.q_proj(h).view(1, t, nh, hd).transpose(1, 2)
-            k = a.k_proj(h).view(1, t, nkv, hd).transpose(1, 2)
-            v = a.v_proj(h).view(1, t, nkv, hd).transpose(1, 2)
-            q = (q * cos + _rotate_half(q) * sin) * (hd ** -0.5)
-            k = k * cos + _rotate_half(k) * sin
-            new_k.append(k)
-            new_v.append(v)
-            keys = torch.cat([caches[i], k], dim=2)  # (1, n_kv, C, hd)
-            vals = torch.cat([caches[n_layers + i], v], dim=2)
-            s = q.reshape(1, nkv, g * t, hd) @ keys.transpose(2, 3) + mask_g
-            y = torch.softmax(s, dim=-1) @ vals  # (1, n_kv, g * T, hd)
-            y = y.reshape(1, nh, t, hd).transpose(1, 2).reshape(1, t, nh * hd)
-            x = x + a.o_proj(y)
-            x = x + layer.mlp(self._norm(layer.post_attention_layernorm, x))
-        logits = self.lm_head(self._norm(self.model.norm, x))
-        return (logits, *new_k, *new_v)
-
-
-def example_inputs(cfg, chunk: int, context: int) -> tuple:
-    cache = (1, cfg.num_kv_heads, context - chunk, cfg.head_dim)
-    caches = tuple(torch.zeros(cache) for _ in range(2 * cfg.num_layers))
-    return (torch.zeros(1, chunk, dtype=torch.long), torch.arange(chunk),
-            torch.zeros(1, chunk, context), caches)
-
-
-class ChunkRunner:
-    """(1, n) ids -> (n, vocab) logits through a static chunk program, n <= context."""
-
-    def __init__(self, program: Callable, cfg, chunk: int, context: int):
-        self.program, self.cfg, self.chunk, self.context = program, cfg, chunk, context
-
-    @torch.no_grad()
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        cfg, t, c = self.cfg, self.chunk, self.context
-        n = ids.shape[1]
-        if n > c:
-            raise EdgeError(f"{n} tokens exceed the static program's context of {c}")
-        past = c - t
-        caches = [torch.zeros(1, cfg.num_kv_heads, past, cfg.head_dim)
-                  for _ in range(2 * cfg.num_layers)]
-        causal = torch.full((t, t), MASK_VALUE).triu(1)
-        out = []
-        for p in range(0, n, t):
-            m = min(t, n - p)
-            tokens = torch.zeros(1, t, dtype=torch.long)
-            tokens[0, :m] = ids[0, p:p + m]
-            positions = torch.arange(p, p + t).clamp(max=c - 1)  # padding rows: any position
-            mask = torch.full((1, t, c), MASK_VALUE)
-            mask[0, :, :p] = 0.0
-            mask[0, :, past:] = causal
-            res = self.program(tokens, positions, mask, tuple(caches))
-            out.append(res[0][0, :m].float())
-            if p + t < n:  # another chunk follows: keep this chunk's keys and values
-                for j in range(2 * cfg.num_layers):
-                    caches[j][:, :, p:p + m] = res[1 + j][:, :, :m]
-        return torch.cat(out)
 
 
 # ------------------------------------------------------------------------------ recipes
@@ -217,14 +101,15 @@ def weight_plan(target: str, recipe, block_weights: bool) -> tuple[Callable[[str
     return spec, notes
 
 
-def check_recipe(target: str, cfg, recipe) -> None:
+def check_recipe(target: str, cfg, choice) -> None:
     """Refuse, before any work, what the vendor quantizers cannot express."""
     from quant.schemes import IntWeight
 
-    if cfg.recipe.startswith("auto"):
+    if choice.is_auto:
         raise EdgeError(f"--target {target} quantizes with the vendor's quantizer and takes "
                         "--recipe none (its default: 16-bit activations x 4-bit weights, 8-bit "
-                        f"output layer) or a fixed int4 / int8 recipe, not {cfg.recipe}")
+                        f"output layer) or a fixed int4 / int8 recipe, not {choice.text}")
+    recipe = choice.recipe
     if cfg.max_context is not None and cfg.max_context <= CHUNK:
         raise EdgeError(f"--target {target}: --max-context {cfg.max_context} leaves no past "
                         f"positions; the static program runs chunks of {CHUNK} tokens and needs "
@@ -300,7 +185,7 @@ class Vendor:
 
     target: str  # "qnn"
     block_weights: bool  # the quantizer has block-wise weights
-    fused_norm: bool  # RMSNorm as aten.rms_norm (see StaticLlama._norm)
+    fused_norm: bool  # RMSNorm as one aten.rms_norm (see export/model/static.StaticProgram)
     quantizer: Callable  # (spec: module name -> WeightSpec) -> a pt2e Quantizer
     sdk: Callable[[], SdkStatus]
     compile: Callable  # (exported program, example inputs, dest dir, sdk) -> .pte path
@@ -319,7 +204,7 @@ def static_context(cfg, model_cfg) -> int:
 
 
 def _calibration_windows(ck, cfg, context: int) -> torch.Tensor:
-    from .quantize import calibration_ids
+    from ..quantize import calibration_ids
 
     return calibration_ids(ck.tokenizer, cfg.calib, CALIB_WINDOWS, context)
 
@@ -344,7 +229,7 @@ class _Env:
                 os.environ[k] = old
 
 
-def quantize_static(vendor: Vendor, static: StaticLlama, spec, calib: torch.Tensor,
+def quantize_static(vendor: Vendor, static: StaticProgram, spec, calib: torch.Tensor,
                     env: dict | None = None) -> tuple[torch.fx.GraphModule, tuple, dict]:
     """torch.export -> prepare_pt2e(vendor quantizer) -> calibrate -> convert_pt2e, with `env`
     set while the quantizer is built and prepared."""
@@ -362,14 +247,21 @@ def quantize_static(vendor: Vendor, static: StaticLlama, spec, calib: torch.Tens
         prepared = prepare_pt2e(gm, vendor.quantizer(spec))
     times["prepare_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    run = ChunkRunner(prepared, cfg, t, c)
+    run = chunk_runner(prepared, cfg, t, c)
     for w in calib:
-        run(w.unsqueeze(0))
+        run.logits_all(w.tolist())
     times["calibrate_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     converted = convert_pt2e(prepared)
     times["convert_s"] = round(time.perf_counter() - t0, 2)
     return converted, inputs, times
+
+
+def chunk_runner(program, cfg, chunk: int, context: int) -> ChunkRunner:
+    """The static program (torch module or graph) driven by the one chunk runner: C - T past
+    slots, the vendor mask value."""
+    return ChunkRunner(torch_chunk_call(program, cfg, context), cfg, chunk, context - chunk,
+                       MASK_VALUE)
 
 
 def load_program(path) -> torch.fx.GraphModule:
@@ -441,9 +333,8 @@ def _score(run: Callable, ck, context: int) -> dict:
     """The simulated program against the unquantized model on the packaged evaluation text."""
     from quant.eval import compare
 
-    from .evaluate import read_text
-    from .model import reference_model
-    from .pipeline import QUALITY_CTX, QUALITY_TEXT
+    from ..evaluate import QUALITY_CTX, QUALITY_TEXT, read_text
+    from ..model import reference_model
 
     if ck.tokenizer is None:
         return {"skipped": "the checkpoint has no tokenizer"}
@@ -458,12 +349,10 @@ def _score(run: Callable, ck, context: int) -> dict:
 def run_stage(st, vendor: Vendor):
     """The lower stage of a vendor target: quantize, save, reload, score, then compile with the
     SDK or defer a one-line error naming what is missing."""
-    from quant.recipes import load_recipe
-
-    from .model import LlamaModel
+    from ..model import LlamaModel
 
     ck, cfg, target = st.checkpoint, st.cfg, vendor.target
-    recipe = load_recipe(cfg.recipe) if cfg.recipe != "none" else None
+    recipe = st.recipe.recipe
     spec, notes = weight_plan(target, recipe, vendor.block_weights)
     context = static_context(cfg, ck.config)
     dest = st.workdir / target
@@ -471,7 +360,7 @@ def run_stage(st, vendor: Vendor):
     float_model = LlamaModel.from_state_dict(ck.config, ck.tensors, torch.float32,
                                              max_seq_len=context)
     check_blocks(float_model, spec)
-    static = StaticLlama(float_model, CHUNK, context, vendor.fused_norm).eval()
+    static = StaticProgram(float_model, CHUNK, context, vendor.fused_norm).eval()
     calib = _calibration_windows(ck, cfg, context)
     probe = _probe_ids(ck, context)
     with torch.inference_mode():
@@ -488,10 +377,14 @@ def run_stage(st, vendor: Vendor):
     torch.export.save(ep, path)
     reloaded = load_program(path)
     times["save_s"] = round(time.perf_counter() - t0, 2)
-    in_memory = ChunkRunner(converted, ck.config, CHUNK, context)
-    run = ChunkRunner(reloaded, ck.config, CHUNK, context)
+    in_memory = chunk_runner(converted, ck.config, CHUNK, context)
+    runner = chunk_runner(reloaded, ck.config, CHUNK, context)
+
+    def run(w):
+        return torch.from_numpy(runner.logits_all(w[0].tolist()))
+
     got = run(probe)
-    diff = float((got - in_memory(probe)).abs().max())
+    diff = float((got - torch.from_numpy(in_memory.logits_all(probe[0].tolist()))).abs().max())
     if not diff <= RELOAD_ATOL:
         raise EdgeError(f"{target}: the saved program {path.name} gives logits {diff:.3g} away "
                         "from the program it was saved from")
@@ -550,7 +443,7 @@ def run_stage(st, vendor: Vendor):
 
 
 def _probe_ids(ck, context: int) -> torch.Tensor:
-    from .pipeline import PROBE_TEXT
+    from ..evaluate import PROBE_TEXT
 
     if ck.tokenizer is not None:
         ids = ck.tokenizer.encode(PROBE_TEXT)

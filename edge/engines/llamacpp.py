@@ -14,16 +14,18 @@ the logits read in place as a numpy view.
 from __future__ import annotations
 
 import ctypes
-import os
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtifactError, EdgeError, require
+from ..errors import ArtifactError, EdgeError, require
+from ..sampling import GREEDY
+from .base import check_kv, resolve_context, resolve_threads
 
-DEFAULT_CONTEXT = 2048
+# Context a GGUF file without llama.context_length is taken to support.
+TRAIN_CONTEXT_FALLBACK = 2048
 BATCH = 512  # tokens per llama_decode call when prefilling (llama.cpp's default batch)
 _GGML_LOG_LEVEL_ERROR = 4  # ggml_log_level: none, debug, info, warn, error, cont
 _GGML_TYPE_F32 = 0
@@ -83,8 +85,8 @@ def validate_gguf(path) -> tuple[dict, object]:
     """(metadata, tokenizer) of a GGUF file after our parser checked its whole structure, or an
     EdgeError naming the file and the field at fault."""
     require("gguf", "validating a .gguf file before llama.cpp opens it", "bench")
-    from .gguf_io import parse_gguf
-    from .tokenizer import Tokenizer
+    from ..gguf_io import parse_gguf
+    from ..tokenizer import Tokenizer
 
     meta, tensors, _ = parse_gguf(path)
     arch = meta.get("general.architecture")
@@ -133,6 +135,7 @@ class LlamaCppSession:
         self._step = lc.llama_batch_get_one(self._token, 1)
         self._addr, self._logits = None, None
         self.pos = 0
+        self.kv_bytes = None  # held inside llama.cpp's context
 
     def reset(self) -> None:
         self._l.llama_memory_clear(self._memory, True)
@@ -214,10 +217,11 @@ class LlamaCppEngine:
     name = "llama.cpp"
 
     def __init__(self, path, max_context: int | None = None, threads: int | None = None,
-                 kv: str = "f32"):
-        if kv != "f32":
-            raise EdgeError(f"--kv-cache {kv} needs an edge artifact; the llama.cpp engine keeps "
-                            "its own cache (f32 with --kv-cache f32)")
+                 kv: str = "f32", exact: bool = False):
+        """exact: sessions keep an fp32 K/V cache and the plain attention path (for comparing
+        with a reference: only the weights' and activations' own rounding remains)."""
+        check_kv(kv, "llama.cpp", "its own cache")
+        self.exact = exact
         self.path = Path(path)
         meta, self.tokenizer = validate_gguf(self.path)
         self.llama_cpp = require("llama_cpp", "running a .gguf file in llama.cpp", "bench")
@@ -232,17 +236,17 @@ class LlamaCppEngine:
                                 f"{llama_cpp_errors()}")
         self._free = weakref.finalize(self, lc.llama_model_free, self._model)
         n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self._model))
-        train_ctx = int(meta.get("llama.context_length") or DEFAULT_CONTEXT)
+        train_ctx = int(meta.get("llama.context_length") or TRAIN_CONTEXT_FALLBACK)
         self.config = GGUFModelInfo(n_vocab, train_ctx, str(meta.get("general.name", "llama")))
-        self.max_context = min(max_context or DEFAULT_CONTEXT, train_ctx)
-        if self.max_context < 1:
-            raise EdgeError(f"--ctx {max_context} must be at least 1")
-        self.threads = threads or len(os.sched_getaffinity(0))
-        self.isa = None
+        self.max_context = resolve_context(max_context, train_ctx)
+        self.threads = resolve_threads(threads)
+        self.isa = self.weight_memory = None
+        self.generation = dict(GREEDY)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
         return tuple(self.tokenizer.eos_ids)
 
-    def session(self, exact: bool = False) -> LlamaCppSession:
-        return LlamaCppSession(self, self.max_context, exact=exact)
+    def session(self, max_context: int | None = None) -> LlamaCppSession:
+        return LlamaCppSession(self, resolve_context(max_context, self.max_context,
+                                                     self.max_context), exact=self.exact)

@@ -30,8 +30,8 @@ import torch
 
 from edge.config import LlamaConfig
 
-from .loaders.common import Checkpoint
-from .prune import PruneError
+from ..loaders.common import Checkpoint
+from .spec import PruneError
 
 _BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 _SCAFFOLD_MESSAGES = ([{"role": "user", "content": "x"}],

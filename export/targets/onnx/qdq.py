@@ -36,9 +36,12 @@ import numpy as np
 from edge.artifact import sha256_file
 from edge.errors import EdgeError
 
-from .lower_onnx import FIX, OPSET, DataFile
+from ...model.static import ChunkRunner
+from .. import Target
+from ..common import chat_template, dir_bytes
+from .weights import FIX, INLINE_BYTES, OPSET, DataFile, check_recipe, check_tensor
 
-TARGET = "onnx-qdq"
+NAME = "onnx-qdq"
 CHUNK = 128  # prompt tokens per run of the prompt graph
 DEFAULT_CACHE = 1024  # KV cache positions (the static context)
 ACT_BITS = 16  # activation QDQ type: uint16 (uint8 with ACT_BITS = 8)
@@ -49,11 +52,13 @@ QDQ_FILE = "qdq.json"
 QDQ_FORMAT, QDQ_VERSION = "llama-edge-onnx-qdq", 1
 
 
-def check_request(cfg, recipe) -> None:
-    from .lower_onnx import check_recipe
-
+def check_request(cfg, choice) -> None:
+    recipe = choice.recipe
+    if choice.is_auto:
+        raise EdgeError(f"--target {NAME} takes a fixed recipe, not {choice.text}; "
+                        f"{FIX.removeprefix('use a recipe of ')}")
     if recipe is None:
-        raise EdgeError(f"--target {TARGET} lowers quantized weights (HTP runs integer "
+        raise EdgeError(f"--target {NAME} lowers quantized weights (HTP runs integer "
                         f"weights); give a recipe: {FIX.removeprefix('use a recipe of ')}")
     check_recipe(recipe)
 
@@ -73,7 +78,7 @@ class _Graph:
 
     def __init__(self, model, data, s: int, c: int, qparams: dict | None, observe: bool,
                  weights: dict):
-        from .lower_onnx_graph import GraphBuilder
+        from .graph import GraphBuilder
 
         self.model, self.cfg = model, model.config
         self.g = GraphBuilder(data)
@@ -107,7 +112,6 @@ class _Graph:
 
         from quant.apply import QuantLinear
 
-        from .lower_onnx import check_tensor
 
         m = self.model.get_submodule(name)
         g, data = self.g, self.g.data
@@ -155,7 +159,7 @@ class _Graph:
             qt = m.qt
             if qt.zero_point is not None:
                 raise EdgeError(f"tensor '{name}' ({qt.scheme}): asymmetric embeddings are not "
-                                f"supported by --target {TARGET}; use a symmetric scheme")
+                                f"supported by --target {NAME}; use a symmetric scheme")
             g.data.add(f"{name}.q", qt.qdata.numpy)  # (vocab, hidden) int8
             g.data.add(f"{name}.scale", qt.scale.numpy)  # (vocab, hidden / group)
             self.weights[name] = f"int{qt.bits}"
@@ -301,7 +305,6 @@ class _Sink:
     def add(self, name: str, arr) -> str:
         from onnx import numpy_helper
 
-        from .lower_onnx import INLINE_BYTES
 
         if name in self.data.written:
             self.tensors.append(self.data.written[name])
@@ -359,65 +362,44 @@ def qparams_from_range(lo: float, hi: float, bits: int = ACT_BITS) -> tuple[floa
     return scale, int(np.clip(round(-lo / scale), 0, qmax))
 
 
-class StaticRunner:
-    """Runs a static graph on onnxruntime's CPU EP the way a device would: the caller keeps the
-    KV cache, builds the attention bias and the rotary rows, and pads short chunks."""
+def ort_chunk_call(path, cfg, s: int, c: int, threads: int | None = None, outputs=()):
+    """A ChunkCall (export/model/static.py) over a static graph in onnxruntime's CPU EP: the
+    caller's rotary rows and attention bias as inputs, `outputs` (observed activations) as extra
+    outputs."""
+    import onnxruntime as ort
 
-    def __init__(self, path, cfg, s: int, c: int, threads: int | None = None, outputs=None):
-        import onnxruntime as ort
+    from .graph import _rope_caches
 
-        from .lower_onnx_graph import _rope_caches
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise EdgeError(f"{path}: onnxruntime could not load the model "
+                        f"({str(e).splitlines()[0]})") from None
+    cos, sin = _rope_caches(cfg, c + s)
+    cos = np.concatenate([cos, cos], -1)  # (C + S, head_dim) rotate-half layout
+    sin = np.concatenate([sin, sin], -1)
+    n = cfg.num_layers
+    names = ["logits"] + [f"new_{kv}.{i}" for i in range(n) for kv in ("key", "value")] + \
+        list(outputs)
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        try:
-            self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise EdgeError(f"{path}: onnxruntime could not load the model "
-                            f"({str(e).splitlines()[0]})") from None
-        self.cfg, self.s, self.c = cfg, s, c
-        cos, sin = _rope_caches(cfg, c + s)
-        self.cos = np.concatenate([cos, cos], -1)  # (C + S, head_dim) rotate-half layout
-        self.sin = np.concatenate([sin, sin], -1)
-        self.names = ["logits"] + [f"new_{kv}.{i}" for i in range(cfg.num_layers)
-                                   for kv in ("key", "value")] + list(outputs or [])
-        self.reset()
+    def call(tokens, positions, mask, keys, values):
+        feed = {"input_ids": tokens, "attention_bias": mask[None, None],
+                "cos": cos[positions][None, None], "sin": sin[positions][None, None]}
+        for i in range(n):
+            feed[f"past_key.{i}"], feed[f"past_value.{i}"] = keys[i], values[i]
+        out = sess.run(names, feed)
+        return (out[0][0], out[1:1 + 2 * n:2], out[2:2 + 2 * n:2], out[1 + 2 * n:])
 
-    def reset(self) -> None:
-        cfg = self.cfg
-        shape = (cfg.num_layers, 2, 1, cfg.num_kv_heads, self.c, cfg.head_dim)
-        self.kv = np.zeros(shape, np.float32)  # (L, K/V, 1, n_kv_heads, C, head_dim)
-        self.pos = 0
+    return call
 
-    def run(self, ids) -> list[np.ndarray]:
-        """Run up to S tokens at self.pos: [logits (n, vocab), extra outputs...]."""
-        s, c, p, n = self.s, self.c, self.pos, len(ids)
-        if not 0 < n <= s or p + n > c:
-            raise EdgeError(f"{p + n} tokens do not fit the static cache of {c} positions")
-        feed = {"input_ids": np.zeros((1, s), np.int64)}
-        feed["input_ids"][0, :n] = ids
-        bias = np.full((1, 1, s, c + s), MASK, np.float32)
-        bias[..., :p] = 0.0  # cached positions
-        bias[0, 0, :, c:] = np.where(np.tril(np.ones((s, s), bool)), 0.0, MASK)  # causal
-        feed["attention_bias"] = bias
-        rows = np.arange(p, p + s)
-        feed["cos"], feed["sin"] = self.cos[rows][None, None], self.sin[rows][None, None]
-        for i in range(self.cfg.num_layers):
-            feed[f"past_key.{i}"], feed[f"past_value.{i}"] = self.kv[i, 0], self.kv[i, 1]
-        out = self.sess.run(self.names, feed)
-        for i in range(self.cfg.num_layers):
-            self.kv[i, 0, :, :, p:p + n] = out[1 + 2 * i][:, :, :n]
-            self.kv[i, 1, :, :, p:p + n] = out[2 + 2 * i][:, :, :n]
-        self.pos += n
-        return [out[0][0, :n]] + out[1 + 2 * self.cfg.num_layers:]
 
-    def logits_all(self, ids) -> np.ndarray:
-        self.reset()
-        ids = list(ids)
-        return np.concatenate([self.run(ids[i:i + self.s])[0]
-                               for i in range(0, len(ids), self.s)])
+def static_runner(path, cfg, s: int, c: int, threads=None, outputs=()) -> ChunkRunner:
+    """The graph driven as a device would: the caller keeps a cache of c positions."""
+    return ChunkRunner(ort_chunk_call(path, cfg, s, c, threads, outputs), cfg, s, c, MASK)
 
 
 def calibrate(model, dest: Path, data: DataFile, calib_ids, c: int, threads=None) -> dict:
@@ -429,13 +411,13 @@ def calibrate(model, dest: Path, data: DataFile, calib_ids, c: int, threads=None
     try:
         tmp.write_bytes(_model_proto(graph).SerializeToString())
         names = [f"{x}/{op}" for x in gr.observed for op in ("ReduceMin", "ReduceMax")]
-        run = StaticRunner(tmp, model.config, CHUNK, c, threads, outputs=names)
+        run = static_runner(tmp, model.config, CHUNK, c, threads, outputs=names)
         lo = np.full(len(gr.observed), np.inf)
         hi = np.full(len(gr.observed), -np.inf)
         for row in calib_ids:
             run.reset()
             for i in range(0, len(row), CHUNK):
-                r = np.array(run.run(row[i:i + CHUNK])[1:], np.float64).reshape(-1, 2)
+                r = np.array(run.run(row[i:i + CHUNK])[1], np.float64).reshape(-1, 2)
                 lo, hi = np.minimum(lo, r[:, 0]), np.maximum(hi, r[:, 1])
     finally:
         tmp.unlink(missing_ok=True)
@@ -445,19 +427,18 @@ def calibrate(model, dest: Path, data: DataFile, calib_ids, c: int, threads=None
 def write_qdq_into(dest: Path, model, tokenizer, calib_ids, *, cache: int, chat_template=None,
                    recipe=None, threads=None) -> dict:
     """Calibrate and write both static graphs, the tokenizer and qdq.json into `dest`."""
-    from .lower_onnx import DATA_FILE
+    from edge.engines.onnxruntime import DATA_FILE
 
     cfg = model.config
     if tokenizer is None:
-        raise EdgeError(f"--target {TARGET} needs the model's tokenizer and this checkpoint "
+        raise EdgeError(f"--target {NAME} needs the model's tokenizer and this checkpoint "
                         "has none; add tokenizer.json to the checkpoint directory")
     if not CHUNK <= cache <= cfg.max_position_embeddings:
         raise EdgeError(f"--max-context {cache} is outside {CHUNK}..{cfg.max_position_embeddings}"
-                        f" (the static cache of --target {TARGET})")
+                        f" (the static cache of --target {NAME})")
     for n, m in model.named_modules():  # refuse before writing anything
         if hasattr(m, "qt"):
-            from .lower_onnx import check_tensor
-
+    
             check_tensor(m.qt, n)
     data = DataFile(dest, DATA_FILE)
     try:
@@ -495,21 +476,21 @@ def write_qdq_into(dest: Path, model, tokenizer, calib_ids, *, cache: int, chat_
 
 
 def stage(st):
-    from .pipeline import QUALITY_CTX
-    from .quantize import calibration_ids
+    """Pipeline stage lower:onnx-qdq."""
+    from ...evaluate import QUALITY_CTX
+    from ...quantize import calibration_ids
 
     ck = st.checkpoint
-    dest = st.workdir / TARGET
+    dest = st.workdir / NAME
     dest.mkdir()
     cache = st.cfg.max_context or min(DEFAULT_CACHE, ck.config.max_position_embeddings)
     calib = calibration_ids(ck.tokenizer, st.cfg.calib, CALIB_WINDOWS, 2 * CHUNK)
-    template = (ck.tokenizer.chat_template or ck.chat_template) if ck.tokenizer else None
     meta = write_qdq_into(dest, st.model, ck.tokenizer, calib.tolist(), cache=max(cache, CHUNK),
-                          chat_template=template, recipe=st.cfg.recipe)
-    st.artifacts[TARGET] = dest
-    st.report.setdefault("artifacts", {})[TARGET] = {
-        "path": TARGET, "dtype": "+".join(sorted(meta["weights"])) + f"+a{ACT_BITS}",
-        "bytes": sum(p.stat().st_size for p in dest.iterdir()), "exact": False,
+                          chat_template=chat_template(ck), recipe=st.recipe_record)
+    st.artifacts[NAME] = dest
+    st.report.setdefault("artifacts", {})[NAME] = {
+        "path": NAME, "dtype": "+".join(sorted(meta["weights"])) + f"+a{ACT_BITS}",
+        "bytes": dir_bytes(dest), "exact": False,
         "graphs": meta["graphs"], "cache": meta["cache"], "weights": meta["weights"],
         "activations": (f"static uint{ACT_BITS} QuantizeLinear / DequantizeLinear on every "
                         f"activation ({meta['activation_encodings']} encodings from min / max "
@@ -530,6 +511,9 @@ def artifact_logits(path, max_seq_len: int):
     if max_seq_len > meta["cache"]:
         raise EdgeError(f"{path}: {max_seq_len} tokens exceed the static cache of "
                         f"{meta['cache']}")
-    run = StaticRunner(Path(path) / f"model_s{meta['chunk']}.onnx", cfg, meta["chunk"],
-                       meta["cache"], torch.get_num_threads())
+    run = static_runner(Path(path) / f"model_s{meta['chunk']}.onnx", cfg, meta["chunk"],
+                        meta["cache"], torch.get_num_threads())
     return lambda w: torch.from_numpy(run.logits_all(w[0].tolist()))
+
+
+TARGET = Target(NAME, stage, artifact_logits, check_request)

@@ -5,11 +5,21 @@ separate output layer, and a preallocated KV cache. Parameter names follow the H
 layout (`model.layers.N.self_attn.q_proj.weight`, Q/K rows in rotate-half order), which is the
 canonical in-memory form of every loader.
 
-Call convention (the ExecuTorch LLM-runner contract): `forward(tokens, input_pos)` with tokens
-(B, T) int64 and input_pos the absolute position of tokens[:, 0]; returns logits (B, T, vocab).
+Call convention of the reference: `forward(tokens, input_pos)` with tokens (B, T) int64 and
+input_pos the absolute position of tokens[:, 0]; returns logits (B, T, vocab).
+
+Targets do not redefine the model: they take a copy of its module tree (`remodel`, no weight
+copies) with their own leaves swapped in: each attention's `core` (the reference's cached SDPA,
+ExecuTorch's cache and SDPA operators in export/targets/xnnpack.py, the static chunk program's
+cache inputs in export/model/static.py), the linears and embedding in the form a delegate
+consumes, and fused norms where a graph quantizer needs them; a small program module then gives
+the call convention of its runtime.
 """
 
 from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +42,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        # One operator (aten.rms_norm) instead of its steps: what a graph quantizer should see
+        # as a unit (static programs set it; the arithmetic is the same in fp32).
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * self.weight.float()).to(x.dtype)
@@ -60,7 +75,44 @@ class KVCache(nn.Module):
         return self.k[:, :, :pos + t], self.v[:, :, :pos + t]
 
 
+@dataclass
+class Step:
+    """What every layer of one forward call shares. The attention core of each target reads
+    the parts it needs: the reference its mask, a static chunk program its cache inputs (and it
+    collects the chunk's new keys and values)."""
+
+    pos: object  # absolute position of the first token (int, or a traced integer)
+    cos: torch.Tensor  # (1, T, 1, head_dim) rotary rows of the T positions
+    sin: torch.Tensor
+    mask: torch.Tensor | None = None  # reference: (T, kv_len) bool; static: additive
+    caches: tuple | None = None  # static program: past keys of every layer, then values
+    new_k: list = field(default_factory=list)  # static program: (1, n_kv, T, head_dim) each
+    new_v: list = field(default_factory=list)
+    layer: int = 0  # index of the layer running
+
+
+class CachedAttention(nn.Module):
+    """The reference's attention core: an optional preallocated KV cache and PyTorch's SDPA."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gqa = cfg.num_kv_heads != cfg.num_heads
+        self.cache: KVCache | None = None
+
+    def forward(self, q, k, v, step: Step):
+        b, t = q.shape[:2]
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, heads, T, head_dim)
+        if self.cache is not None:
+            k, v = self.cache.update(step.pos, k.to(self.cache.k.dtype), v.to(self.cache.v.dtype))
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, enable_gqa=self.gqa)
+        return y.transpose(1, 2).reshape(b, t, -1)
+
+
 class Attention(nn.Module):
+    """Projections and rotary embedding; what happens between them and the output projection
+    (cache, kernel, chunk program) is the swappable `core`."""
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -69,21 +121,16 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, cfg.kv_dim, bias=False)
         self.v_proj = nn.Linear(h, cfg.kv_dim, bias=False)
         self.o_proj = nn.Linear(cfg.q_dim, h, bias=False)
-        self.cache: KVCache | None = None
+        self.core = CachedAttention(cfg)
 
-    def forward(self, x, cos, sin, pos: int, mask):
+    def forward(self, x, step: Step):
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin  # cos/sin: (t, head_dim)
-        k = k * cos + rotate_half(k) * sin
-        if self.cache is not None:
-            k, v = self.cache.update(pos, k.to(self.cache.k.dtype), v.to(self.cache.v.dtype))
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           enable_gqa=self.n_kv != self.n_heads)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim)
+        q = q * step.cos + rotate_half(q) * step.sin
+        k = k * step.cos + rotate_half(k) * step.sin
+        return self.o_proj(self.core(q, k, v, step))  # core: (B, T, heads * head_dim)
 
 
 class MLP(nn.Module):
@@ -105,9 +152,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.ffn_size(layer))
 
-    def forward(self, x, cos, sin, pos, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, mask)
+    def forward(self, x, step: Step):
+        x = x + self.self_attn(self.input_layernorm(x), step)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def run_layers(layers, x: torch.Tensor, step: Step) -> torch.Tensor:
+    """The decoder layers over hidden states x (B, T, hidden), before the final norm."""
+    for i, layer in enumerate(layers):
+        step.layer = i
+        x = layer(x, step)
+    return x
 
 
 class Body(nn.Module):
@@ -131,19 +186,24 @@ class LlamaModel(nn.Module):
         cos, sin = rope_tables(cfg, self.max_seq_len)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq, head_dim)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.cache_len = 0
 
     # ------------------------------------------------------------------ cache
     def setup_cache(self, batch: int = 1, max_seq_len: int | None = None, dtype=torch.float32):
         """Preallocate the KV cache: (B, n_kv_heads, max_seq, head_dim) per layer."""
         n = min(max_seq_len or self.max_seq_len, self.max_seq_len)
         cfg = self.config
-        for layer in self.model.layers:
-            layer.self_attn.cache = KVCache(batch, cfg.num_kv_heads, n, cfg.head_dim, dtype)
-        self.cache_len = n
+        self.use_caches([KVCache(batch, cfg.num_kv_heads, n, cfg.head_dim, dtype)
+                         for _ in self.model.layers], n)
+
+    def use_caches(self, caches: list | None, length: int = 0):
+        """Install one KVCache per layer (None: run without a cache)."""
+        for i, layer in enumerate(self.model.layers):
+            layer.self_attn.core.cache = None if caches is None else caches[i]
+        self.cache_len = length if caches is not None else 0
 
     def clear_cache(self):
-        for layer in self.model.layers:
-            layer.self_attn.cache = None
+        self.use_caches(None)
 
     # ------------------------------------------------------------------ forward
     def forward(self, tokens: torch.Tensor, input_pos: int = 0) -> torch.Tensor:
@@ -153,21 +213,19 @@ class LlamaModel(nn.Module):
         """Final-normed hidden states (B, T, hidden)."""
         b, t = tokens.shape
         pos = int(input_pos)
-        cached = self.model.layers[0].self_attn.cache is not None
+        cached = self.cache_len > 0
         limit = self.cache_len if cached else self.max_seq_len
         if pos + t > limit:
             raise ValueError(f"positions {pos}..{pos + t} exceed the context of {limit}")
         x = self.model.embed_tokens(tokens)
-        cos = self.rope_cos[pos:pos + t].to(x.dtype)
-        sin = self.rope_sin[pos:pos + t].to(x.dtype)
+        cos = self.rope_cos[pos:pos + t].to(x.dtype).view(1, t, 1, -1)
+        sin = self.rope_sin[pos:pos + t].to(x.dtype).view(1, t, 1, -1)
         # Query i (absolute pos+i) may attend keys 0..pos+i.
         kv_len = pos + t if cached else t
         q_abs = torch.arange(pos, pos + t).unsqueeze(1)
         k_abs = torch.arange(kv_len).unsqueeze(0) + (0 if cached else pos)
         mask = k_abs <= q_abs  # (t, kv_len) bool
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, pos, mask)
-        return self.model.norm(x)
+        return self.model.norm(run_layers(self.model.layers, x, Step(pos, cos, sin, mask)))
 
     # ------------------------------------------------------------------ weights
     @classmethod
@@ -189,6 +247,22 @@ class LlamaModel(nn.Module):
         if cfg.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         return model.eval()
+
+
+def remodel(module: nn.Module, swap, name: str = "") -> nn.Module:
+    """A copy of a module tree for one target: `swap(name, module)` returns a replacement for a
+    submodule (or None to keep it, recursing into its children). Containers are copied, never
+    their parameters or buffers, so the copy costs no weight memory and the original is left as
+    it was (other targets and the verification still use it)."""
+    new = swap(name, module)
+    if new is not None:
+        return new
+    clone = copy.copy(module)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    clone._modules = {k: None if m is None else remodel(m, swap, f"{name}.{k}" if name else k)
+                      for k, m in module._modules.items()}
+    return clone
 
 
 # Output rows per matmul of a reference held in bf16 / fp16: the fp32 copy of a 128k-row output

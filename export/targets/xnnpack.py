@@ -41,9 +41,11 @@ from torch import nn
 from edge.errors import EdgeError
 from quant.apply import QuantEmbedding, QuantLinear
 
-from .model import LlamaModel, rope_tables, rotate_half
+from ..model import LlamaModel, Step, remodel, rope_tables, run_layers
+from . import Target
+from .common import chat_template, dir_bytes, model_to_lower, resolve_max_context
 
-TARGET = "xnnpack"
+NAME = "xnnpack"
 PTE_NAME = "model.pte"
 # Longest prompt chunk one forward call takes (the runner prefills longer prompts in chunks of
 # this many tokens) and the default context (KV cache positions) of the program.
@@ -88,12 +90,13 @@ def _check_config(pattern: str, qc, embedding: bool) -> None:
                             "\"bf16\" to the rule's weight (as --recipe mobile does)")
 
 
-def check_request(cfg, recipe) -> None:
+def check_request(cfg, choice) -> None:
     """Refuse recipes XNNPACK cannot hold, before any work."""
+    if choice.is_auto:
+        raise EdgeError(f"target xnnpack takes a fixed recipe (e.g. --recipe mobile), not "
+                        f"{choice.text!r}")
+    recipe = choice.recipe
     if recipe is None:
-        if cfg.recipe != "none":
-            raise EdgeError(f"target xnnpack takes a fixed recipe (e.g. --recipe mobile), not "
-                            f"{cfg.recipe!r}")
         return
     if recipe.kv_cache:
         raise EdgeError("target xnnpack keeps an fp32 KV cache; remove \"kv_cache\" from the "
@@ -190,61 +193,48 @@ class PteEmbedding(nn.Module):
         return op.dtype(self.qdata, self.scale, None, lo, hi, ids, dtype=torch.float32)
 
 
-class PteAttention(nn.Module):
-    def __init__(self, attn, cfg, max_context: int, name: str):
+class RunnerAttention(nn.Module):
+    """Attention core of the runner's program: the KV cache in the program's mutable buffers,
+    written by ExecuTorch's update_cache and read by its custom_sdpa (grouped-query heads and
+    the causal mask without copies)."""
+
+    def __init__(self, cfg, max_context: int):
         super().__init__()
-        self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, p, PteLinear(getattr(attn, p), f"{name}.{p}"))
+        self.n_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         shape = (1, max_context, cfg.num_kv_heads, cfg.head_dim)  # the custom ops' layout
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
 
-    def forward(self, x, cos, sin, pos: int):
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim)
-        q = q * cos + rotate_half(q) * sin  # cos / sin: (1, t, 1, head_dim)
-        k = k * cos + rotate_half(k) * sin
-        torch.ops.llama.update_cache(k, self.k_cache, pos)
-        torch.ops.llama.update_cache(v, self.v_cache, pos)
-        y = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, pos, None, 0.0, True)
-        return self.o_proj(y.reshape(b, t, self.n_heads * self.head_dim))
+    def forward(self, q, k, v, step: Step):
+        b, t = q.shape[:2]  # q: (B, T, heads, head_dim); k, v: (B, T, n_kv, head_dim)
+        torch.ops.llama.update_cache(k, self.k_cache, step.pos)
+        torch.ops.llama.update_cache(v, self.v_cache, step.pos)
+        y = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, step.pos, None, 0.0, True)
+        return y.reshape(b, t, self.n_heads * self.head_dim)
 
 
-class PteLayer(nn.Module):
-    def __init__(self, layer, cfg, max_context: int, name: str):
-        super().__init__()
-        self.input_layernorm = layer.input_layernorm
-        self.post_attention_layernorm = layer.post_attention_layernorm
-        self.self_attn = PteAttention(layer.self_attn, cfg, max_context, f"{name}.self_attn")
-        mlp = layer.mlp
-        self.gate_proj = PteLinear(mlp.gate_proj, f"{name}.mlp.gate_proj")
-        self.up_proj = PteLinear(mlp.up_proj, f"{name}.mlp.up_proj")
-        self.down_proj = PteLinear(mlp.down_proj, f"{name}.mlp.down_proj")
-
-    def forward(self, x, cos, sin, pos: int):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, pos)
-        h = self.post_attention_layernorm(x)
-        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
-
-
-class PteLlama(nn.Module):
-    """The runner's forward(tokens, input_pos) over our model's weights."""
+class RunnerProgram(nn.Module):
+    """The runner's forward(tokens, input_pos) over our model: a copy of its module tree
+    (no weight copies) with XNNPACK's linear and embedding forms and the runner's attention."""
 
     def __init__(self, model: LlamaModel, max_context: int):
         super().__init__()
         cfg = model.config
         self.max_context = max_context
-        self.embed_tokens = PteEmbedding(model.model.embed_tokens, "model.embed_tokens")
-        self.layers = nn.ModuleList(
-            PteLayer(layer, cfg, max_context, f"model.layers.{i}")
-            for i, layer in enumerate(model.model.layers))
-        self.norm = model.model.norm
-        self.lm_head = PteLinear(model.lm_head, "lm_head")
+
+        def swap(name, m):
+            if name.endswith("self_attn.core"):
+                return RunnerAttention(cfg, max_context)
+            if isinstance(m, (nn.Linear, QuantLinear)):
+                return PteLinear(m, name)
+            if isinstance(m, (nn.Embedding, QuantEmbedding)):
+                return PteEmbedding(m, name)
+            return None
+
+        program = remodel(model, swap)
+        self.model, self.lm_head = program.model, program.lm_head
         cos, sin = rope_tables(cfg, max_context)
-        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (max_context, head_dim)
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -252,12 +242,11 @@ class PteLlama(nn.Module):
         pos = input_pos[0].item()
         torch._check(pos >= 0)
         torch._check(pos + t <= self.max_context)
-        x = self.embed_tokens(tokens)
+        x = self.model.embed_tokens(tokens)
         cos = self.rope_cos.narrow(0, pos, t).view(1, t, 1, -1)
         sin = self.rope_sin.narrow(0, pos, t).view(1, t, 1, -1)
-        for layer in self.layers:
-            x = layer(x, cos, sin, pos)
-        return self.lm_head(self.norm(x[:, -1, :]))
+        x = run_layers(self.model.layers, x, Step(pos, cos, sin))
+        return self.lm_head(self.model.norm(x[:, -1, :]))
 
 
 # ----------------------------------------------------------------------------- lowering
@@ -305,7 +294,7 @@ def _lower(model, tokenizer, max_context, path, max_seq_len) -> dict:
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
     max_seq_len = min(max_seq_len, max_context)
-    pte = PteLlama(model, max_context).eval()
+    pte = RunnerProgram(model, max_context).eval()
     tokens = torch.zeros((1, min(2, max_seq_len)), dtype=torch.long)
     pos = torch.tensor([0], dtype=torch.long)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
@@ -394,7 +383,7 @@ def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
     """Write dest/ (model.pte, tokenizer.json, tokenizer_config.json, llama_edge.json); returns
     a summary."""
     from edge.chat import detect_chat_format
-    from edge.executorch_engine import write_sidecar
+    from edge.engines.executorch import write_sidecar
 
     if tokenizer is None:
         raise EdgeError("target xnnpack ships the tokenizer file ExecuTorch's runner reads, and "
@@ -409,20 +398,17 @@ def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
 
 def stage(st):
     """Pipeline stage lower:xnnpack."""
-    from .pipeline import QUALITY_CTX, _float_model, resolve_max_context
-
     ck = st.checkpoint
-    model = st.model if st.model is not None else _float_model(ck, QUALITY_CTX)
+    model = model_to_lower(st)
     max_ctx = resolve_max_context(st.cfg.max_context, ck.config, DEFAULT_MAX_CONTEXT)
-    template = (ck.tokenizer.chat_template or ck.chat_template) if ck.tokenizer else None
-    dest = st.workdir / TARGET
-    summary = write_xnnpack(model, ck.tokenizer, dest, max_ctx, template, st.cfg.recipe)
+    dest = st.workdir / NAME
+    summary = write_xnnpack(model, ck.tokenizer, dest, max_ctx, chat_template(ck),
+                            st.recipe.label)
     quantized = any(isinstance(m, QuantLinear) for m in model.modules())
     kinds = sorted({m.qt.scheme for m in model.modules()
                     if isinstance(m, (QuantLinear, QuantEmbedding))} or {"f32"})
-    info = {"path": f"{TARGET}/{PTE_NAME}", "dtype": "+".join(kinds),
-            "bytes": sum(p.stat().st_size for p in dest.iterdir()),
-            "pte_bytes": summary["bytes"], "max_context": max_ctx, "max_seq_len":
+    info = {"path": f"{NAME}/{PTE_NAME}", "dtype": "+".join(kinds),
+            "bytes": dir_bytes(dest), "pte_bytes": summary["bytes"], "max_context": max_ctx, "max_seq_len":
             min(MAX_SEQ_LEN, max_ctx), "delegate_calls": summary["delegate_calls"],
             "other_kernels": summary["other_kernels"],
             # XNNPACK quantizes activations itself (per token, its own rounding of the scale
@@ -430,17 +416,20 @@ def stage(st):
             "exact": False, "runtime": "executorch (XNNPACK)"}
     if quantized:
         info["activations"] = "XNNPACK's own per-token asymmetric int8 quantization"
-    st.artifacts[TARGET] = dest / PTE_NAME
-    st.report.setdefault("artifacts", {})[TARGET] = info
+    st.artifacts[NAME] = dest / PTE_NAME
+    st.report.setdefault("artifacts", {})[NAME] = info
     return st
 
 
 def artifact_logits(path: Path, max_seq_len: int):
     """(1, n) ids -> (n, vocab) logits from the program in ExecuTorch's runtime, one token per
     forward call (the program returns the last token's logits)."""
-    from edge.executorch_engine import ExecuTorchEngine
+    from edge.engines.executorch import ExecuTorchEngine
 
     eng = ExecuTorchEngine(path, max_context=None)
     sess = eng.session()
     return lambda w: torch.from_numpy(sess.logits_all(w[0].tolist()))
 
+
+
+TARGET = Target(NAME, stage, artifact_logits, check_request, from_quantized=True)
