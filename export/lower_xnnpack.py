@@ -391,8 +391,8 @@ def delegated_share(program) -> dict:
 
 def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
                   chat_template: str | None = None, recipe: str = "none") -> dict:
-    """Write dest/ (model.pte, tokenizer.json, tokenizer_config.json, llama_edge.json); returns
-    a summary."""
+    """Write dest/ (model.pte, tokenizer.json, tokenizer_config.json, llama_edge.json,
+    llama_edge_app.json); returns a summary."""
     from edge.chat import detect_chat_format
     from edge.executorch_engine import write_sidecar
 
@@ -404,6 +404,8 @@ def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
     tokenizer.save(dest, chat_template)
     write_sidecar(dest / PTE_NAME, {"name": model.config.name or "llama", "recipe": recipe,
                                     "chat_format": detect_chat_format(tokenizer)})
+    from .app_config import write_app_config  # the Android app's llama_edge_app.json
+    write_app_config(dest, tokenizer, model.config, max_context, chat_template)
     return {"bytes": (dest / PTE_NAME).stat().st_size, **share}
 
 
