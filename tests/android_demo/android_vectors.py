@@ -265,8 +265,8 @@ def stats_vectors() -> list[dict]:
     return out
 
 
-def build(gguf_path: Path, llama_dir: Path) -> dict:
-    table = models(gguf_path, llama_dir)
+def build(gguf_path: Path, llama_dir: Path, table: dict | None = None) -> dict:
+    table = table or models(gguf_path, llama_dir)
     return {
         "format": FORMAT, "version": VERSION,
         "made_by": "tests/android_demo/android_vectors.py from edge/data/tasks.json, edge/chat.py, "

@@ -45,9 +45,8 @@ class TaskSpecTest {
 
     @Test
     fun bracesInTheTemplateFollowPythonsFormat() {
-        val edited = text.replace("Reply with the rewritten text only.", "Reply in {{braces}}.")
+        val edited = text.replace("in a {style} style", "in a {style} style {{braces}}")
         val content = TaskSpec.parse(edited).userContent(Task.REWRITE, "{text}", "{style}")
-        assertTrue(content, content.contains("Reply in {braces}.") && content.endsWith("\n\n{text}"))
-        assertTrue(content.contains("in a {style} style"))
+        assertTrue(content, content.contains("in a {style} style {braces}") && content.endsWith("\n\n{text}"))
     }
 }
