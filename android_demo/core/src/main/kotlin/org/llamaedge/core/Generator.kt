@@ -64,7 +64,7 @@ class Generator(
 
     /**
      * Runs [request] on the calling thread (not the UI thread), passing each visible piece to
-     * [onText] as it arrives. Throws [EdgeError] for a request that cannot run or a runtime
+     * [onText] as it arrives ([onText] runs inside the runtime's callback and must not throw). Throws [EdgeError] for a request that cannot run or a runtime
      * failure; a cancelled request returns normally with [FinishReason.CANCELLED].
      */
     fun generate(request: GenerationRequest, onText: (String) -> Unit): GenerationResult {
@@ -95,7 +95,13 @@ class Generator(
                 }
 
                 override fun onStats(json: String) {
-                    stats = RunnerStats.parse(json)
+                    // Statistics are informative: unreadable ones are left out, never thrown
+                    // back through the runtime's callback.
+                    stats = try {
+                        RunnerStats.parse(json)
+                    } catch (e: EdgeError) {
+                        null
+                    }
                 }
             })
         } catch (e: EngineException) {
