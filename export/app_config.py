@@ -23,8 +23,7 @@ import os
 import re
 from pathlib import Path
 
-from edge.chat import chatml_default_system, detect_chat_format, encode_chat, \
-    llama3_system_preamble
+from edge.chat import chatml_default_system, detect_chat_format, encode_chat, llama3_system_preamble
 
 APP_CONFIG = "llama_edge_app.json"
 APP_FORMAT, APP_VERSION = "llama-edge-app", 1

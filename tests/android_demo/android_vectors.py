@@ -85,18 +85,20 @@ REPLIES = ["The review moved to Thursday 5 June at 10:00.", "Größe 東京 🙂
 # Runner statistics: (name, fields). Timestamps in ms; the first loads the model inside
 # generate(), the second after an explicit load() with a prompt evaluated within one ms.
 STATS = [
-    ("load_in_generate", dict(num_prompt_tokens=97, num_generated_tokens=64,
-                              model_load_start_ms=1000, model_load_end_ms=1850,
-                              inference_start_ms=2000, inference_end_ms=3400,
-                              prompt_eval_end_ms=2150, first_token_ms=2151)),
-    ("explicit_load", dict(num_prompt_tokens=5, num_generated_tokens=1,
-                           model_load_start_ms=0, model_load_end_ms=0,
-                           inference_start_ms=1733300000000, inference_end_ms=1733300000003,
-                           prompt_eval_end_ms=1733300000000, first_token_ms=1733300000001)),
-    ("long_run", dict(num_prompt_tokens=1500, num_generated_tokens=320,
-                      model_load_start_ms=1733300000000, model_load_end_ms=1733300004321,
-                      inference_start_ms=1733300005000, inference_end_ms=1733300031234,
-                      prompt_eval_end_ms=1733300007777, first_token_ms=1733300007778)),
+    ("load_in_generate", {
+        "num_prompt_tokens": 97, "num_generated_tokens": 64, "model_load_start_ms": 1000,
+        "model_load_end_ms": 1850, "inference_start_ms": 2000, "inference_end_ms": 3400,
+        "prompt_eval_end_ms": 2150, "first_token_ms": 2151}),
+    ("explicit_load", {
+        "num_prompt_tokens": 5, "num_generated_tokens": 1, "model_load_start_ms": 0,
+        "model_load_end_ms": 0, "inference_start_ms": 1733300000000,
+        "inference_end_ms": 1733300000003, "prompt_eval_end_ms": 1733300000000,
+        "first_token_ms": 1733300000001}),
+    ("long_run", {
+        "num_prompt_tokens": 1500, "num_generated_tokens": 320,
+        "model_load_start_ms": 1733300000000, "model_load_end_ms": 1733300004321,
+        "inference_start_ms": 1733300005000, "inference_end_ms": 1733300031234,
+        "prompt_eval_end_ms": 1733300007777, "first_token_ms": 1733300007778}),
 ]
 STATS_KEYS = ("model_load_start_ms", "model_load_end_ms", "inference_start_ms", "inference_end_ms",
               "model_execution_start_ms", "model_execution_end_ms", "prompt_eval_end_ms",
@@ -114,7 +116,7 @@ def default_paths() -> tuple[Path, Path]:
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
             raise SystemExit(f"{module} is not installed; run scripts/setup.sh")
-        out.append(Path(list(spec.submodule_search_locations)[0]) / rel)
+        out.append(Path(next(iter(spec.submodule_search_locations))) / rel)
     return out[0], out[1]
 
 

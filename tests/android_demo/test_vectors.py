@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-import android_vectors as av
+import android_vectors as av  # tests/android_demo/, the vectors' generator
 
 # Greedy tokens compared per prompt between the runner and llama-edge's engine: enough to
 # cover several decode steps after the prompt's chunked prefill, cheap on the 2-layer program.

@@ -10,8 +10,7 @@ import pytest
 
 from edge.chat import encode_chat
 from edge.tokenizer import Tokenizer
-from export.app_config import (APP_CONFIG, BREAK, DATE_PLACEHOLDER, app_config, app_prompt,
-                               neutralize)
+from export.app_config import APP_CONFIG, BREAK, DATE_PLACEHOLDER, app_config, app_prompt, neutralize
 
 SMOL_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 LLAMA32_LIKE = ('{{- bos_token }}{%- if strftime_now is defined %}{%- set date_string = '
