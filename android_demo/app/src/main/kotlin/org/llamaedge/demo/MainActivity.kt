@@ -26,6 +26,7 @@ import org.llamaedge.core.RuntimeErrors
 import org.llamaedge.core.Task
 import org.llamaedge.core.TaskSpec
 import java.util.Locale
+import java.util.concurrent.atomic.AtomicBoolean
 
 /**
  * The main screen: text in, summarize or rewrite (with a style), Generate / Stop, the answer
@@ -35,6 +36,8 @@ import java.util.Locale
  */
 class MainActivity : Activity() {
     private val ui = Handler(Looper.getMainLooper())
+    /** Stop for the current request, also when it comes while the model is still loading. */
+    private var stopRequested = AtomicBoolean(false)
     private lateinit var settings: Settings
     private var spec: TaskSpec? = null
 
@@ -82,6 +85,7 @@ class MainActivity : Activity() {
         generate.setOnClickListener { onGenerate() }
         stop.setOnClickListener {
             status.setText(R.string.status_stopping)
+            stopRequested.set(true)
             ModelSession.cancel()
         }
     }
@@ -92,7 +96,10 @@ class MainActivity : Activity() {
     }
 
     override fun onDestroy() {
-        if (isFinishing) ModelSession.cancel()
+        if (isFinishing) {
+            stopRequested.set(true)
+            ModelSession.cancel()
+        }
         super.onDestroy()
     }
 
@@ -123,6 +130,7 @@ class MainActivity : Activity() {
         val defaults = s.defaults.getValue(chosen)
         val temperature = settings.temperature ?: defaults.temperature
         val maxNewTokens = settings.maxNewTokens ?: defaults.maxNewTokens
+        val stopFlag = AtomicBoolean(false).also { stopRequested = it }
         setRunning(true)
         output.text = ""
         stats.text = ""
@@ -134,16 +142,25 @@ class MainActivity : Activity() {
                 post { showStatus(getString(R.string.status_checking)) }
                 if (ModelSession.needsLoad(files)) post { showStatus(getString(R.string.status_loading, files.program.name)) }
                 val session = ModelSession.open(files)
+                if (stopFlag.get()) {
+                    post { showStatus(getString(R.string.finish_cancelled)) }
+                    return@execute
+                }
                 val prompt = PromptBuilder(session.model.config).build(messages)
                 val request = GenerationRequest(prompt, maxNewTokens, temperature)
                 post { showStatus(getString(R.string.status_generating)) }
-                val result = session.generator.generate(request) { piece -> post { output.append(piece) } }
+                val result = session.generator.generate(request, stopFlag::get) { piece ->
+                    post { output.append(piece) }
+                }
                 post { showResult(result, session.model.config.maxContext) }
             } catch (e: EdgeError) {
                 post { showError(e.message ?: e.toString()) }
             } catch (e: EngineException) {
                 post { showError(RuntimeErrors.describe(e.code, e.message ?: "")) }
             } catch (e: Exception) {
+                post { showError(e.toString()) }
+            } catch (e: LinkageError) {
+                // ExecuTorch's native library is missing for this device's ABI or failed to load.
                 post { showError(e.toString()) }
             } finally {
                 post { setRunning(false) }

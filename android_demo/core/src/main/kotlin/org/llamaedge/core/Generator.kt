@@ -64,10 +64,17 @@ class Generator(
 
     /**
      * Runs [request] on the calling thread (not the UI thread), passing each visible piece to
-     * [onText] as it arrives ([onText] runs inside the runtime's callback and must not throw). Throws [EdgeError] for a request that cannot run or a runtime
-     * failure; a cancelled request returns normally with [FinishReason.CANCELLED].
+     * [onText] as it arrives ([onText] runs inside the runtime's callback and must not throw).
+     * [stopRequested] is asked at every piece: a Stop the user gave before this call started
+     * (while the model loaded) ends the request at its first piece. Throws [EdgeError] for a
+     * request that cannot run or a runtime failure; a cancelled request returns normally with
+     * [FinishReason.CANCELLED].
      */
-    fun generate(request: GenerationRequest, onText: (String) -> Unit): GenerationResult {
+    fun generate(
+        request: GenerationRequest,
+        stopRequested: () -> Boolean = { false },
+        onText: (String) -> Unit,
+    ): GenerationResult {
         synchronized(lock) {
             if (running) throw EdgeError("A generation is already running; stop it first.")
             running = true
@@ -80,6 +87,7 @@ class Generator(
             engine.resetContext()
             engine.generate(request.prompt, request.temperature, object : EngineListener {
                 override fun onPiece(text: String) {
+                    if (finish.get() == null && stopRequested()) end(FinishReason.CANCELLED)
                     if (finish.get() != null) {
                         engine.stop()
                         return

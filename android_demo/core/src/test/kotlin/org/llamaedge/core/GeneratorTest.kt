@@ -98,6 +98,15 @@ class GeneratorTest {
     }
 
     @Test
+    fun aStopGivenBeforeTheRequestStartedEndsItAtTheFirstPiece() {
+        val runner = ScriptedRunner(listOf("a", "b", "c", "d"))
+        val r = Generator(runner, listOf(end)).generate(request(), stopRequested = { true }) { fail("shown: $it") }
+        assertEquals(FinishReason.CANCELLED, r.finish)
+        assertEquals("", r.text)
+        assertEquals(2, runner.delivered) // the runner forgets the first stop, as LlmModule's does
+    }
+
+    @Test
     fun cancelWhenIdleDoesNothing() {
         val runner = ScriptedRunner(listOf("a"))
         Generator(runner, listOf(end)).cancel()
