@@ -41,7 +41,7 @@ object ModelLocator {
     }
 
     private fun requireFile(f: File, what: String) {
-        if (!f.exists()) throw EdgeError("$f: not found. Push the $what from llama-export's xnnpack directory (see Settings).")
+        if (!f.exists()) throw EdgeError("$f: not found. Copy llama-export's xnnpack directory, which holds the $what, to the device (adb push; README, section Android).")
         if (!f.isFile) throw EdgeError("$f: is a directory, not the $what.")
         if (!f.canRead()) throw EdgeError("$f: cannot be read (permissions).")
     }
