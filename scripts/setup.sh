@@ -50,3 +50,6 @@ if ! command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || ! command -v qemu-aarch
         fi
     fi
 fi
+
+# The Android demo's compiler, tokenizer and checking tools.
+bash scripts/setup_android.sh

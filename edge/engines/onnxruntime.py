@@ -1,6 +1,6 @@
 """Run an ONNX decoder exported by `llama-export --target onnx` in onnxruntime.
 
-The artifact directory (layout in export/lower_onnx.py) is checked before onnxruntime sees
+The artifact directory (layout in export/targets/onnx/__init__.py) is checked before onnxruntime sees
 it: the manifest's format and version, every listed file's size and sha256, the graph parsed
 without its weights, every external-data reference (a plain file name inside the directory,
 listed in the manifest, its byte range inside the file), and the graph's inputs and outputs

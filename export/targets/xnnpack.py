@@ -43,6 +43,7 @@ from quant.apply import QuantEmbedding, QuantLinear
 
 from ..model import LlamaModel, Step, remodel, rope_tables, run_layers
 from . import Target
+from .app_config import write_app_config  # the Android app's llama_edge_app.json
 from .common import chat_template, dir_bytes, model_to_lower, resolve_max_context
 
 NAME = "xnnpack"
@@ -380,8 +381,8 @@ def delegated_share(program) -> dict:
 
 def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
                   chat_template: str | None = None, recipe: str = "none") -> dict:
-    """Write dest/ (model.pte, tokenizer.json, tokenizer_config.json, llama_edge.json); returns
-    a summary."""
+    """Write dest/ (model.pte, tokenizer.json, tokenizer_config.json, llama_edge.json,
+    llama_edge_app.json); returns a summary."""
     from edge.chat import detect_chat_format
     from edge.engines.executorch import write_sidecar
 
@@ -393,6 +394,7 @@ def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
     tokenizer.save(dest, chat_template)
     write_sidecar(dest / PTE_NAME, {"name": model.config.name or "llama", "recipe": recipe,
                                     "chat_format": detect_chat_format(tokenizer)})
+    write_app_config(dest, tokenizer, model.config, max_context, chat_template)
     return {"bytes": (dest / PTE_NAME).stat().st_size, **share}
 
 

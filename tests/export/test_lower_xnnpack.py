@@ -219,44 +219,14 @@ def test_engine_selection(tiny_pte):
 
 
 # ------------------------------------------------------------------------- real model
-# SmolLM2's first layers with its real weights and tokenizer: ExecuTorch's lowering of all 30
-# layers takes minutes on a 2-core machine, and what is checked here (the runner's contract,
-# the tokenizer file, kernels against the reference) does not depend on the depth. The full
-# model is measured in benchmarks/pte_compare.py.
-REAL_LAYERS = 2
+# `smollm2_ptes` (tests/conftest.py): SmolLM2's first layers with its real weights and tokenizer
+# as a float and a mobile program. The torch reference below allocates the same context.
 REAL_CTX = 256
 # Per-token int8 activations make SmolLM2 rounding-sensitive (see tests/edge/test_runtime.py):
 # a one-part-in-10^7 perturbation of the reference flips a few percent of its top-1 tokens, so
 # the program is held to that spread, teacher-forced along the reference's own continuation.
 ACT_KLD_FACTOR, ACT_KLD_FLOOR = 3.0, 2e-3
 ACT_TOP1_MARGIN = 0.03
-
-
-@pytest.fixture(scope="module")
-def smollm2_ptes(smollm2_ck, tmp_path_factory):
-    """SmolLM2 (first REAL_LAYERS layers) as a float program and with the mobile recipe's
-    schemes (round to nearest; the lowering does not depend on how the integers were
-    chosen)."""
-    import dataclasses
-
-    from export.model import LlamaModel
-    from export.quantize import quantized_model
-
-    cfg = smollm2_ck.config.replace(num_layers=REAL_LAYERS)
-    keep = set(cfg.expected_shapes())
-    ck = dataclasses.replace(smollm2_ck, config=cfg,
-                             tensors={k: v for k, v in smollm2_ck.tensors.items() if k in keep})
-    tmp = tmp_path_factory.mktemp("smollm2_xnnpack")
-    rfile = tmp / "mobile-rtn.json"
-    rfile.write_text(json.dumps(load_recipe("mobile").with_algorithm("rtn").to_dict()))
-    models = {"float": LlamaModel.from_state_dict(cfg, ck.tensors, torch.float32,
-                                                  max_seq_len=REAL_CTX),
-              "mobile": quantized_model(ck, str(rfile), None, max_seq_len=REAL_CTX)[0]}
-    out = {}
-    for name, m in models.items():
-        write_xnnpack(m, ck.tokenizer, tmp / name, REAL_CTX, recipe=name)
-        out[name] = (m, tmp / name / PTE_NAME)
-    return ck, out
 
 
 def _greedy(session, ids, n) -> list[int]:
