@@ -33,24 +33,31 @@ WEIGHTS_OPTION = click.option(
          "process), auto (resident where the system offers transparent huge pages).")
 
 
+SPECULATIVE_HELP = ("Speculative decoding: off, lookup (draft from n-grams of the prompt and the "
+                    "text so far) or draft:MODEL (a smaller model of the same vocabulary, e.g. a "
+                    "pruned export of this one). It changes the speed, not the text.")
+
+
 def _gen_options(fn):
     opts = [
         click.option("-m", "--model", "model", required=True,
-                     help="Model: an edge artifact directory (from llama-export), a .gguf file "
-                          "(run in llama.cpp when llama-cpp-python is installed), or a "
-                          "checkpoint (HF dir, Meta dir, .gguf, known model name) run on the "
-                          "torch reference path."),
+                     help="Model: an edge artifact directory (from llama-export), a .pte, an "
+                          "ONNX export, a .gguf file (run in llama.cpp when llama-cpp-python is "
+                          "installed), or a checkpoint (HF dir, Meta dir, .gguf, known model "
+                          "name) run on the torch reference path."),
         click.option("--engine", type=click.Choice(ENGINES), default="auto",
                      show_default=True, help=ENGINE_HELP),
         click.option("--max-new-tokens", type=int, default=None,
-                     help="Tokens to generate at most (default: 256 for run, task-specific "
-                          "otherwise)."),
-        click.option("--temperature", type=float, default=0.0, show_default=True,
-                     help="0 is greedy."),
-        click.option("--top-p", type=float, default=1.0, show_default=True),
-        click.option("--top-k", type=int, default=0, show_default=True, help="0 disables."),
-        click.option("--repetition-penalty", type=float, default=None,
-                     help="1.0 disables (default: 1.0 for run, 1.1 for tasks)."),
+                     help="Tokens to generate at most (default: 256 for run; the task's "
+                          "default, per piece, for tasks)."),
+        click.option("--temperature", type=float, default=None,
+                     help="0 is greedy (default: the model's recommendation for run, 0 for "
+                          "tasks)."),
+        click.option("--top-p", type=float, default=None),
+        click.option("--top-k", type=int, default=None, help="0 disables."),
+        click.option("--repetition-penalty", type=float, default=None, help="1.0 disables."),
+        click.option("--no-repeat-ngram", type=int, default=None,
+                     help="Never repeat an n-gram of the generated text (0 disables)."),
         click.option("--seed", type=int, default=None),
         click.option("--stop", multiple=True, help="Stop string (repeatable)."),
         click.option("--ctx", type=int, default=None, help="Context length to allocate."),
@@ -66,26 +73,47 @@ def _gen_options(fn):
     return fn
 
 
-def _params(kw, default_new: int, default_rep: float) -> SamplingParams:
-    rep = kw["repetition_penalty"]
-    return SamplingParams(
-        max_new_tokens=kw["max_new_tokens"] if kw["max_new_tokens"] is not None else default_new,
-        temperature=kw["temperature"], top_p=kw["top_p"], top_k=kw["top_k"],
-        repetition_penalty=rep if rep is not None else default_rep, seed=kw["seed"],
-        stop=tuple(kw["stop"])).validate()
+SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+                  "no_repeat_ngram")
 
 
-def _generate(kw, messages: list[dict] | None, raw_text: str | None, default_new: int,
-              default_rep: float, task: str):
-    from .chat import detect_chat_format, encode_chat
+def _params(kw, defaults: dict) -> SamplingParams:
+    """Flags given on the command line over `defaults` (the task's, or the model's)."""
+    values = {k: v for k, v in defaults.items() if k in SAMPLING_FLAGS}
+    values.update({k: kw[k] for k in SAMPLING_FLAGS if kw.get(k) is not None})
+    return SamplingParams(**values, seed=kw["seed"], stop=tuple(kw["stop"])).validate()
+
+
+def _open(kw):
     from .engines import open_model
-    from .generate import Generation
 
-    params = _params(kw, default_new, default_rep)  # validate before the slow load
     t0 = time.perf_counter()
     engine = open_model(kw["model"], max_context=kw["ctx"], threads=kw["threads"], kv=kw["kv"],
                         engine=kw["engine"], weight_memory=kw["weight_memory"])
-    load_s = time.perf_counter() - t0
+    return engine, time.perf_counter() - t0
+
+
+def _open_draft(kw):
+    from .engines import open_model
+
+    return lambda path: open_model(path, max_context=kw["ctx"], threads=kw["threads"],
+                                   weight_memory=kw["weight_memory"])
+
+
+def _status(prompt_tokens, prefill, generated, decode, reason, engine, extra="") -> None:
+    click.echo(f"[{prompt_tokens} prompt tokens at {prefill:.1f} tok/s, {generated} generated "
+               f"at {decode:.1f} tok/s, finish: {reason}, engine: {engine}{extra}]", err=True)
+
+
+def _generate(kw, messages: list[dict] | None, raw_text: str | None, task: str):
+    from .chat import detect_chat_format, encode_chat
+    from .generate import Generation
+    from .speculative import make_drafter
+
+    _params(kw, {"max_new_tokens": 256})  # validate the flags before the slow load
+    engine, load_s = _open(kw)
+    params = _params(kw, {"max_new_tokens": 256, **engine.generation})
+    drafter = make_drafter(kw["speculative"], _open_draft(kw))
     tok = engine.tokenizer
     if tok is None:
         raise EdgeError(f"{kw['model']}: has no tokenizer, so it cannot generate text")
@@ -96,7 +124,7 @@ def _generate(kw, messages: list[dict] | None, raw_text: str | None, default_new
         fmt = "raw"
         ids = ([tok.bos_id] if tok.bos_id is not None and getattr(tok, "add_bos", False)
                else []) + tok.encode(raw_text)
-    gen = Generation(engine.session(), tok, ids, params, engine.eos_ids)
+    gen = Generation(engine.session(), tok, ids, params, engine.eos_ids, drafter=drafter)
     stream = not kw["as_json"]
     for piece in gen:
         if stream:
@@ -111,10 +139,81 @@ def _generate(kw, messages: list[dict] | None, raw_text: str | None, default_new
         click.echo(json.dumps(d, ensure_ascii=False))
     else:
         click.echo("")
-        click.echo(f"[{r.prompt_tokens} prompt tokens at {r.prefill_tok_s:.1f} tok/s, "
-                   f"{r.generated_tokens} generated at {r.decode_tok_s:.1f} tok/s, "
-                   f"finish: {r.finish_reason}, engine: {engine.name}]", err=True)
+        _status(r.prompt_tokens, r.prefill_tok_s, r.generated_tokens, r.decode_tok_s,
+                r.finish_reason, engine.name)
     return r
+
+
+def _task_options(fn):
+    opts = [
+        click.option("--speculative", default="lookup", show_default=True, metavar="MODE",
+                     help=SPECULATIVE_HELP),
+        click.option("--max-input", type=int, default=None, metavar="TOKENS",
+                     help="Refuse inputs of more tokens than this (default: "
+                          "edge/data/tasks.json's max_input_tokens)."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _run_task(kw, task: str, files: tuple, style: str | None = None):
+    """Each FILE in turn through one loaded model (the prompt's fixed part is computed once)."""
+    from tqdm import tqdm
+
+    from .tasks import MAX_INPUT_TOKENS, check_style, read_input, task_defaults
+    from .taskrun import TaskRunner
+
+    if not files:
+        raise GenerationError("give at least one input FILE ('-' for stdin)")
+    if style is not None:
+        style = check_style(style)
+    params = _params(kw, task_defaults(task))  # flags over the task's defaults, checked early
+    texts = [read_input(f) for f in files]  # every file readable before the slow load
+    engine, load_s = _open(kw)
+    runner = TaskRunner(engine, kw["speculative"], _open_draft(kw))
+    stream = not kw["as_json"]
+    results = []
+    for name, text in zip(files, texts):
+        bar = tqdm(desc=f"{task} {name}", unit="piece", file=sys.stderr, leave=False,
+                   disable=None)
+
+        def progress(done, total, label, bar=bar):
+            bar.set_description(f"{label} {name}")
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        def on_text(chunk):  # the final output as it is generated (see TaskRunner.run)
+            if stream:
+                click.echo(chunk, nl=False)
+                sys.stdout.flush()
+
+        try:
+            r = runner.run(task, text, params, style,
+                           kw["max_input"] if kw["max_input"] is not None else MAX_INPUT_TOKENS,
+                           progress, on_text)
+        finally:
+            bar.close()
+        results.append(r)
+        if kw["as_json"]:
+            d = r.to_json()
+            d.update(file=str(name), engine=engine.name, load_s=round(load_s, 3),
+                     model=str(kw["model"]), threads=engine.threads, isa=engine.isa,
+                     speculative_mode=kw["speculative"])
+            click.echo(json.dumps(d, ensure_ascii=False))
+            continue
+        click.echo("")
+        d = r.to_json()
+        spec = d["speculative"]
+        extra = (f", {d['n_pieces']} pieces" if d["n_pieces"] > 1 else "") + (
+            f", {d['prefix_cached_tokens']} prompt tokens from the prefix cache"
+            if d["prefix_cached_tokens"] else "") + (
+            f", speculation kept {spec['accepted_tokens']}/{spec['drafted_tokens']} drafted"
+            if spec["drafted_tokens"] else "")
+        _status(d["prompt_tokens"], d["prefill_tok_s"], d["generated_tokens"],
+                d["decode_tok_s"], d["finish_reason"], engine.name, extra)
+    return results
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,9 +228,12 @@ def main():
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, without the chat "
               "format.")
 @click.option("--system", default=None, help="System message (chat format only).")
+@click.option("--speculative", default="off", show_default=True, metavar="MODE",
+              help=SPECULATIVE_HELP)
 @_errors
 def run(prompt, raw, system, **kw):
-    """Generate a reply to a prompt (one user turn in the model's chat format)."""
+    """Generate a reply to a prompt (one user turn in the model's chat format). Sampling
+    options not given take the model's recommended values (greedy when it has none)."""
     if prompt is None:
         if sys.stdin.isatty():
             raise GenerationError("give --prompt TEXT or pipe the prompt on stdin")
@@ -139,39 +241,35 @@ def run(prompt, raw, system, **kw):
     if not prompt.strip():
         raise GenerationError("the prompt is empty")
     if raw:
-        _generate(kw, None, prompt, 256, 1.0, "run")
+        _generate(kw, None, prompt, "run")
     else:
         msgs = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}]
-        _generate(kw, msgs, None, 256, 1.0, "run")
+        _generate(kw, msgs, None, "run")
 
 
 @main.command()
 @_gen_options
-@click.argument("file")
+@_task_options
+@click.argument("files", nargs=-1, metavar="FILE...")
 @_errors
-def summarize(file, **kw):
-    """Summarize a UTF-8 text FILE ('-' for stdin)."""
-    from .tasks import read_input, summarize_messages, task_defaults
-
-    d = task_defaults("summarize")
-    _generate(kw, summarize_messages(read_input(file)), None, d["max_new_tokens"],
-              d["repetition_penalty"], "summarize")
+def summarize(files, **kw):
+    """Summarize UTF-8 text FILEs ('-' for stdin), each as long as --max-input allows: longer
+    than the context, a document is summarized in pieces, then their summaries."""
+    _run_task(kw, "summarize", files)
 
 
 @main.command()
 @_gen_options
-@click.argument("file")
+@_task_options
+@click.argument("files", nargs=-1, metavar="FILE...")
 @click.option("--style", required=True, help="formal, casual, concise, simple, bullet, or "
               "any short description.")
 @_errors
-def rewrite(file, style, **kw):
-    """Rewrite a UTF-8 text FILE ('-' for stdin) in another style."""
-    from .tasks import read_input, rewrite_messages, task_defaults
-
-    d = task_defaults("rewrite")
-    _generate(kw, rewrite_messages(read_input(file), style), None, d["max_new_tokens"],
-              d["repetition_penalty"], "rewrite")
+def rewrite(files, style, **kw):
+    """Rewrite UTF-8 text FILEs ('-' for stdin) in another style, piece by piece when longer
+    than the context."""
+    _run_task(kw, "rewrite", files, style)
 
 
 @main.command()

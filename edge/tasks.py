@@ -1,7 +1,14 @@
-"""Summarize and rewrite: task prompts on top of the model's chat format.
+"""Summarize and rewrite: task prompts (edge/data/tasks.json) on top of the model's chat format,
+for documents of any length up to --max-input.
 
-Input is capped in bytes before tokenizing, checked for emptiness, and must fit the context
-with the requested output; nothing is silently truncated.
+A document that does not fit the context with the task's prompt and output is split into pieces
+on paragraph boundaries (then sentences, then words, for a paragraph that is itself too long).
+`summarize` summarizes each piece, then summarizes the summaries (summarize_merge), again in
+pieces if they do not fit, until one summary remains; `rewrite` rewrites each piece and joins
+them in order. Nothing is dropped: the result lists every piece with its tokens and timings.
+
+Input is capped in bytes before tokenizing and in tokens after (--max-input), checked for
+emptiness; every prompt is checked against the context.
 """
 
 from __future__ import annotations
@@ -30,20 +37,28 @@ def load_task_spec(path: Path = TASKS_FILE) -> dict:
 
 
 _SPEC = load_task_spec()
-# Summaries and rewrites of more than ~100 kB of text do not fit any supported context;
-# refuse before spending time tokenizing it.
+# Read at most this much text (a guard before tokenizing), and take at most this many tokens
+# of it (--max-input, the work a request may cause).
 MAX_TASK_INPUT_BYTES = _SPEC["limits"]["max_input_bytes"]
+MAX_INPUT_TOKENS = _SPEC["limits"]["max_input_tokens"]
 MAX_STYLE_CHARS = _SPEC["limits"]["max_style_chars"]
 SUMMARY_PROMPT = _SPEC["tasks"]["summarize"]["prompt"]
 REWRITE_PROMPT = _SPEC["tasks"]["rewrite"]["prompt"]
+MERGE_PROMPT = _SPEC["tasks"]["summarize_merge"]["prompt"]
+TASKS = ("summarize", "rewrite")
 # Named styles get a more specific instruction; any other style word is used as given.
 STYLES = _SPEC["tasks"]["rewrite"]["styles"]
 
 
 def task_defaults(task: str) -> dict:
     """Decoding defaults of a task (max_new_tokens, temperature, top_p, top_k,
-    repetition_penalty)."""
+    repetition_penalty, no_repeat_ngram)."""
     return dict(_SPEC["tasks"][task]["defaults"])
+
+
+def piece_tokens(task: str) -> int:
+    """Document tokens per piece at most (the small models write better from shorter input)."""
+    return int(_SPEC["tasks"][task]["piece_tokens"])
 
 
 def read_input(path) -> str:
@@ -76,11 +91,20 @@ def summarize_messages(text: str) -> list[dict]:
     return [{"role": "user", "content": SUMMARY_PROMPT.format(text=text)}]
 
 
-def rewrite_messages(text: str, style: str) -> list[dict]:
-    style = style.strip()
+def merge_messages(text: str) -> list[dict]:
+    return [{"role": "user", "content": MERGE_PROMPT.format(text=text)}]
+
+
+def check_style(style) -> str:
+    style = (style or "").strip()
     if not style or len(style) > MAX_STYLE_CHARS:
         raise GenerationError("parameter --style: give a short style such as "
                               f"{', '.join(STYLES)} (got {style!r})")
+    return style
+
+
+def rewrite_messages(text: str, style: str) -> list[dict]:
+    style = check_style(style)
     return [{"role": "user",
              "content": REWRITE_PROMPT.format(style=STYLES.get(style.lower(), style),
                                               text=text)}]

@@ -356,5 +356,9 @@ PYBIND11_MODULE(_kernels, mod) {
            }),
            py::arg("model"), py::arg("max_ctx"), py::arg("kv") = "f32", py::keep_alive<1, 2>())
       .def_property_readonly("max_ctx", &Session::max_ctx)
-      .def_property_readonly("kv_bytes", &Session::kv_bytes);
+      .def_property_readonly("kv_bytes", &Session::kv_bytes)
+      .def("copy_from", [](Session& s, const Session& src, int64_t n) {
+             py::gil_scoped_release nogil;
+             s.copy_prefix(src, n);
+           }, py::arg("src"), py::arg("n"));
 }

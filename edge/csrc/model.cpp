@@ -29,7 +29,9 @@ static void rmsnorm(const float* x, const float* w, float* out, int64_t n, float
   for (int64_t i = 0; i < n; i++) out[i] = (x[i] * r) * w[i];
 }
 
-Session::Session(Model& m, int64_t max_ctx, int kv_kind) : max_ctx_(max_ctx), kv_kind_(kv_kind) {
+Session::Session(Model& m, int64_t max_ctx, int kv_kind)
+    : max_ctx_(max_ctx), kv_kind_(kv_kind), kv_heads_(m.config().kv_heads),
+      head_dim_(m.config().head_dim) {
   const ModelConfig& c = m.config();
   if (max_ctx <= 0 || max_ctx > c.max_ctx)
     throw std::invalid_argument("session context " + std::to_string(max_ctx) +
@@ -49,6 +51,32 @@ Session::Session(Model& m, int64_t max_ctx, int kv_kind) : max_ctx_(max_ctx), kv
       vs_.emplace_back((size_t)c.kv_heads * max_ctx, 0.f);
     }
   }
+}
+
+void Session::copy_prefix(const Session& src, int64_t n) {
+  if (src.kv_kind_ != kv_kind_ || src.kv_heads_ != kv_heads_ || src.head_dim_ != head_dim_ ||
+      src.kf_.size() + src.kq_.size() != kf_.size() + kq_.size())
+    throw std::invalid_argument("copy_prefix: the sessions belong to different models or KV kinds");
+  if (n < 0 || n > src.max_ctx_ || n > max_ctx_)
+    throw std::invalid_argument("copy_prefix: " + std::to_string(n) + " positions do not fit "
+                                "both sessions");
+  const int64_t hd = head_dim_;
+  // keys in KT-position tiles: whole tiles covering [0, n), per KV head
+  const int64_t tiled = std::min({(n + KT - 1) / KT * KT, src.kt_ctx(), kt_ctx()});
+  for (size_t l = 0; l < kf_.size(); l++)
+    for (int64_t h = 0; h < kv_heads_; h++) {
+      std::copy_n(src.kf_[l].data() + h * src.kt_ctx() * hd, tiled * hd,
+                  kf_[l].data() + h * kt_ctx() * hd);
+      std::copy_n(src.vf_[l].data() + h * src.max_ctx_ * hd, n * hd,
+                  vf_[l].data() + h * max_ctx_ * hd);
+    }
+  for (size_t l = 0; l < kq_.size(); l++)
+    for (int64_t h = 0; h < kv_heads_; h++) {
+      std::copy_n(src.kq_[l].data() + h * src.max_ctx_ * hd, n * hd, kq_[l].data() + h * max_ctx_ * hd);
+      std::copy_n(src.vq_[l].data() + h * src.max_ctx_ * hd, n * hd, vq_[l].data() + h * max_ctx_ * hd);
+      std::copy_n(src.ks_[l].data() + h * src.max_ctx_, n, ks_[l].data() + h * max_ctx_);
+      std::copy_n(src.vs_[l].data() + h * src.max_ctx_, n, vs_[l].data() + h * max_ctx_);
+    }
 }
 
 int64_t Session::kv_bytes() const {

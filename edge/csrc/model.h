@@ -43,11 +43,15 @@ class Session {
   int kv_kind() const { return kv_kind_; }
   int64_t kv_bytes() const;
   int64_t kt_ctx() const { return (max_ctx_ + KT - 1) / KT * KT; }  // key rows, whole tiles
+  // Copy the keys and values of positions [0, n) from `src`, a session of the same model and
+  // KV kind (a cached prompt prefix); later positions of this session are left as they are.
+  void copy_prefix(const Session& src, int64_t n);
 
  private:
   friend class Model;
   int64_t max_ctx_;
   int kv_kind_;
+  int64_t kv_heads_, head_dim_;
   // per layer: values (kv_heads, max_ctx, head_dim); f32 keys (kv_heads, kt_ctx, head_dim) in
   // KT-position tiles (kernels.h); int8 keys row-major like the values
   std::vector<std::vector<float>> kf_, vf_;

@@ -140,6 +140,9 @@ def program_metadata(program, path: Path) -> dict:
 
 
 class ExecuTorchSession:
+    # the program returns the last position's logits: checking a draft takes one call per
+    # token, so speculation would not pay
+    batch_logits = False
     def __init__(self, engine: "ExecuTorchEngine", max_context: int):
         import torch
 
@@ -190,6 +193,26 @@ class ExecuTorchSession:
         ids = self._checked([token])
         self._check_room(1)
         return self._run(ids)
+
+    def extend(self, ids) -> np.ndarray:
+        """(vocab,) logits after `ids`, continuing at self.pos."""
+        ids = self._checked(ids)
+        self._check_room(len(ids))
+        out = None
+        for i in range(0, len(ids), self._chunk):
+            out = self._run(ids[i:i + self._chunk])
+        return out
+
+    def forward(self, ids) -> np.ndarray:
+        """(n, vocab) logits of every position of `ids`, continuing at self.pos."""
+        ids = self._checked(ids)
+        self._check_room(len(ids))
+        return np.stack([self._run([t]).copy() for t in ids])
+
+    def rewind(self, pos: int) -> None:
+        if not 0 <= pos <= self.pos:
+            raise EdgeError(f"cannot rewind a session at position {self.pos} to {pos}")
+        self.pos = pos  # positions past `pos` in the program's cache are never read
 
     def logits_all(self, ids) -> np.ndarray:
         """Logits after every token of `ids` from position 0 (one forward call per token)."""

@@ -107,6 +107,8 @@ def validate_gguf(path) -> tuple[dict, object]:
 class LlamaCppSession:
     """One llama.cpp context (its own KV cache) behind the prefill / decode interface."""
 
+    batch_logits = True
+
     def __init__(self, engine: "LlamaCppEngine", max_context: int, exact: bool = False):
         lc = engine.llama_cpp
         self._l, self.engine, self.max_context = lc, engine, max_context
@@ -181,10 +183,9 @@ class LlamaCppSession:
         self._token[0] = token
         return self._run(self._step, 1)
 
-    def logits_all(self, ids) -> np.ndarray:
-        """(n, vocab) float32 logits of every position of `ids`, from an empty cache."""
+    def forward(self, ids) -> np.ndarray:
+        """(n, vocab) float32 logits of every position of `ids`, continuing at self.pos."""
         lc = self._l
-        self.reset()
         self._check_room(len(ids))
         out = np.empty((len(ids), self._n_vocab), np.float32)
         for s in range(0, len(ids), self.n_batch):
@@ -193,7 +194,7 @@ class LlamaCppSession:
             try:
                 for i, t in enumerate(chunk):
                     batch.token[i] = t
-                    batch.pos[i] = s + i
+                    batch.pos[i] = self.pos + i
                     batch.n_seq_id[i] = 1
                     batch.seq_id[i][0] = 0
                     batch.logits[i] = 1
@@ -207,8 +208,25 @@ class LlamaCppSession:
                     ptr, shape=(len(chunk), self._n_vocab))
             finally:
                 lc.llama_batch_free(batch)
-        self.pos = len(ids)
+            self.pos += len(chunk)
+        self._addr = None  # the output buffer was used for a batch
         return out
+
+    def logits_all(self, ids) -> np.ndarray:
+        """(n, vocab) float32 logits of every position of `ids`, from an empty cache."""
+        self.reset()
+        return self.forward(ids)
+
+    def extend(self, ids) -> np.ndarray:
+        """(vocab,) logits after `ids`, continuing at self.pos."""
+        return self.forward(ids)[-1].copy()
+
+    def rewind(self, pos: int) -> None:
+        """Drop positions pos.. from llama.cpp's cache."""
+        if not 0 <= pos <= self.pos:
+            raise EdgeError(f"cannot rewind a session at position {self.pos} to {pos}")
+        self._l.llama_memory_seq_rm(self._memory, 0, pos, -1)
+        self.pos = pos
 
 
 class LlamaCppEngine:

@@ -38,6 +38,8 @@ def rope_tables(config, n: int) -> tuple[np.ndarray, np.ndarray]:
 class EdgeSession:
     """One conversation: its own KV cache (allocated once) and logits buffer."""
 
+    batch_logits = True  # a forward pass over a few tokens costs about one decode step
+
     def __init__(self, engine: "EdgeEngine", max_context: int, kv: str):
         self.engine, self.max_context, self.pos = engine, max_context, 0
         self._s = engine._k.Session(engine._model, max_context, kv)
@@ -68,16 +70,51 @@ class EdgeSession:
         self._token[0] = token
         return self._run(self._token)
 
-    def logits_all(self, ids) -> np.ndarray:
-        """(len(ids), vocab) logits of every position, from position 0 (evaluation)."""
+    def extend(self, ids) -> np.ndarray:
+        """(vocab,) logits after `ids`, continuing at self.pos."""
+        return self._run(ids)
+
+    def forward(self, ids) -> np.ndarray:
+        """(len(ids), vocab) logits of every position of `ids`, continuing at self.pos (one
+        forward pass: how speculation checks a draft)."""
         ids = np.ascontiguousarray(ids, dtype=np.int32)
-        if len(ids) > self.max_context:
-            raise GenerationError(f"{len(ids)} tokens exceed the session's context of "
+        if self.pos + len(ids) > self.max_context:
+            raise GenerationError(f"{self.pos + len(ids)} tokens exceed the session's context of "
                                   f"{self.max_context}")
         out = np.empty((len(ids), self.engine.config.vocab_size), dtype=np.float32)
-        self.engine._model.forward(self._s, ids, 0, out, True)
-        self.pos = len(ids)
+        self.engine._model.forward(self._s, ids, self.pos, out, True)
+        self.pos += len(ids)
         return out
+
+    def logits_all(self, ids) -> np.ndarray:
+        """(len(ids), vocab) logits of every position, from position 0 (evaluation)."""
+        self.pos = 0
+        return self.forward(ids)
+
+    def rewind(self, pos: int) -> None:
+        """Keep the first `pos` positions of the cache (later ones are overwritten, never
+        read)."""
+        if not 0 <= pos <= self.pos:
+            raise GenerationError(f"cannot rewind a session at position {self.pos} to {pos}")
+        self.pos = pos
+
+    def snapshot(self, n: int) -> "EdgeSession":
+        """The cache of positions [0, n) in a session of its own (a prefix cache entry)."""
+        if not 0 < n <= self.pos:
+            raise GenerationError(f"cannot keep {n} positions of a session at position "
+                                  f"{self.pos}")
+        keep = EdgeSession(self.engine, n, self.engine.kv)
+        keep._s.copy_from(self._s, n)
+        keep.pos = n
+        return keep
+
+    def restore(self, snap: "EdgeSession") -> None:
+        """Start from a snapshot's positions (this session's later positions are dropped)."""
+        if snap.pos > self.max_context:
+            raise GenerationError(f"a cached prefix of {snap.pos} tokens does not fit the "
+                                  f"session's context of {self.max_context}")
+        self._s.copy_from(snap._s, snap.pos)
+        self.pos = snap.pos
 
 
 class EdgeEngine:

@@ -159,6 +159,8 @@ def _check_graph(root: Path, model_file: Path, m: dict, cfg) -> None:
 class OnnxSession:
     """One conversation: its own KV cache buffers, bound to the shared onnxruntime session."""
 
+    batch_logits = True
+
     def __init__(self, engine: "OnnxEngine", max_context: int):
         ort = engine.ort
         c = engine.config
@@ -235,6 +237,34 @@ class OnnxSession:
     def logits_all(self, ids) -> np.ndarray:
         """(n, vocab) float32 logits of every position of `ids`, from an empty cache."""
         return self._prompt(ids, keep_all=True)
+
+    def _ids(self, ids) -> np.ndarray:
+        ids = np.asarray(list(ids), np.int64)
+        vocab = self.engine.config.vocab_size
+        if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
+            raise EdgeError(f"token ids must be in 0..{vocab - 1}")
+        self._check_room(len(ids))
+        return ids
+
+    def forward(self, ids) -> np.ndarray:
+        """(n, vocab) logits of every position of `ids`, continuing at self.pos."""
+        ids = self._ids(ids)
+        vocab = self.engine.config.vocab_size
+        out = np.empty((len(ids), vocab), np.float32)
+        for s in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[s:s + PREFILL_CHUNK]
+            out[s:s + len(chunk)] = self._run(chunk, np.empty((1, len(chunk), vocab),
+                                                              np.float32))[0]
+        return out
+
+    def extend(self, ids) -> np.ndarray:
+        """(vocab,) logits after `ids`, continuing at self.pos."""
+        return self.forward(ids)[-1].copy()
+
+    def rewind(self, pos: int) -> None:
+        if not 0 <= pos <= self.pos:
+            raise EdgeError(f"cannot rewind a session at position {self.pos} to {pos}")
+        self.pos = pos
 
 
 class OnnxEngine:

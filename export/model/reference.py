@@ -24,6 +24,8 @@ class TorchSession:
     """One conversation: its own KV cache, installed into the shared model under a lock, so
     several sessions can share one loaded model from several threads."""
 
+    batch_logits = True
+
     def __init__(self, engine: "TorchEngine", max_context: int):
         cfg = engine.config
         self.engine, self.max_context, self.pos = engine, max_context, 0
@@ -56,6 +58,33 @@ class TorchSession:
         """(len(ids), vocab) logits of every position, from an empty cache."""
         self.pos = 0
         return self._run(ids, every_position=True)
+
+    def forward(self, ids) -> np.ndarray:
+        """(len(ids), vocab) logits of every position of `ids`, continuing at self.pos."""
+        return self._run(ids, every_position=True)
+
+    def extend(self, ids) -> np.ndarray:
+        return self._run(ids)
+
+    def rewind(self, pos: int) -> None:
+        if not 0 <= pos <= self.pos:
+            raise ValueError(f"cannot rewind a session at position {self.pos} to {pos}")
+        self.pos = pos
+
+    def snapshot(self, n: int) -> "TorchSession":
+        keep = TorchSession(self.engine, n)
+        for src, dst in zip(self.caches, keep.caches):
+            dst.k.copy_(src.k[:, :, :n])
+            dst.v.copy_(src.v[:, :, :n])
+        keep.pos = n
+        return keep
+
+    def restore(self, snap: "TorchSession") -> None:
+        n = snap.pos
+        for src, dst in zip(snap.caches, self.caches):
+            dst.k[:, :, :n] = src.k
+            dst.v[:, :, :n] = src.v
+        self.pos = n
 
 
 class TorchEngine:
