@@ -208,6 +208,48 @@ def bench(model, threads, ctx, repeat, kv, no_verify, engine, weight_memory, as_
 
 
 @main.command()
+@click.option("-m", "--model", "model", required=True,
+              help="Edge artifact directory (from llama-export --target edge).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default; use --api-key beyond it).")
+@click.option("--port", type=int, default=8080, show_default=True, help="0 picks a free port.")
+@click.option("--parallel", type=int, default=2, show_default=True,
+              help="Sessions generating at once, each with its KV cache (allocated at start).")
+@click.option("--queue", type=int, default=16, show_default=True,
+              help="Requests that may wait for a session; beyond that: 429 with Retry-After.")
+@click.option("--ctx", type=int, default=None,
+              help="Context of each session (default: 2048 or the artifact's maximum).")
+@click.option("--api-key", envvar="LLAMA_EDGE_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' (also from $LLAMA_EDGE_API_KEY).")
+@click.option("--threads", type=int, default=None,
+              help="Compute threads (default: the cores this process may use).")
+@WEIGHTS_OPTION
+@click.option("--kv-cache", "kv", type=click.Choice(["f32", "int8"]), default="f32",
+              show_default=True, help="KV cache precision.")
+@click.option("--max-body", type=int, default=2 << 20, show_default=True,
+              help="Largest request body in bytes (413 beyond).")
+@click.option("--max-messages", type=int, default=256, show_default=True,
+              help="Most messages in one chat request.")
+@click.option("--max-tokens", type=int, default=None,
+              help="Largest max_tokens a request may ask for (default: the context).")
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help="Seconds a request may take, queue wait included (then 503 while waiting, "
+                   "504 while generating).")
+@click.option("--alias", "model_id", default=None,
+              help="Model id clients send and /v1/models lists (default: the artifact "
+                   "directory's name, or its parent's when it is named 'edge').")
+@click.option("--no-verify", is_flag=True, help="Skip the artifact's file digests at load.")
+@_errors
+def serve(no_verify, **kw):
+    """Serve MODEL over HTTP with OpenAI's API (chat completions, completions, models), the
+    summarize / rewrite tasks, /health and /metrics. Needs: pip install 'llama-edge[serve]'."""
+    from .serve.config import ServeConfig
+    from .serve.server import serve as run_server
+
+    run_server(ServeConfig(verify=not no_verify, **kw))
+
+
+@main.command()
 @click.argument("artifact")
 @click.option("--no-verify", is_flag=True, help="Skip the file digests.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -76,3 +76,19 @@ def smol(fields, gguf_path):
     from edge.tokenizer import Tokenizer
 
     return Tokenizer.from_gguf_fields(fields, str(gguf_path))
+
+
+@pytest.fixture(scope="session")
+def smollm2_edge_int8(smollm2_ck, tmp_path_factory) -> Path:
+    """SmolLM2 as an edge artifact with the `int8` preset (8-bit weights, groups of 32, round to
+    nearest: no calibration, quick to build, weight-only arithmetic), lowered by the export
+    pipeline's edge stage; maximum context 1024."""
+    from export.pipeline import ExportConfig, ExportState, stage_lower_edge
+    from export.quantize import quantized_model
+
+    work = tmp_path_factory.mktemp("smollm2-int8")
+    cfg = ExportConfig(checkpoint=str(smollm2_ck.path), out=work, recipe="int8",
+                       max_context=1024)
+    model, _ = quantized_model(smollm2_ck, "int8")
+    st = stage_lower_edge(ExportState(cfg, workdir=work, checkpoint=smollm2_ck, model=model))
+    return st.artifacts["edge"]
