@@ -138,7 +138,9 @@ class GenerationResponse:
         gone.cancel()
         if not acquire.done():  # the client went away while waiting
             acquire.cancel()
-            await asyncio.gather(acquire, return_exceptions=True)
+            got = (await asyncio.gather(acquire, return_exceptions=True))[0]
+            if not isinstance(got, BaseException):  # arrived with the cancellation
+                st.pool.release(got)
             return None
         return acquire.result()
 

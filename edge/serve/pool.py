@@ -67,20 +67,30 @@ class SessionPool:
             return self._free.popleft()
         if len(self._waiters) >= self.max_queue:
             raise QueueFull
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._waiters.append(fut)
+        # not asyncio.wait_for: it returns a result that arrived together with a cancellation,
+        # and a cancelled caller would then hold a session it never releases
+        timer = loop.call_later(max(timeout, 0.0), self._expire, fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await fut
         except BaseException:
-            # handed a session in the same loop iteration as the timeout / cancellation
+            # handed a session in the same loop iteration as the cancellation: give it back
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release(fut.result())
             raise
         finally:
+            timer.cancel()
             try:
                 self._waiters.remove(fut)
             except ValueError:
                 pass
+
+    @staticmethod
+    def _expire(fut: asyncio.Future) -> None:
+        if not fut.done():
+            fut.set_exception(asyncio.TimeoutError())
 
     def release(self, session) -> None:
         while self._waiters:

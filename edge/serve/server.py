@@ -129,7 +129,9 @@ def serve(cfg: ServeConfig) -> None:
             app, log_config=None, access_log=False, server_header=False, lifespan="off",
             limit_concurrency=cfg.parallel + cfg.queue + EXTRA_CONNECTIONS,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-        Server(config).run(sockets=[sock])
-        pool.close()
+        try:
+            Server(config).run(sockets=[sock])
+        finally:
+            pool.close()
     finally:
         sock.close()
