@@ -39,8 +39,9 @@ sys.path.insert(0, str(REPO))
 CHAT = "/v1/chat/completions"
 # What the server process holds besides the weights file and the KV caches: the interpreter,
 # numpy, the tokenizer (SmolLM2: 49k tokens), uvicorn / Starlette, the kernels' workspaces,
-# request buffers. Measured on SmolLM2 (int8, 2 sessions x 512): 121 MB after startup; the
-# margin leaves room for load and for larger vocabularies.
+# request buffers. Measured on SmolLM2 (int8 artifact, 2 sessions x 512, 6 clients): 118 MiB
+# at the peak; the margin leaves room for more clients and larger vocabularies. (MB in the
+# reports are MiB, as in llama-edge bench.)
 MARGIN_MB = 256
 # Prompts of several lengths; each client takes them in turn.
 PROMPTS = (

@@ -73,8 +73,9 @@ def build(cfg: ServeConfig):
         raise EdgeError(f"{cfg.model}: not an edge artifact; llama-edge serve runs the directory "
                         "that llama-export --target edge writes (OUT/edge)")
     disable_created_metrics()  # the *_created series say nothing a server's user needs
+    extra = {} if cfg.verify else {"verify": False}
     engine = open_model(cfg.model, max_context=cfg.ctx, threads=cfg.threads, kv=cfg.kv,
-                        engine="edge", weight_memory=cfg.weight_memory, verify=cfg.verify)
+                        engine="edge", weight_memory=cfg.weight_memory, **extra)
     if engine.tokenizer is None:
         raise EdgeError(f"{cfg.model}: has no tokenizer, so it cannot serve text")
     # every KV cache is allocated here, once; requests never allocate one
