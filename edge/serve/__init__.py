@@ -5,15 +5,16 @@ a bounded queue of requests waiting for a session, decoding in worker threads (t
 release the GIL), cancellation when a client goes away. Built on Starlette (routing, requests,
 responses) and uvicorn (the HTTP server); needs the `serve` extra.
 
-    config.py    ServeConfig: the command's options and the request limits
-    errors.py    APIError: OpenAI-style error JSON with the right status
-    schemas.py   request bodies parsed and validated into typed requests
-    jobs.py      a validated request -> prompt ids + sampling parameters (the task seam)
-    pool.py      the session pool, its queue, and generation in worker threads
-    responses.py OpenAI response / chunk bodies and server-sent events
-    metrics.py   Prometheus counters, gauges and histograms
-    app.py       the Starlette application: routes, auth, request log
-    server.py    load the model, bind, run uvicorn
+    config.py     ServeConfig: the command's options and the request limits
+    errors.py     APIError: OpenAI-style error JSON with the right status
+    schemas.py    request bodies parsed and validated into typed requests
+    jobs.py       a validated request -> prompt ids + sampling parameters (the task seam)
+    pool.py       the session pool, its queue, and generation in worker threads
+    generating.py the response of a generating request (wait, run, stream or collect)
+    responses.py  OpenAI response / chunk bodies and server-sent events
+    metrics.py    Prometheus counters, gauges and histograms
+    app.py        the Starlette application: routes, auth, request log
+    server.py     load the model, bind, run uvicorn
 """
 
 from .config import ServeConfig

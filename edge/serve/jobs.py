@@ -27,9 +27,9 @@ FALLBACK_DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_p
 
 
 class Stream(Protocol):
-    """What a job's start() returns: text chunks while iterated, `result` once finished;
-    closing the iterator early cancels (and frees the session). edge.generate.Generation is
-    one."""
+    """What a job's start() returns: text chunks while iterated, `result` once finished. The
+    server stops it by making the session's next prefill / decode raise; the stream must leave
+    its session reset when that happens (edge.generate.Generation does)."""
     result: GenerationResult | None
 
     def __iter__(self) -> Iterator[str]: ...

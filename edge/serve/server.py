@@ -100,12 +100,12 @@ def serve(cfg: ServeConfig) -> None:
     import uvicorn
 
     cfg.validate()
-    _setup_logging()
     sock = _bind(cfg.host, cfg.port)
     try:
         t0 = time.perf_counter()
         app, pool, info, kv_bytes = build(cfg)
         load_s = time.perf_counter() - t0
+        _setup_logging()
         host, port = sock.getsockname()[:2]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         banner = (f"llama-edge serve: {cfg.model_id} on {url} ({cfg.parallel} sessions x "
