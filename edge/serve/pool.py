@@ -164,31 +164,32 @@ class Run:
             self.stop.set()
 
     def _work(self, loop: asyncio.AbstractEventLoop) -> None:
-        def post(*event):
+        def post(callback, event):
             try:
-                loop.call_soon_threadsafe(self.events.put_nowait, (*event, time.perf_counter()))
+                loop.call_soon_threadsafe(callback, (*event, time.perf_counter()))
             except RuntimeError:  # the loop closed under us (shutdown): nobody is listening
                 pass
 
+        final = ("error", RuntimeError("the generation ended without a result"))
         try:
             stream = self.job.start(_Guarded(self.session, self))
             for chunk in stream:
-                post("text", chunk)
-            post("done", stream.result)
+                post(self.events.put_nowait, ("text", chunk))
+            final = ("done", stream.result)
         except Cancelled as e:
-            post("cancelled", str(e))
+            final = ("cancelled", str(e))
         except EdgeError as e:  # e.g. NaN logits: this request fails, the session is reset
-            post("error", e)
+            final = ("error", e)
         except Exception as e:  # noqa: BLE001 - a bug; reported as a 500, the server goes on
             log.exception("generation failed")
-            post("error", e)
+            final = ("error", e)
         finally:
-            try:
-                loop.call_soon_threadsafe(self._finish)
-            except RuntimeError:
-                pass
+            post(self._finish, final)
 
-    def _finish(self) -> None:
+    def _finish(self, event: tuple) -> None:
+        """The session goes back to the pool before the last event reaches the response: a
+        client that has its answer and asks again finds the session free."""
         self.finished = True
         self.pool.runs.discard(self)
         self.pool.release(self.session)
+        self.events.put_nowait(event)
