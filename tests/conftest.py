@@ -173,3 +173,21 @@ def pytest_make_collect_report(collector):
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.outcome = "failed"
         rep.longrepr = f"{collector.nodeid} skipped under CI=true: {reason}"
+
+
+@pytest.fixture(scope="session")
+def smollm2_edge_int8(smollm2_ck, tmp_path_factory) -> Path:
+    """SmolLM2 as an edge artifact with the `int8` preset (8-bit weights, groups of 32, round to
+    nearest: no calibration, quick to build, weight-only arithmetic), lowered by the export
+    pipeline's edge stage; maximum context 1024."""
+    from export import targets
+    from export.pipeline import ExportConfig, ExportState
+    from export.quantize import parse_recipe, quantized_model
+
+    work = tmp_path_factory.mktemp("smollm2-int8")
+    cfg = ExportConfig(checkpoint=str(smollm2_ck.path), out=work, recipe="int8",
+                       max_context=1024)
+    model, rep = quantized_model(smollm2_ck, "int8")
+    st = ExportState(cfg, recipe=parse_recipe("int8"), applied=rep.applied, workdir=work,
+                     checkpoint=smollm2_ck, model=model)
+    return targets.get("edge").stage(st).artifacts["edge"]

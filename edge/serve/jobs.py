@@ -1,0 +1,154 @@
+"""From a validated request to work for a session: the prompt's token ids, the sampling
+parameters, and how to start the generation once a session is free.
+
+Prompts are built before a request waits for a session, so that a prompt longer than the
+context is refused at once (400, context_length_exceeded) and never holds a session. Chat
+messages go through the model's chat format (edge.chat.encode_chat: scaffolding tokens as ids,
+message text tokenized apart from them, so text that spells a special token stays text);
+completion prompts are tokenized as plain text, as `llama-edge run --raw` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+from ..chat import detect_chat_format, encode_chat
+from ..errors import EdgeError
+from ..generate import Generation, GenerationResult
+from ..sampling import SamplingParams
+from ..tasks import rewrite_messages, summarize_messages, task_defaults
+from .errors import APIError, bad_request
+from .schemas import ChatRequest, CompletionRequest, Sampling, TaskRequest
+
+# Used when the artifact carries no generation defaults.
+FALLBACK_DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0,
+                     "max_new_tokens": 256}
+
+
+class Stream(Protocol):
+    """What a job's start() returns: text chunks while iterated, `result` once finished. The
+    server stops it by making the session's next prefill / decode raise; the stream must leave
+    its session reset when that happens (edge.generate.Generation does)."""
+    result: GenerationResult | None
+
+    def __iter__(self) -> Iterator[str]: ...
+
+
+@dataclass
+class Job:
+    prompt_tokens: int
+    max_new_tokens: int
+    start: Callable[[object], Stream]  # session -> stream; runs in a worker thread
+
+
+class ServedModel:
+    """The loaded engine and what requests need from it: the id clients name it by, its chat
+    format, the context of each session, the limit on max_tokens and the decoding defaults."""
+
+    def __init__(self, engine, model_id: str, ctx: int, max_tokens: int | None, created: int):
+        self.engine, self.id, self.ctx, self.created = engine, model_id, ctx, created
+        self.tokenizer = engine.tokenizer
+        self.chat_format = engine.chat_format or detect_chat_format(self.tokenizer)
+        self.max_tokens = min(max_tokens or ctx, ctx)
+        art = getattr(engine, "artifact", None)
+        self.defaults = dict(FALLBACK_DEFAULTS, **(getattr(art, "generation", None) or {}))
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.id:
+            raise APIError(404, f"The model '{name}' does not exist; this server serves "
+                                f"'{self.id}' (GET /v1/models)", "model_not_found", "model")
+
+    def generation(self, ids: list[int], params: SamplingParams) -> Callable[[object], Stream]:
+        engine = self.engine
+        return lambda session: Generation(session, self.tokenizer, ids, params, engine.eos_ids)
+
+
+def _budget(model: ServedModel, prompt: int, requested: int | None, default: int,
+            what: str, cut_default: bool = True) -> int:
+    """max_new_tokens for a prompt of `prompt` tokens: the request's, checked; else the default,
+    cut to what the context leaves (chat, completions: OpenAI's default is the rest of the
+    context) or required to fit (tasks, as the CLI requires it)."""
+    asks = "max_tokens asks for"
+    if requested is None and not cut_default:
+        requested, asks = min(default, model.max_tokens), "the task's default output is"
+    if requested is not None:
+        if requested > model.max_tokens:
+            raise bad_request(f"max_tokens {requested} is above this server's limit of "
+                              f"{model.max_tokens}", "max_tokens")
+        if prompt + requested > model.ctx:
+            raise bad_request(f"the {what} has {prompt} tokens and {asks} {requested}: "
+                              f"{prompt + requested} exceeds the context of {model.ctx} "
+                              f"tokens; shorten the {what} or lower max_tokens", what,
+                              "context_length_exceeded")
+        return requested
+    room = model.ctx - prompt
+    if room < 1:
+        raise bad_request(f"the {what} has {prompt} tokens, which leaves no room in the context "
+                          f"of {model.ctx} tokens; shorten the {what}", what,
+                          "context_length_exceeded")
+    return min(default, model.max_tokens, room)
+
+
+def _params(s: Sampling, defaults: dict, max_new: int) -> SamplingParams:
+    def pick(v, key):
+        return v if v is not None else defaults[key]
+
+    try:
+        return SamplingParams(
+            max_new_tokens=max_new, temperature=float(pick(s.temperature, "temperature")),
+            top_p=float(pick(s.top_p, "top_p")), top_k=int(pick(s.top_k, "top_k")),
+            repetition_penalty=float(pick(s.repetition_penalty, "repetition_penalty")),
+            seed=s.seed, stop=s.stop).validate()
+    except EdgeError as e:  # the schema's ranges are narrower; this is the sampler's own word
+        raise bad_request(str(e)) from None
+
+
+def chat_job(model: ServedModel, req: ChatRequest) -> Job:
+    try:
+        ids = encode_chat(model.tokenizer, req.messages, model.chat_format)
+    except EdgeError as e:
+        raise bad_request(str(e), "messages") from None
+    n = _budget(model, len(ids), req.sampling.max_tokens, model.defaults["max_new_tokens"],
+                "messages")
+    params = _params(req.sampling, model.defaults, n)
+    return Job(len(ids), n, model.generation(ids, params))
+
+
+def completion_job(model: ServedModel, req: CompletionRequest) -> Job:
+    tok = model.tokenizer
+    if isinstance(req.prompt, str):
+        bos = [tok.bos_id] if tok.bos_id is not None and tok.add_bos else []
+        ids = bos + tok.encode(req.prompt)
+    else:
+        ids = list(req.prompt)
+        bad = next((i for i, t in enumerate(ids) if not 0 <= t < tok.vocab_size), None)
+        if bad is not None:
+            raise bad_request(f"prompt[{bad}] = {ids[bad]} is not a token id of this model "
+                              f"(0..{tok.vocab_size - 1})", "prompt")
+    if not ids:
+        raise bad_request("prompt is empty", "prompt")
+    n = _budget(model, len(ids), req.sampling.max_tokens, model.defaults["max_new_tokens"],
+                "prompt")
+    params = _params(req.sampling, model.defaults, n)
+    return Job(len(ids), n, model.generation(ids, params))
+
+
+def task_job(model: ServedModel, req: TaskRequest) -> Job:
+    """The server's one call into the task layer: a summarize / rewrite request becomes work
+    here and nowhere else, with the prompts, styles and decoding defaults of edge.tasks (the
+    ones `llama-edge summarize` / `rewrite` use). Whatever the task layer learns to do with a
+    document (pieces for documents longer than the context, speculative decoding, cached
+    prompt prefixes) reaches the server by changing this function: it returns the prompt's
+    size, the token budget and a start(session) that yields text and sets `result`."""
+    try:
+        messages = (summarize_messages(req.text) if req.task == "summarize"
+                    else rewrite_messages(req.text, req.style))
+        ids = encode_chat(model.tokenizer, messages, model.chat_format)
+    except EdgeError as e:
+        raise bad_request(str(e), "text") from None
+    defaults = task_defaults(req.task)
+    n = _budget(model, len(ids), req.sampling.max_tokens, defaults["max_new_tokens"], "text",
+                cut_default=False)
+    params = _params(req.sampling, defaults, n)
+    return Job(len(ids), n, model.generation(ids, params))
