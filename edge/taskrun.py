@@ -143,11 +143,12 @@ def split_document(text: str, count: Callable[[str], int], budget: int) -> list[
 
 
 class TaskRunner:
-    """Tasks on one loaded engine. One session, one drafter and one prefix cache serve every
-    request made through this runner (requests run one at a time per runner)."""
+    """Tasks on one loaded engine. A runner keeps one drafter and one prefix cache (the cache
+    may be shared by several runners: it is thread-safe) and runs one request at a time, on its
+    own session or on one given per request (the server's)."""
 
     def __init__(self, engine, speculative: str = "lookup", open_draft=None,
-                 prefix: PrefixCache | None = None):
+                 prefix: PrefixCache | None = None, session=None):
         from .chat import detect_chat_format
         from .speculative import make_drafter
 
@@ -157,7 +158,7 @@ class TaskRunner:
         self.fmt = engine.chat_format or detect_chat_format(self.tok)
         self.drafter = make_drafter(speculative, open_draft)
         self.prefix = prefix if prefix is not None else PrefixCache()
-        self.session = engine.session()
+        self.session = session if session is not None else engine.session()
 
     # ------------------------------------------------------------------ prompts
     def _ids(self, messages) -> list[int]:
@@ -184,56 +185,66 @@ class TaskRunner:
     def count(self, text: str) -> int:
         return len(self.tok.encode(text))
 
+    def check(self, task: str, text: str, style: str | None, max_input: int) -> tuple[str, int]:
+        """The request's text (stripped) and its tokens, or a GenerationError: unknown task,
+        bad style, empty input, more tokens than max_input."""
+        if task not in TASKS:
+            raise GenerationError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if task == "rewrite":
+            check_style(style)
+        if isinstance(max_input, bool) or not isinstance(max_input, int) or max_input < 1:
+            raise GenerationError(f"--max-input must be a positive number of tokens, got "
+                                  f"{max_input!r}")
+        text = text.strip()
+        if not text:
+            raise GenerationError("the input is empty")
+        n_in = self.count(text)
+        if n_in > max_input:
+            raise GenerationError(f"the input has {n_in} tokens, more than --max-input "
+                                  f"{max_input}; raise --max-input or shorten the document")
+        return text, n_in
+
     # ------------------------------------------------------------------ running
     def _call(self, build, text: str, params: SamplingParams, level: int, index: int,
-              on_text=None) -> tuple[str, Piece]:
+              stream: bool, pieces: list):
+        """One model call; yields its text when `stream`; returns the output (stripped)."""
         ids = self._ids(build(text))
         fixed = common_prefix(ids, self._ids(build("")))
         t0 = time.perf_counter()
         gen = Generation(self.session, self.tok, ids, params, self.engine.eos_ids,
                          drafter=self.drafter, prefix=self.prefix, fixed=fixed)
         for chunk in gen:
-            if on_text is not None:
-                on_text(chunk)
+            if stream:
+                yield chunk
         r = gen.result
-        piece = Piece(index, level, self.count(text), r.prompt_tokens, r.generated_tokens,
-                      r.extra.get("prefix_cached_tokens", 0), r.finish_reason,
-                      round(r.prefill_s, 4), round(r.decode_s, 4),
-                      round(time.perf_counter() - t0, 4), r.extra.get("speculative"))
-        return r.text.strip(), piece
+        pieces.append(Piece(index, level, self.count(text), r.prompt_tokens, r.generated_tokens,
+                            r.extra.get("prefix_cached_tokens", 0), r.finish_reason,
+                            round(r.prefill_s, 4), round(r.decode_s, 4),
+                            round(time.perf_counter() - t0, 4), r.extra.get("speculative")))
+        return r.text.strip()
+
+    def stream(self, task: str, text: str, params: SamplingParams | None = None,
+               style: str | None = None, max_input: int = MAX_INPUT_TOKENS,
+               progress=None) -> "TaskStream":
+        """An iterable over the final output's text as it is generated (every piece of a
+        rewrite; the last summary of a summarize); its `result` (TaskResult) is set at the end.
+        params: the decoding parameters (the task's defaults when None); progress(done, total,
+        label): after each model call."""
+        text, n_in = self.check(task, text, style, max_input)
+        params = (params or SamplingParams(**task_defaults(task))).validate()
+        return TaskStream(self, task, text, n_in, params, style, progress)
 
     def run(self, task: str, text: str, params: SamplingParams | None = None,
             style: str | None = None, max_input: int = MAX_INPUT_TOKENS, progress=None,
             on_text=None) -> TaskResult:
-        """Run `task` over `text`. params: the decoding parameters (the task's defaults when
-        None); progress(done, total, label): after each model call; on_text(chunk): the text of
-        the final output as it streams (single-piece tasks and rewrite pieces)."""
-        if task not in TASKS:
-            raise GenerationError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-        if task == "rewrite":
-            style = check_style(style)
-        params = (params or SamplingParams(**task_defaults(task))).validate()
-        if not isinstance(max_input, int) or max_input < 1:
-            raise GenerationError(f"--max-input must be a positive number of tokens, got "
-                                  f"{max_input!r}")
-        text = text.strip()
-        n_in = self.count(text)
-        if n_in > max_input:
-            raise GenerationError(f"the input has {n_in} tokens, more than --max-input "
-                                  f"{max_input}; raise --max-input or shorten the document")
-        if not text:
-            raise GenerationError("the input is empty")
-        t0 = time.perf_counter()
-        result = TaskResult("", task, n_in)
-        build = self._messages(task, style)
-        if task == "rewrite":
-            result.text = self._rewrite(build, text, params, result, progress, on_text)
-        else:
-            result.text = self._summarize(text, params, result, progress, on_text)
-        result.seconds = time.perf_counter() - t0
-        return result
+        """`stream`, consumed: on_text(chunk) gets the streamed text."""
+        st = self.stream(task, text, params, style, max_input, progress)
+        for chunk in st:
+            if on_text is not None:
+                on_text(chunk)
+        return st.result
 
-    def _rewrite(self, build, text, params, result, progress, on_text) -> str:
+    def _rewrite(self, build, text, params, result, progress):
         budget = self._budget(build, params.max_new_tokens, piece_tokens("rewrite"))
         # each piece's output gets room in proportion to its length
         per_token = REWRITE_OUTPUT_RATIO
@@ -244,16 +255,15 @@ class TaskRunner:
         for i, piece in enumerate(pieces):
             n = self.count(piece)
             cap = min(params.max_new_tokens, int(per_token * n) + REWRITE_OUTPUT_MARGIN)
-            if i and on_text is not None:
-                on_text("\n\n")
-            out, info = self._call(build, piece, _with_max(params, cap), 0, i, on_text)
-            outs.append(out)
-            result.pieces.append(info)
+            if i:
+                yield "\n\n"
+            outs.append((yield from self._call(build, piece, _with_max(params, cap), 0, i,
+                                               True, result.pieces)))
             if progress:
                 progress(i + 1, len(pieces), "rewrite")
         return "\n\n".join(outs)
 
-    def _summarize(self, text, params, result, progress, on_text) -> str:
+    def _summarize(self, text, params, result, progress):
         level, index = 0, 0
         build = summarize_messages
         while True:
@@ -262,10 +272,8 @@ class TaskRunner:
             last = len(pieces) == 1
             summaries = []
             for piece in pieces:
-                out, info = self._call(build, piece, params, level, index,
-                                       on_text if last else None)
-                summaries.append(out)
-                result.pieces.append(info)
+                summaries.append((yield from self._call(build, piece, params, level, index,
+                                                        last, result.pieces)))
                 index += 1
                 if progress:
                     progress(index, index + (0 if last else 1), f"summarize (level {level})")
@@ -277,6 +285,29 @@ class TaskRunner:
                                       "shorter than their input; raise --ctx or shorten the "
                                       "document")
             text, build, level = merged, merge_messages, level + 1
+
+
+class TaskStream:
+    """Iterate for the text of a task's final output; `result` is set once it ends."""
+
+    def __init__(self, runner: TaskRunner, task, text, n_in, params, style, progress):
+        self.runner, self.task, self.text, self.params = runner, task, text, params
+        self.style, self.progress = style, progress
+        self.result = None
+        self._n_in = n_in
+
+    def __iter__(self):
+        r = self.runner
+        t0 = time.perf_counter()
+        result = TaskResult("", self.task, self._n_in)
+        if self.task == "rewrite":
+            gen = r._rewrite(r._messages("rewrite", self.style), self.text, self.params, result,
+                             self.progress)
+        else:
+            gen = r._summarize(self.text, self.params, result, self.progress)
+        result.text = yield from gen
+        result.seconds = time.perf_counter() - t0
+        self.result = result
 
 
 def _with_max(params: SamplingParams, n: int) -> SamplingParams:
