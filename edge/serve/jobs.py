@@ -16,8 +16,9 @@ from typing import Callable, Iterator, Protocol
 from ..chat import detect_chat_format, encode_chat
 from ..errors import EdgeError
 from ..generate import Generation, GenerationResult
+from ..prefix import PrefixCache, common_prefix
 from ..sampling import SamplingParams
-from ..tasks import rewrite_messages, summarize_messages, task_defaults
+from ..tasks import MAX_INPUT_TOKENS, task_defaults
 from .errors import APIError, bad_request
 from .schemas import ChatRequest, CompletionRequest, Sampling, TaskRequest
 
@@ -51,17 +52,22 @@ class ServedModel:
         self.tokenizer = engine.tokenizer
         self.chat_format = engine.chat_format or detect_chat_format(self.tokenizer)
         self.max_tokens = min(max_tokens or ctx, ctx)
-        art = getattr(engine, "artifact", None)
-        self.defaults = dict(FALLBACK_DEFAULTS, **(getattr(art, "generation", None) or {}))
+        self.defaults = dict(FALLBACK_DEFAULTS, **engine.generation)
+        # the prompts' fixed parts (task instruction, chat scaffolding), shared by all sessions
+        self.prefix = PrefixCache()
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.id:
             raise APIError(404, f"The model '{name}' does not exist; this server serves "
                                 f"'{self.id}' (GET /v1/models)", "model_not_found", "model")
 
-    def generation(self, ids: list[int], params: SamplingParams) -> Callable[[object], Stream]:
+    def generation(self, ids: list[int], params: SamplingParams,
+                   fixed: int = 0) -> Callable[[object], Stream]:
+        """fixed: the prompt's first tokens that other requests share (system turn), kept in
+        the prefix cache."""
         engine = self.engine
-        return lambda session: Generation(session, self.tokenizer, ids, params, engine.eos_ids)
+        return lambda session: Generation(session, self.tokenizer, ids, params, engine.eos_ids,
+                                          prefix=self.prefix, fixed=fixed)
 
 
 def _budget(model: ServedModel, prompt: int, requested: int | None, default: int,
@@ -112,7 +118,12 @@ def chat_job(model: ServedModel, req: ChatRequest) -> Job:
     n = _budget(model, len(ids), req.sampling.max_tokens, model.defaults["max_new_tokens"],
                 "messages")
     params = _params(req.sampling, model.defaults, n)
-    return Job(len(ids), n, model.generation(ids, params))
+    # what precedes the last message's text is shared with other requests of the same system
+    # prompt and history
+    last = dict(req.messages[-1], content="")
+    fixed = common_prefix(ids, encode_chat(model.tokenizer, [*req.messages[:-1], last],
+                                           model.chat_format))
+    return Job(len(ids), n, model.generation(ids, params, fixed))
 
 
 def completion_job(model: ServedModel, req: CompletionRequest) -> Job:
@@ -134,21 +145,58 @@ def completion_job(model: ServedModel, req: CompletionRequest) -> Job:
     return Job(len(ids), n, model.generation(ids, params))
 
 
+class _TaskStream:
+    """A task run (edge.taskrun) as the server's Stream: the final output's text as it is
+    generated, and a GenerationResult totalling its model calls."""
+
+    def __init__(self, stream):
+        self._stream, self.result = stream, None
+
+    def __iter__(self):
+        yield from self._stream
+        t = self._stream.result
+        d = t.to_json()
+        pre = sum(p.ttft_s for p in t.pieces)
+        dec = sum(p.decode_s for p in t.pieces)
+        self.result = GenerationResult(
+            t.text, [], t.prompt_tokens, t.generated_tokens, d["finish_reason"], pre, dec,
+            {"pieces": d["n_pieces"], "input_tokens": t.input_tokens,
+             "prefix_cached_tokens": d["prefix_cached_tokens"],
+             "speculative": d["speculative"]})
+
+
 def task_job(model: ServedModel, req: TaskRequest) -> Job:
-    """The server's one call into the task layer: a summarize / rewrite request becomes work
-    here and nowhere else, with the prompts, styles and decoding defaults of edge.tasks (the
-    ones `llama-edge summarize` / `rewrite` use). Whatever the task layer learns to do with a
-    document (pieces for documents longer than the context, speculative decoding, cached
-    prompt prefixes) reaches the server by changing this function: it returns the prompt's
-    size, the token budget and a start(session) that yields text and sets `result`."""
-    try:
-        messages = (summarize_messages(req.text) if req.task == "summarize"
-                    else rewrite_messages(req.text, req.style))
-        ids = encode_chat(model.tokenizer, messages, model.chat_format)
+    """The server's one call into the task layer: a summarize / rewrite request runs through
+    edge.taskrun.TaskRunner, as `llama-edge summarize` / `rewrite` do (the same prompts, styles
+    and decoding defaults, documents longer than the context in pieces, prompt-lookup
+    speculation, the model's shared prefix cache)."""
+    from ..taskrun import TaskRunner
+
+    defaults = task_defaults(req.task)
+    n = req.sampling.max_tokens
+    if n is None:
+        n = min(defaults["max_new_tokens"], model.max_tokens)
+    elif n > model.max_tokens:
+        raise bad_request(f"max_tokens {n} is above this server's limit of {model.max_tokens}",
+                          "max_tokens")
+    params = _params(req.sampling, defaults, n)
+    try:  # the request's own checks (style, empty text, input cap) before it waits
+        checker = TaskRunner(model.engine, "off", prefix=model.prefix, session=_NoSession)
+        text, n_in = checker.check(req.task, req.text, req.style, MAX_INPUT_TOKENS)
     except EdgeError as e:
         raise bad_request(str(e), "text") from None
-    defaults = task_defaults(req.task)
-    n = _budget(model, len(ids), req.sampling.max_tokens, defaults["max_new_tokens"], "text",
-                cut_default=False)
-    params = _params(req.sampling, defaults, n)
-    return Job(len(ids), n, model.generation(ids, params))
+
+    def start(session):
+        runner = TaskRunner(model.engine, "lookup", prefix=model.prefix, session=session)
+        return _TaskStream(runner.stream(req.task, text, params, req.style))
+
+    return Job(n_in, n, start)
+
+
+class _NoSessionType:
+    """Stands for a session where a runner only checks requests."""
+
+    max_context = 0
+
+
+_NoSession = _NoSessionType()

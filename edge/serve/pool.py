@@ -118,11 +118,12 @@ class SessionPool:
 
 class _Guarded:
     """A session that refuses its next forward pass once its run is cancelled or past its
-    deadline (Generation then resets it and re-raises)."""
+    deadline (Generation then resets it and re-raises); everything else is the session's."""
+
+    COMPUTE = frozenset({"prefill", "decode", "extend", "forward"})
 
     def __init__(self, session, run: "Run"):
         self._s, self._run = session, run
-        self.max_context = session.max_context
 
     def _check(self) -> None:
         run = self._run
@@ -131,16 +132,16 @@ class _Guarded:
         if run.stop.is_set():
             raise Cancelled(run.reason)
 
-    def reset(self) -> None:
-        self._s.reset()
+    def __getattr__(self, name):
+        attr = getattr(self._s, name)
+        if name not in self.COMPUTE:
+            return attr
 
-    def prefill(self, ids):
-        self._check()
-        return self._s.prefill(ids)
+        def guarded(*a, **kw):
+            self._check()
+            return attr(*a, **kw)
 
-    def decode(self, token: int):
-        self._check()
-        return self._s.decode(token)
+        return guarded
 
 
 class Run:
