@@ -332,6 +332,8 @@ def bench(model, threads, ctx, repeat, kv, no_verify, engine, weight_memory, as_
               help="Most messages in one chat request.")
 @click.option("--max-tokens", type=int, default=None,
               help="Largest max_tokens a request may ask for (default: the context).")
+@click.option("--max-input", type=int, default=serve_config.MAX_INPUT_TOKENS, show_default=True,
+              help="Largest task document in tokens (summarize / rewrite; 400 beyond).")
 @click.option("--timeout", type=float, default=serve_config.DEFAULT_TIMEOUT, show_default=True,
               help="Seconds a request may take, queue wait included (then 503 while waiting, "
                    "504 while generating).")

@@ -42,6 +42,11 @@ class GenerationError(EdgeError):
     """A generation request is invalid (parameters, prompt length) or failed numerically."""
 
 
+class InputError(GenerationError):
+    """A task's input cannot be processed as asked (too many tokens, no room in the context,
+    summaries that do not get shorter): the request's fault, not the model's."""
+
+
 class MissingExtraError(EdgeError):
     """An optional dependency group is not installed."""
 

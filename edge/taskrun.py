@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from .errors import GenerationError
+from .errors import GenerationError, InputError
 from .generate import Generation
 from .prefix import PrefixCache, common_prefix
 from .sampling import SamplingParams
@@ -25,6 +25,8 @@ REWRITE_OUTPUT_RATIO = 1.5
 REWRITE_OUTPUT_MARGIN = 32
 # A piece with less document than this is not worth a model call.
 MIN_PIECE_TOKENS = 16
+# The shortest summary of a piece asked for when several pieces are summarized.
+MIN_SUMMARY_TOKENS = 32
 # Rounds of summarizing summaries before giving up (each must shrink the text).
 MAX_MERGE_LEVELS = 6
 _SENTENCE_END = re.compile(r"(?<=[.!?;:…。！？])\s+")
@@ -112,7 +114,7 @@ def split_document(text: str, count: Callable[[str], int], budget: int) -> list[
     filled greedily in order; nothing is dropped (joining the pieces gives the text back up to
     the whitespace at the cuts)."""
     if budget < 1:
-        raise GenerationError(f"no room for any document text (budget {budget} tokens)")
+        raise InputError(f"no room for any document text (budget {budget} tokens)")
     units: list[tuple[str, str]] = []  # (separator before it, text)
     for para in split_units(text):
         for i, a in enumerate(_atoms(para, count, budget)):
@@ -176,7 +178,7 @@ class TaskRunner:
         overhead = len(self._ids(build(""))) + PROMPT_SLACK
         budget = min(cap, self.session.max_context - overhead - max_new)
         if budget < MIN_PIECE_TOKENS:
-            raise GenerationError(f"the context of {self.session.max_context} tokens leaves "
+            raise InputError(f"the context of {self.session.max_context} tokens leaves "
                                   f"{max(budget, 0)} for the document after the task's prompt "
                                   f"({overhead}) and output ({max_new}); raise --ctx or lower "
                                   "--max-new-tokens")
@@ -197,10 +199,10 @@ class TaskRunner:
                                   f"{max_input!r}")
         text = text.strip()
         if not text:
-            raise GenerationError("the input is empty")
+            raise InputError("the input is empty")
         n_in = self.count(text)
         if n_in > max_input:
-            raise GenerationError(f"the input has {n_in} tokens, more than --max-input "
+            raise InputError(f"the input has {n_in} tokens, more than --max-input "
                                   f"{max_input}; raise --max-input or shorten the document")
         return text, n_in
 
@@ -270,9 +272,14 @@ class TaskRunner:
             budget = self._budget(build, params.max_new_tokens, piece_tokens("summarize"))
             pieces = split_document(text, self.count, budget)
             last = len(pieces) == 1
+            # summaries of several pieces may take at most half their input together, so that
+            # every level shrinks the text
+            level_params = params if last else _with_max(params, min(
+                params.max_new_tokens,
+                max(MIN_SUMMARY_TOKENS, self.count(text) // (2 * len(pieces)))))
             summaries = []
             for piece in pieces:
-                summaries.append((yield from self._call(build, piece, params, level, index,
+                summaries.append((yield from self._call(build, piece, level_params, level, index,
                                                         last, result.pieces)))
                 index += 1
                 if progress:
@@ -281,7 +288,7 @@ class TaskRunner:
                 return summaries[0]
             merged = "\n\n".join(summaries)
             if level + 1 >= MAX_MERGE_LEVELS or self.count(merged) >= self.count(text):
-                raise GenerationError(f"the summaries of {len(pieces)} pieces do not get "
+                raise InputError(f"the summaries of {len(pieces)} pieces do not get "
                                       "shorter than their input; raise --ctx or shorten the "
                                       "document")
             text, build, level = merged, merge_messages, level + 1

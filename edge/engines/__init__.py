@@ -126,8 +126,11 @@ def _load_entry_points() -> None:
         register(spec)
 
 
-def engine_specs() -> list[EngineSpec]:
-    _load_entry_points()
+def engine_specs(load_plugins: bool = True) -> list[EngineSpec]:
+    """Registered engines by priority; load_plugins=False: the runtime's own only (other
+    packages' engines are imported only when needed: the torch reference imports torch)."""
+    if load_plugins:
+        _load_entry_points()
     return sorted(_REGISTRY.values(), key=lambda s: s.priority)
 
 
@@ -142,14 +145,14 @@ def open_model(path: str, max_context: int | None = None, threads: int | None = 
     """The engine for MODEL `path` (see the module docstring for how it is chosen)."""
     opts = EngineOptions(max_context, threads, kv, verify, weight_memory)
     path = str(path)
-    specs = {s.name: s for s in engine_specs()}
     if engine == "auto":
-        for s in specs.values():
+        for s in engine_specs(load_plugins=False):
             if s.detect(path) and s.available():
                 return s.open(path, opts)
         engine = "torch"  # checkpoints, and anything the others do not recognise
     if engine not in ENGINES[1:]:
         raise EdgeError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    specs = {s.name: s for s in engine_specs(load_plugins=engine not in _REGISTRY)}
     if engine not in specs:  # only the torch reference is registered from outside
         from ..errors import MissingExtraError
 

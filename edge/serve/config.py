@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EdgeError
+from ..tasks import MAX_INPUT_TOKENS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -61,6 +62,7 @@ class ServeConfig:
     max_body: int = DEFAULT_MAX_BODY
     max_messages: int = DEFAULT_MAX_MESSAGES
     max_tokens: int | None = None  # largest max_tokens a request may ask (default: the context)
+    max_input: int = MAX_INPUT_TOKENS  # task documents of more tokens are refused
     timeout: float = DEFAULT_TIMEOUT
     model_id: str | None = None  # the name clients use (default: default_model_id)
 
@@ -84,6 +86,8 @@ class ServeConfig:
             bad("--max-messages", f"must be in 1..65536, got {self.max_messages}")
         if self.max_tokens is not None and self.max_tokens < 1:
             bad("--max-tokens", f"must be at least 1, got {self.max_tokens}")
+        if not 1 <= self.max_input <= 1 << 22:
+            bad("--max-input", f"must be in 1..{1 << 22} tokens, got {self.max_input}")
         if not 0 < self.timeout <= 86400:
             bad("--timeout", f"must be in (0, 86400] seconds, got {self.timeout}")
         if self.model_id is not None and not self.model_id.strip():

@@ -13,7 +13,7 @@ import asyncio
 import math
 import time
 
-from ..errors import EdgeError
+from ..errors import EdgeError, InputError
 from .errors import APIError
 from .jobs import ServedModel
 from .metrics import Metrics
@@ -151,6 +151,9 @@ class GenerationResponse:
                 elif value == "shutdown":
                     await self._error(send, APIError(503, "the server is shutting down",
                                                      "shutdown"), info)
+            elif isinstance(value, InputError):  # found while running a task: its input's fault
+                await self._error(send, APIError(400, str(value), "input_not_processable"),
+                                  info)
             else:  # the model failed (e.g. NaN logits): this request only; the session is reset
                 msg = (str(value) if isinstance(value, EdgeError)
                        else "internal error; see the server's log")

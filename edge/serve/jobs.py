@@ -47,8 +47,10 @@ class ServedModel:
     """The loaded engine and what requests need from it: the id clients name it by, its chat
     format, the context of each session, the limit on max_tokens and the decoding defaults."""
 
-    def __init__(self, engine, model_id: str, ctx: int, max_tokens: int | None, created: int):
+    def __init__(self, engine, model_id: str, ctx: int, max_tokens: int | None, created: int,
+                 max_input: int = MAX_INPUT_TOKENS):
         self.engine, self.id, self.ctx, self.created = engine, model_id, ctx, created
+        self.max_input = max_input
         self.tokenizer = engine.tokenizer
         self.chat_format = engine.chat_format or detect_chat_format(self.tokenizer)
         self.max_tokens = min(max_tokens or ctx, ctx)
@@ -182,7 +184,7 @@ def task_job(model: ServedModel, req: TaskRequest) -> Job:
     params = _params(req.sampling, defaults, n)
     try:  # the request's own checks (style, empty text, input cap) before it waits
         checker = TaskRunner(model.engine, "off", prefix=model.prefix, session=_NoSession)
-        text, n_in = checker.check(req.task, req.text, req.style, MAX_INPUT_TOKENS)
+        text, n_in = checker.check(req.task, req.text, req.style, model.max_input)
     except EdgeError as e:
         raise bad_request(str(e), "text") from None
 

@@ -82,7 +82,7 @@ def build(cfg: ServeConfig):
     sessions = [engine.session() for _ in range(cfg.parallel)]
     ctx = sessions[0].max_context
     model = ServedModel(engine, cfg.model_id, ctx, cfg.max_tokens,
-                        created=int(os.stat(cfg.model).st_mtime))
+                        created=int(os.stat(cfg.model).st_mtime), max_input=cfg.max_input)
     pool = SessionPool(sessions, cfg.queue)
     kv_bytes = sum(getattr(s, "kv_bytes", 0) for s in sessions)
     info = {"id": cfg.model_id, "path": str(Path(cfg.model).resolve()), "context": str(ctx),

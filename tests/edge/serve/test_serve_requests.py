@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 
 CTX = 256
 MAX_BODY = 64 * 1024
+MAX_INPUT = 2000  # --max-input of the test server (task document tokens)
 MAX_MESSAGES = 8
 MAX_TOKENS_LIMIT = 64
 CHAT = "/v1/chat/completions"
@@ -24,7 +25,7 @@ OK_MESSAGES = '[{"role": "user", "content": "Hi"}]'
 def server(start_server):
     return start_server("--parallel", "1", "--queue", "2", "--ctx", str(CTX), "--max-body",
                         str(MAX_BODY), "--max-messages", str(MAX_MESSAGES), "--max-tokens",
-                        str(MAX_TOKENS_LIMIT), "--threads", "2")
+                        str(MAX_TOKENS_LIMIT), "--max-input", str(MAX_INPUT), "--threads", "2")
 
 
 def _chat(extra: str) -> bytes:
@@ -113,8 +114,8 @@ BAD_BODIES = [
      "missing_required_parameter", "text"),
     ("summarize blank text", "/v1/tasks/summarize", b'{"text": "   "}', 400, "invalid_value",
      "empty"),
-    ("summarize text over the context", "/v1/tasks/summarize", ('{"text": "' + "word " * CTX
-     + '"}').encode(), 400, "context_length_exceeded", "text"),
+    ("summarize text over the input cap", "/v1/tasks/summarize", ('{"text": "' + "word "
+     * (MAX_INPUT + 1) + '"}').encode(), 400, "invalid_value", "max-input"),
     ("rewrite without style", "/v1/tasks/rewrite", b'{"text": "Hello there."}', 400,
      "missing_required_parameter", "style"),
     ("rewrite with an essay as style", "/v1/tasks/rewrite", ('{"text": "Hello.", "style": "'
