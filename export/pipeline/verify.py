@@ -129,16 +129,19 @@ def stage_quality(st):
     if not scored:
         return st
     ids = ck.tokenizer.encode(read_text(QUALITY_TEXT))
+    # windows no longer than the shortest context an artifact was exported with
+    ctx = min([QUALITY_CTX] + [st.report["artifacts"][n]["max_context"] for n in scored
+                               if "max_context" in st.report["artifacts"][n]])
     # The reference's logits go to a temporary file and the reference is freed before any
     # artifact's runtime loads: the source's float weights (2.5 GB for a 1B model) and the
     # artifact (plus its runtime's prompt temporaries) are never resident together.
-    ref = reference_model(ck.config, source_tensors(st), max_seq_len=QUALITY_CTX)
-    with SpilledLogits(lambda w: ref(w)[0], ids, QUALITY_CTX, dir=st.workdir) as ref_logits:
+    ref = reference_model(ck.config, source_tensors(st), max_seq_len=ctx)
+    with SpilledLogits(lambda w: ref(w)[0], ids, ctx, dir=st.workdir) as ref_logits:
         del ref
         return_free_memory()
         for name, path in scored.items():
-            run = targets.get(name).artifact_logits(path, QUALITY_CTX)
-            r = compare(run, ref_logits, ids, QUALITY_CTX)
+            run = targets.get(name).artifact_logits(path, ctx)
+            r = compare(run, ref_logits, ids, ctx)
             del run
             return_free_memory()
             st.report["artifacts"][name]["quality"] = {**r.to_json(), "text": QUALITY_TEXT.name}

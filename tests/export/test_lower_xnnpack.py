@@ -18,6 +18,7 @@ from edge.errors import ArtifactError, EdgeError  # noqa: E402
 from export.targets.xnnpack import (PTE_NAME, XNNPACK_BLOCK_MULTIPLE, check_request,  # noqa: E402
                                   write_xnnpack)
 from export.pipeline import ExportConfig, build_stages  # noqa: E402
+from export.quantize import RecipeChoice  # noqa: E402
 from quant.apply import QuantEmbedding, QuantLinear, quantize  # noqa: E402
 from quant.recipes import Recipe, load_recipe  # noqa: E402
 
@@ -159,12 +160,12 @@ def test_recipes_xnnpack_cannot_run_are_refused_before_any_work(tmp_path, name, 
 def test_fp16_group_scales_are_refused():
     r = recipe({"bits": 4, "group_size": 32, "symmetric": True}, {"symmetric": False})
     with pytest.raises(EdgeError, match="scale_dtype"):
-        check_request(ExportConfig(checkpoint="x", out=Path("o"), recipe="r"), r)
+        check_request(ExportConfig(checkpoint="x", out=Path("o"), recipe="r"), RecipeChoice("r", r))
     odd = Recipe.from_dict({"name": "t", "rules": [{"pattern": "*", "config": {
         "weight": {"type": "int", "bits": 4, "group_size": 48, "scale_dtype": "bf16"},
         "act": {"symmetric": False}}}]})
     with pytest.raises(EdgeError, match=f"multiples of {XNNPACK_BLOCK_MULTIPLE}"):
-        check_request(ExportConfig(checkpoint="x", out=Path("o"), recipe="t"), odd)
+        check_request(ExportConfig(checkpoint="x", out=Path("o"), recipe="t"), RecipeChoice("t", odd))
 
 
 def _run_cli(*args) -> subprocess.CompletedProcess:

@@ -116,11 +116,12 @@ def test_reference_model_shares_bf16_weights_and_computes_fp32(monkeypatch):
     """The scoring reference holds the checkpoint's bf16 tensors (no fp32 copy) and gives the
     logits of an fp32 copy, also with the output layer upcast in small row chunks."""
     import export.model as em
+    import export.model.llama as llama
 
     sd = random_state_dict(TINY, 4, torch.bfloat16)
     ids = torch.randint(0, TINY.vocab_size, (1, 20), generator=torch.Generator().manual_seed(4))
     want = LlamaModel.from_state_dict(TINY, sd, torch.float32, max_seq_len=32)(ids)
-    monkeypatch.setattr(em, "UPCAST_CHUNK_ROWS", 7)
+    monkeypatch.setattr(llama, "UPCAST_CHUNK_ROWS", 7)
     ref = em.reference_model(TINY, sd, max_seq_len=32)
     assert ref.model.layers[1].mlp.up_proj.weight.data_ptr() == \
         sd["model.layers.1.mlp.up_proj.weight"].data_ptr()
