@@ -122,6 +122,10 @@ def _check_graph(root: Path, model_file: Path, m: dict, cfg) -> None:
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         ext = {e.key: e.value for e in t.external_data}
+        if not all(isinstance(v, str) for kv in ext.items() for v in kv):
+            # protobuf hands over the raw bytes of a string field that is not valid UTF-8
+            raise ArtifactError(model_file, f"initializer '{t.name}': external data entries "
+                                "are not valid UTF-8 text; the file is corrupt, export again")
         loc = ext.get("location", "")
         if Path(loc).name != loc or loc in ("", ".", "..") or loc not in files:
             raise ArtifactError(model_file, f"initializer '{t.name}': external data location "

@@ -1,0 +1,1 @@
+"""Fuzz targets of the parsers of untrusted bytes (see targets.py)."""
