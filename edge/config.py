@@ -21,7 +21,10 @@ ROPE_TYPES = ("default", "llama3")
 _HF_FIELD_TYPES = {"rms_norm_eps": (int, float), "rope_theta": (int, float),
                    "max_position_embeddings": int, "bos_token_id": int,
                    "eos_token_id": (int, list), "rope_scaling": dict, "rope_parameters": dict,
-                   "layer_intermediate_sizes": list}
+                   "layer_intermediate_sizes": list, "architectures": list, "model_type": str,
+                   "hidden_act": str, "num_key_value_heads": int, "head_dim": int}
+# List fields and the type of their entries.
+_HF_LIST_ITEMS = {"architectures": str, "eos_token_id": int, "layer_intermediate_sizes": int}
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,12 @@ class LlamaConfig:
             if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
                 raise ConfigError(f"{source}: field '{key}' has the wrong type "
                                   f"({type(v).__name__} {v!r:.60})")
+        for key, typ in _HF_LIST_ITEMS.items():
+            v = d.get(key)
+            if isinstance(v, list) and not all(isinstance(x, typ) and not isinstance(x, bool)
+                                               for x in v):
+                raise ConfigError(f"{source}: field '{key}' must be a list of "
+                                  f"{typ.__name__}, got {v!r:.60}")
         arch = d.get("architectures") or []
         mtype = d.get("model_type")
         if mtype not in (None, "llama") or (arch and "LlamaForCausalLM" not in arch):
@@ -187,7 +196,7 @@ class LlamaConfig:
         if not isinstance(rope, dict):
             raise ConfigError(f"{source}: rope_parameters / rope_scaling must be an object")
         rtype = rope.get("rope_type", rope.get("type", "default")) or "default"
-        if rtype not in ROPE_TYPES:
+        if not isinstance(rtype, str) or rtype not in ROPE_TYPES:
             raise ConfigError(f"{source}: rope type {rtype!r} is not supported; supported: "
                               f"{', '.join(ROPE_TYPES)}")
         scaling = None
@@ -200,7 +209,14 @@ class LlamaConfig:
                     original_max_position_embeddings=int(
                         rope["original_max_position_embeddings"]))
             except KeyError as e:
-                raise ConfigError(f"{source}: llama3 rope scaling is missing {e.args[0]!r}")
+                raise ConfigError(f"{source}: llama3 rope scaling is missing {e.args[0]!r}"
+                                  ) from None
+            except (TypeError, ValueError, OverflowError):
+                raise ConfigError(f"{source}: llama3 rope scaling values must be numbers, got "
+                                  f"{rope!r:.100}") from None
+        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        if not isinstance(theta, (int, float)) or isinstance(theta, bool):
+            raise ConfigError(f"{source}: field 'rope_theta' must be a number, got {theta!r:.60}")
         eos = d.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
         lis = d.get("layer_intermediate_sizes")
@@ -209,7 +225,7 @@ class LlamaConfig:
             intermediate_size=need("intermediate_size"), num_layers=need("num_hidden_layers"),
             num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))),
+            rope_theta=float(theta),
             rope_scaling=scaling,
             max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),

@@ -484,7 +484,7 @@ def test_untied_with_lm_head_present_loads(tmp_path):
     ({"rms_norm_eps": "tiny"}, [], ["tiny"]),
     ({"max_position_embeddings": [1]}, [], ["config.json"]),
     ({"head_dim": 0}, [], ["head_dim"]),
-    ({"num_key_value_heads": "2"}, [], ["num_kv_heads"]),
+    ({"num_key_value_heads": "2"}, [], ["num_key_value_heads"]),
     ({"bos_token_id": 64}, [], ["bos_token_id", "outside the vocabulary"]),
     ({"eos_token_id": [1, 99]}, [], ["eos_token_id", "99"]),
     ({"eos_token_id": "</s>"}, [], ["</s>"]),
