@@ -1,6 +1,8 @@
 // Run-time choice of kernel set from the CPU's reported features (never from build flags).
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "kernels.h"
 
@@ -66,14 +68,26 @@ const Kernels* kernels_for(int isa) {
 
 int best_isa() {
   // EDGE_ISA=scalar|avx2|avx512vnni|neon|neon-dotprod caps the choice (for tests and triage).
+  // A name that is not an instruction set, or one this CPU does not run, is an error: a typo
+  // must not silently measure or test another kernel set.
   const char* want = std::getenv("EDGE_ISA");
+  if (want && !*want) want = nullptr;
   int best = ISA_SCALAR;
+  std::string names, runs;
   for (int isa = ISA_SCALAR; isa <= ISA_NEON_DOT; isa++) {
+    names += std::string(isa == ISA_SCALAR ? "" : ", ") + isa_name(isa);
     if (!kernels_for(isa)) continue;
+    runs += std::string(isa == ISA_SCALAR ? "" : ", ") + isa_name(isa);
     best = isa;
     if (want && std::strcmp(want, isa_name(isa)) == 0) return isa;
   }
-  return best;
+  if (!want) return best;
+  for (int isa = ISA_SCALAR; isa <= ISA_NEON_DOT; isa++)
+    if (std::strcmp(want, isa_name(isa)) == 0)
+      throw std::invalid_argument(std::string("EDGE_ISA=") + want + ": this CPU does not run " +
+                                  want + " (it runs: " + runs + "); unset EDGE_ISA or pick one");
+  throw std::invalid_argument(std::string("EDGE_ISA=") + want +
+                              " is not an instruction set (one of: " + names + ")");
 }
 
 }  // namespace edge

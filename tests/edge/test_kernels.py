@@ -582,6 +582,22 @@ def test_edge_isa_variable_caps_the_choice(monkeypatch):
     assert K.best_isa() == "scalar"
 
 
+@pytest.mark.parametrize("value, says", [
+    ("avx3", "EDGE_ISA=avx3 is not an instruction set (one of: scalar, avx2, avx512vnni, neon, "
+             "neon-dotprod)"),
+    ("AVX2", "EDGE_ISA=AVX2 is not an instruction set"),
+    ("neon", "EDGE_ISA=neon: this CPU does not run neon (it runs: scalar"),
+])
+def test_edge_isa_variable_naming_no_set_here_is_an_error(monkeypatch, value, says):
+    """A typo must not silently test or measure another kernel set."""
+    if value == "neon" and "neon" in K.available_isas():
+        pytest.skip("this CPU runs neon")
+    monkeypatch.setenv("EDGE_ISA", value)
+    with pytest.raises(ValueError) as info:
+        K.best_isa()
+    assert str(info.value).startswith(says)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_zero_tokens_give_an_empty_output(isa):
     p = simd_weight("q4-sym-g32", 64)
