@@ -109,7 +109,7 @@ def llama32_tokenizer_dir() -> Path:
 
 
 # SmolLM2's first layers with its real weights and tokenizer, lowered to .pte once per session
-# (tests/export/test_lower_xnnpack.py, tests/android_demo/): ExecuTorch's lowering of all 30
+# (tests/export/targets/test_xnnpack_target.py, tests/android_demo/): ExecuTorch's lowering of all 30
 # layers takes minutes on a 2-core machine, and what these tests check (the runner's contract,
 # the tokenizer file, kernels against the reference, prompt strings) does not depend on the
 # depth. The full model is measured in benchmarks/pte_compare.py.

@@ -50,7 +50,7 @@ def test_auto_quantize_assembles_a_model_within_budget():
     from quant.apply import QuantLinear
     from quant.auto import auto_quantize
 
-    from test_recipes_apply import AWQ_MAP
+    from export.quantize import LLAMA_AWQ_MAP as AWQ_MAP
 
     def factory():
         m = tiny_model()

@@ -15,10 +15,8 @@ from quant.apply import QuantEmbedding, QuantLinear, materialize, quantize
 from quant.eval import SpilledLogits, compare
 from quant.recipes import QuantConfig, Recipe, RecipeError, Rule, load_recipe, presets
 from quant.schemes import DynamicInt8Act, FP8Weight, IntWeight, QuantError
+from export.quantize import LLAMA_AWQ_MAP as AWQ_MAP
 
-AWQ_MAP = [("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-           ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"]),
-           ("mlp.up_proj", ["mlp.down_proj"])]
 # GPTQ must beat RTN's output error on correlated inputs by at least this factor.
 GPTQ_MIN_GAIN = 1.3
 

@@ -487,7 +487,7 @@ def smollm2_onnx(smollm2_gguf, tmp_path_factory):
     from export.pipeline import ExportConfig, run_export
 
     torch.set_num_threads(2)
-    spec = json.loads((Path(__file__).resolve().parents[2] / "quant" / "recipes" /
+    spec = json.loads((Path(__file__).resolve().parents[3] / "quant" / "recipes" /
                        "mobile.json").read_text())
     for rule in spec["rules"]:
         rule["config"]["algorithm"] = "rtn"

@@ -36,7 +36,7 @@ from export.pruning.structure import (
 from export.pruning.vocab import prune_tokenizer
 from export.writers import write_hf
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CALIB = REPO / "quant" / "data" / "calibration.txt"
 EVAL_TEXT = REPO / "quant" / "data" / "eval.txt"
 EXACT_ATOL = 1e-4  # fp32, the same sums in a different order
@@ -395,7 +395,7 @@ def test_pruned_export_to_onnx(tiny_hf, tmp_path):
     """Every kind at once, per-layer FFN widths and vocabulary included, quantized with the
     mobile schemes through the CLI; the verify stage runs the artifact in onnxruntime against the
     pruned, quantized reference. (Both mobile targets' own parity tests also run on a pruned
-    model with per-layer widths: test_lower_xnnpack.py, test_lower_onnx.py.)"""
+    model with per-layer widths: targets/test_xnnpack_target.py, targets/test_onnx_target.py.)"""
     pytest.importorskip("onnxruntime")
     sample = REPO / "edge" / "data" / "sample.txt"
     code, text = _cli(["export", tiny_hf, "-o", tmp_path / "exp", "--target", "onnx",

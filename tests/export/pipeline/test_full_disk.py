@@ -30,7 +30,7 @@ FREE_FRACTIONS = (0.0, 0.35, 0.9)
 FREE_FRACTIONS_XNNPACK = (0.0, 0.6)
 FS_BYTES = 64 << 20
 CTX = "256"
-MOBILE_RTN = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes" / "mobile-rtn.json"
+MOBILE_RTN = Path(__file__).resolve().parents[3] / "benchmarks" / "recipes" / "mobile-rtn.json"
 
 
 @pytest.fixture(scope="module")
