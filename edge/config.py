@@ -60,7 +60,7 @@ class LlamaConfig:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     # ------------------------------------------------------------------ checks
-    def validate(self, source: str = "config") -> "LlamaConfig":
+    def validate(self, source: str = "config") -> LlamaConfig:
         def bad(fld, msg):
             raise ConfigError(f"{source}: field '{fld}' {msg}")
 
@@ -135,12 +135,12 @@ class LlamaConfig:
     def num_parameters(self) -> int:
         return sum(math.prod(s) for s in self.expected_shapes().values())
 
-    def replace(self, **kw) -> "LlamaConfig":
+    def replace(self, **kw) -> LlamaConfig:
         return dataclasses.replace(self, **kw)
 
     # ------------------------------------------------------------------ HF form
     @classmethod
-    def from_hf_dict(cls, d: dict, source: str = "config.json") -> "LlamaConfig":
+    def from_hf_dict(cls, d: dict, source: str = "config.json") -> LlamaConfig:
         """Parse a Hugging Face `config.json` (older rope_theta/rope_scaling keys or newer
         rope_parameters)."""
         if not isinstance(d, dict):

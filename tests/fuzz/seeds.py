@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
-from fuzz.targets import CORPUS, FIXTURES, max_len  # noqa: E402
+from fuzz.targets import CORPUS, FIXTURES, max_len
 
 CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
           "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
@@ -63,10 +63,10 @@ def main() -> None:
     import numpy as np
     import torch
     from safetensors.numpy import save
-
-    from export.targets.gguf import write_gguf
     from support import artifacts
     from support.tiny import CFG, tiny_model, tiny_tokenizer
+
+    from export.targets.gguf import write_gguf
 
     # the tiny model made smaller still: one layer, hidden 32, head_dim 16 (the smallest
     # head onnxruntime's attention takes)

@@ -173,8 +173,7 @@ class Chat(Target):
         self.tok = make_tokenizer()
 
     def run(self, data):
-        from edge.chat import (chatml_default_system, detect_chat_format, encode_chat,
-                               llama3_system_preamble)
+        from edge.chat import chatml_default_system, detect_chat_format, encode_chat, llama3_system_preamble
 
         template, _, rest = data.partition(b"\0")
         template = _text(template)

@@ -47,7 +47,8 @@ def test_past_findings_are_handled(target):
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_short_fuzz_run(name, tmp_path):
     r = subprocess.run([sys.executable, str(RUN), name, "--runs", str(SHORT_RUNS),
-                        "--work", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                        "--work", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                       check=False)
     findings = list((tmp_path / "findings").iterdir())
     assert r.returncode == 0 and not findings, (
         f"fuzz target {name} found a crash ({[f.name for f in findings]}); add it to "

@@ -38,18 +38,10 @@ def load_kernels(path: str):
     return mod
 
 
-def greedy(session, prompt, n):
-    logits = session.prefill(prompt)
-    out = []
-    for _ in range(n):
-        t = int(np.argmax(logits))
-        out.append(t)
-        logits = session.decode(t)
-    return out
-
-
 def exercise(engine, prompt, want, errors):
     """One client: the request, then the same request through every other path."""
+    from support.generation import greedy
+
     try:
         s = engine.session()
         for _ in range(2):
@@ -76,20 +68,22 @@ def exercise(engine, prompt, want, errors):
         s.rewind(at)
         logits = s.extend([want[0]])
         assert int(np.argmax(logits)) == want[1]
-    except BaseException as e:  # reported by the main thread
+    except BaseException as e:  # noqa: BLE001 (reported by the main thread)
         errors.append(e)
 
 
 def main() -> int:
     load_kernels(sys.argv[1])
-    from edge.engines.native import EdgeEngine
     from support import artifacts
+    from support.generation import greedy
+
+    from edge.engines.native import EdgeEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         art = artifacts.write(Path(tmp) / "art")
         for kv in ("f32", "int8"):
             engine = EdgeEngine(art, max_context=128, threads=THREADS, kv=kv)
-            want = [greedy(engine.session(), p, NEW_TOKENS) for p in PROMPTS]
+            want = [greedy(engine.session(), p, NEW_TOKENS) for p in PROMPTS]  # alone
             for rnd in range(3):
                 errors: list = []
                 clients = [threading.Thread(target=exercise, args=(
