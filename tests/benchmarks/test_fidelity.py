@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import fidelity  # noqa: E402
+import fidelity
 
 SOURCE = ("The town of Harwick voted on Tuesday to spend 2.4 million pounds on a path. The line "
           "closed in 1987. Supporters say the 11-kilometre path along the river Elm will help.")
