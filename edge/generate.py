@@ -180,6 +180,8 @@ class Generation:
                     chosen.append(sampler(rows[len(draft)], seen))
                 kept = len(chosen) - 1  # accepted drafts; the last one is the model's own choice
                 stats.accepted += kept
+                if hasattr(drafter, "feedback"):
+                    drafter.feedback(len(draft), kept)
                 # keys / values of [tok] + the accepted drafts stay; the rest is never read
                 self.session.rewind(base + 1 + kept)
                 tok, pending = chosen[0], chosen[1:]

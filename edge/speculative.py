@@ -15,7 +15,12 @@ d is kept with probability p(d) under the (temperature / top-k / top-p / repetit
 distribution p the sampler would sample from, and when refused the token is drawn from p with d
 removed, which samples exactly from p (the drafts are deterministic). So speculation changes the
 speed, never what is generated, as far as the model's logits for a batch of tokens equal its
-logits for the same tokens one at a time (tests/edge/test_speculative.py).
+logits for the same tokens one at a time (tests/edge/test_speculative.py). On the edge kernels a
+verification pass of up to STEP_MAX_TOKENS (edge/csrc/kernels.h) tokens gives every token its
+decode logits bit for bit for float and weight-only artifacts, so greedy text with speculation is
+plain greedy text token for token. Int8-activation artifacts quantize each token's activations
+as decode does, but some of their batch products sum in another order: logits agree to float
+rounding, and greedy tokens can differ only where the top two logits are that close.
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ from .errors import GenerationError
 LOOKUP_MAX_NGRAM = 4
 LOOKUP_MIN_NGRAM = 2
 DRAFT_TOKENS = 8
+# Adaptive draft length of prompt lookup: a pass over more tokens costs more (each drafted token
+# adds about a third of a decode step on SmolLM2 int8, 2 threads), so the draft grows by
+# DRAFT_GROW after a fully accepted draft and falls back to one more than the tokens accepted
+# after a rejection, between DRAFT_MIN and DRAFT_TOKENS - 1; it starts at DRAFT_START.
+DRAFT_MIN = 1
+DRAFT_START = 4
+DRAFT_GROW = 2
 MODES = ("off", "lookup", "draft:MODEL")
 
 
@@ -62,12 +74,21 @@ class PromptLookup:
         self.max_ngram, self.min_ngram, self.max_draft = max_ngram, min_ngram, max_draft
         self._index: list[dict] = []  # per n: n-gram -> position after its latest occurrence
         self._seen = 0  # history positions indexed
+        self.draft_len = min(DRAFT_START, max_draft)  # tokens the next draft may have
 
     def start(self, history: list[int]) -> None:
         """A new generation whose token history so far is `history` (the prompt)."""
         self._index = [dict() for _ in range(self.max_ngram + 1)]
         self._seen = 0
+        self.draft_len = min(DRAFT_START, self.max_draft)
         self._extend(history)
+
+    def feedback(self, drafted: int, accepted: int) -> None:
+        """Of the last draft's `drafted` tokens, `accepted` were kept: adapt the length."""
+        if accepted >= drafted:
+            self.draft_len = min(self.max_draft, self.draft_len + DRAFT_GROW)
+        else:
+            self.draft_len = max(DRAFT_MIN, min(self.max_draft, accepted + 1))
 
     def _extend(self, history: list[int]) -> None:
         # index every n-gram that ends before the last token (its continuation is known)
@@ -80,7 +101,7 @@ class PromptLookup:
     def propose(self, history: list[int], limit: int) -> list[int]:
         """Up to min(limit, max_draft) tokens likely to follow `history`."""
         self._extend(history)
-        k = min(limit, self.max_draft)
+        k = min(limit, self.draft_len)
         if k <= 0:
             return []
         for n in range(self.max_ngram, self.min_ngram - 1, -1):

@@ -74,6 +74,11 @@ constexpr int64_t TOKEN_GROUP = 8;
 // Prompt products take this form from this many tokens on (fewer do not repay packing a
 // panel), and threads split rows in whole panels of the widest kernels.
 constexpr int64_t PROMPT_MIN_TOKENS = 8;
+// Forward passes of at most this many tokens are steps (a decode token, or the verification of
+// a speculative draft: edge/speculative.py DRAFT_TOKENS): their products read each weight row
+// once for all the tokens with the decode kernels' arithmetic, and their attention runs query
+// by query as decode's does, so every token's logits equal the ones it gets decoded alone.
+constexpr int64_t STEP_MAX_TOKENS = 8;
 constexpr int64_t PROMPT_PANEL_ROWS = 16;
 inline int64_t token_groups(int64_t m) { return (m + TOKEN_GROUP - 1) / TOKEN_GROUP; }
 

@@ -261,15 +261,18 @@ void Model::softmax(float* p, int64_t own, int64_t upto) const {
 // Work items: one KV head's query heads for a tile of tokens (MAX_QUERIES queries at most), so each
 // cached key and value row is read once for all of them. A token's scores run over its own
 // positions; a tile computes them up to its last token's position and the later tokens' extra
-// probabilities are zero. Single tokens (decode) split by query head instead, for balance.
+// probabilities are zero. Steps (decode, draft verification: n <= STEP_MAX_TOKENS) split by
+// token and query head instead, for balance, and so that each query's arithmetic is the same
+// whatever the number of tokens in the pass.
 void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
   const ModelConfig& c = cfg_;
   const int64_t D = c.head_dim, NH = c.heads, G = c.heads / c.kv_heads;
   const int64_t QD = NH * D, ctx = s.max_ctx_, ctxp = s.kt_ctx();
   const float scale = 1.0f / std::sqrt((float)D);
   float* sc = scratch_[tid].data();
-  const int64_t tile = n == 1 ? 1 : std::max<int64_t>(1, MAX_QUERIES / G);
-  const int64_t qper = n == 1 ? 1 : G;  // query heads per item
+  const bool step = n <= STEP_MAX_TOKENS;
+  const int64_t tile = step ? 1 : std::max<int64_t>(1, MAX_QUERIES / G);
+  const int64_t qper = step ? 1 : G;  // query heads per item
   const int64_t tiles = (n + tile - 1) / tile, parts = G / qper;
   int64_t a, b;
   split(tiles * c.kv_heads * parts, pool_.size(), tid, 1, a, b);

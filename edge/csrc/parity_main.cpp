@@ -313,6 +313,37 @@ std::vector<const Kernels*> simd_sets() {
 }
 
 // ------------------------------------------------------------------ products
+// A step of m <= STEP_MAX_TOKENS tokens (draft verification) gives each token the outputs it
+// gets alone (decode), bit for bit, in every set (scalar included): speculation's greedy tokens
+// equal plain decoding's only if they do.
+void check_step(const std::vector<const Kernels*>& sets, const Weight& w,
+                const std::vector<float>& x, int64_t m, int64_t ldx, int64_t ldy,
+                const Variant& var, const std::string& shape) {
+  const int64_t n = w.v.n, k = w.v.k;
+  std::vector<const Kernels*> all = {&SCALAR_KERNELS};
+  all.insert(all.end(), sets.begin(), sets.end());
+  std::vector<float> step((size_t)((m + GUARD_ROWS) * ldy)), one((size_t)((1 + GUARD_ROWS) * ldy));
+  for (const Kernels* kt : all) {
+    const std::string where = fmt("isa=%s kernel=matmul_f_step kind=%s %s", kt->name, var.name,
+                                  shape.c_str());
+    step.assign(step.size(), sentinel());
+    run_split(n, k, where, [&](int64_t r0, int64_t r1, float* sc) {
+      kt->matmul_f(w.v, x.data(), m, ldx, step.data(), ldy, r0, r1, sc);
+    });
+    maybe_inject(step.data(), 1.0);
+    double err = 0.0;  // 1 where any output differs from the token's own decode output
+    for (int64_t i = 0; i < m; i++) {
+      one.assign(one.size(), sentinel());
+      run_split(n, k, where, [&](int64_t r0, int64_t r1, float* sc) {
+        kt->matmul_f(w.v, x.data() + i * ldx, 1, ldx, one.data(), ldy, r0, r1, sc);
+      });
+      for (int64_t r = 0; r < n; r++)
+        if (std::memcmp(&step[i * ldy + r], &one[r], sizeof(float)) != 0) err = 1.0;
+    }
+    record(kt->name, "matmul_f_step", var.name, 0.0, err, shape);
+  }
+}
+
 void check_products(const std::vector<const Kernels*>& sets, Rng& g, const Variant& var,
                     int64_t n, int64_t k, int64_t group, int64_t m) {
   const int64_t ldx = k + (m % 2 ? 3 : 0), ldy = n + (n % 2 ? 0 : 5);
@@ -338,6 +369,7 @@ void check_products(const std::vector<const Kernels*>& sets, Rng& g, const Varia
     record(kt->name, "matmul_f", var.name, TOL_FLOAT,
            block_error(y, ref, m, n, ldy, mag_f, where), shape);
   }
+  if (m > 1 && m <= STEP_MAX_TOKENS) check_step(sets, w, x, m, ldx, ldy, var, shape);
 
   if (!has_int8_path(var.kind)) return;
   std::vector<int8_t> q((size_t)(m * k));
@@ -628,7 +660,7 @@ int main(int argc, char** argv) {
   const int64_t float_ks[] = {13, 64, 100, 128, 192, 576, 577, 1536};
   const int64_t quant_ks[] = {64, 128, 192, 576, 1536};
   const int64_t rows[] = {1, 3, 5, 37};
-  const int64_t tokens[] = {1, 2, 3, 4, 5, 12, 17};
+  const int64_t tokens[] = {1, 2, 3, 4, 5, 6, 7, 8, 12, 17};
   for (const Variant& var : VARIANTS) {
     auto shapes = [&](int64_t k, int64_t group) {
       for (int64_t n : rows)

@@ -442,6 +442,35 @@ def test_simd_matmul_matches_scalar(isa, config, k, act_int8):
             assert err <= SIMD_TOL, f"rows={n} tokens={len(x)}: error {err:.3g}"
 
 
+# Steps of up to STEP_MAX_TOKENS tokens (speculative drafts checked in one pass): each token's
+# outputs equal its decode outputs bit for bit, for every kernel set and float-activation weight
+# kind (edge/csrc/kernels.h); speculation's greedy tokens equal plain decoding's because of it.
+STEP_MAX_TOKENS = 8
+STEP_CONFIGS = ("f32", "f16", "bf16", "q8-pc", "q8-g32", "q8-g16", "q8u-g32", "q4-sym-g32",
+                "q4-asym-g96", "f8-g32")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("config", STEP_CONFIGS)
+def test_step_tokens_equal_their_decode_outputs(isa, config):
+    _, widths = SIMD_CONFIGS[config]
+    rng = np.random.default_rng(8)
+    for k in widths:
+        view = packing.view(first_rows(simd_weight(config, k), max(ROWS)), K)
+        for m in range(2, STEP_MAX_TOKENS + 1):
+            x = next(token_batches(rng, k, [m]))
+            y = K.matmul(view, x, act_int8=False, isa=isa)
+            alone = np.concatenate([K.matmul(view, x[i:i + 1], act_int8=False, isa=isa)
+                                    for i in range(m)])
+            assert np.array_equal(y.view(np.uint32), alone.view(np.uint32)), \
+                f"k={k} tokens={m}: a step's outputs differ from the tokens' decode outputs"
+            # and the step still computes the product (scalar reference within SIMD_TOL)
+            y_ref = K.matmul(view, x, act_int8=False, isa="scalar")
+            err = normalized_error(y, y_ref, magnitude(x, packing.dequantize(
+                first_rows(simd_weight(config, k), max(ROWS))), False))
+            assert err <= SIMD_TOL, f"k={k} tokens={m}: error {err:.3g}"
+
+
 # Per-block int8 activations (8da schemes): token counts around the prompt tiles (8 tokens on
 # 512-bit vectors, 4 on 256-bit ones, below TILE_MIN_TOKENS the per-row path) and their tails;
 # row counts around the 8- and 16-row panels.

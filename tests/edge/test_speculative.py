@@ -193,3 +193,105 @@ def test_mode_names():
 
     with pytest.raises(GenerationError, match="choose off, lookup or draft:MODEL"):
         make_drafter("ngram")
+
+
+def test_lookup_draft_length_grows_on_acceptance_and_shrinks_on_rejection():
+    from edge.speculative import DRAFT_GROW, DRAFT_MIN, DRAFT_START
+
+    d = PromptLookup(max_ngram=2, min_ngram=1, max_draft=7)
+    hist = list(range(20)) + [3]
+    d.start(hist)
+    assert len(d.propose(hist, 20)) == DRAFT_START
+    d.feedback(DRAFT_START, DRAFT_START)
+    assert d.draft_len == DRAFT_START + DRAFT_GROW
+    assert len(d.propose(hist, 20)) == DRAFT_START + DRAFT_GROW
+    d.feedback(DRAFT_START + DRAFT_GROW, DRAFT_START + DRAFT_GROW)
+    assert d.draft_len == 7  # capped at max_draft
+    d.feedback(7, 2)
+    assert d.draft_len == 3  # one more than accepted
+    d.feedback(3, 0)
+    assert d.draft_len == DRAFT_MIN
+    d.start(hist)  # a new generation starts over
+    assert d.draft_len == DRAFT_START
+
+
+# ------------------------------------------------------------------ real model
+# A rewrite whose greedy text must be the same with and without prompt lookup (SmolLM2,
+# weight-only and float artifacts: the verification pass gives each token its decode logits bit
+# for bit). MIN_ACCEPTED: drafts must actually have been taken, or the test shows nothing.
+REWRITE_TOKENS = 96
+MIN_ACCEPTED = 5
+DOC = ("The council voted on Tuesday to build 14 kilometres of protected cycle lanes. The first "
+       "section, along Quay Street and Market Road, opens in April. The plan costs 6.2 million "
+       "pounds, of which 4.1 million comes from a regional grant.")
+
+
+def _rewrite_both(path):
+    from edge.engines import open_model
+    from edge.taskrun import TaskRunner
+    from edge.tasks import task_defaults
+
+    eng = open_model(str(path), threads=2)
+    params = SamplingParams(**{**task_defaults("rewrite"), "max_new_tokens": REWRITE_TOKENS})
+    out = {}
+    for mode in ("off", "lookup"):
+        out[mode] = TaskRunner(eng, mode).run("rewrite", DOC, params=params, style="formal")
+    return out
+
+
+def test_smollm2_int8_rewrite_is_the_same_with_lookup(smollm2_edge_int8):
+    out = _rewrite_both(smollm2_edge_int8)
+    assert out["lookup"].text == out["off"].text and out["off"].generated_tokens > 20
+    spec = out["lookup"].to_json()["speculative"]
+    assert spec["accepted_tokens"] >= MIN_ACCEPTED, spec
+
+
+@pytest.fixture(scope="module")
+def smollm2_edge_float(smollm2_ck, tmp_path_factory):
+    """SmolLM2 as an unquantized edge artifact (the `none` recipe), maximum context 1024."""
+    from export import targets
+    from export.pipeline import ExportConfig, ExportState
+    from export.quantize import parse_recipe
+
+    work = tmp_path_factory.mktemp("smollm2-none")
+    cfg = ExportConfig(checkpoint=str(smollm2_ck.path), out=work, recipe="none",
+                       max_context=1024)
+    st = ExportState(cfg, recipe=parse_recipe("none"), workdir=work, checkpoint=smollm2_ck)
+    return targets.get("edge").stage(st).artifacts["edge"]
+
+
+def test_smollm2_float_rewrite_is_the_same_with_lookup(smollm2_edge_float):
+    out = _rewrite_both(smollm2_edge_float)
+    assert out["lookup"].text == out["off"].text and out["off"].generated_tokens > 20
+    assert out["lookup"].to_json()["speculative"]["accepted_tokens"] >= MIN_ACCEPTED
+
+
+# Int8-activation artifacts (8da schemes): a verification pass quantizes each token's
+# activations exactly as decode does (per token / per block), and the integer sums are exact,
+# but its products may accumulate the scaled sums in another order than the decode kernels (the
+# 8-token prompt tiles do), so its logits match decode's to float rounding, bit for bit only
+# where the orders agree (as in this small 4-bit artifact's kernels). What holds: every logit within
+# STEP_LOGIT_RTOL of the logit range, and the same argmax wherever the top two decode logits
+# are further apart than that (greedy text can differ only at such near-ties).
+STEP_LOGIT_RTOL = 1e-4
+
+
+def test_int8_activation_steps_match_decode_to_rounding(tmp_path):
+    from edge.engines import open_model
+    from support.artifacts import write
+
+    eng = open_model(str(write(tmp_path / "art")), threads=2)
+    rng = np.random.default_rng(3)
+    prompt = [int(t) for t in rng.integers(0, 250, 40)]
+    draft = [int(t) for t in rng.integers(0, 250, 7)]
+    s = eng.session()
+    s.prefill(prompt)
+    rows = s.forward(draft)  # one pass over 7 tokens
+    s.prefill(prompt)
+    one = np.stack([s.decode(t).copy() for t in draft])
+    scale = float(one.max() - one.min())
+    assert np.abs(rows - one).max() <= STEP_LOGIT_RTOL * scale
+    top2 = np.sort(one, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * STEP_LOGIT_RTOL * scale
+    assert clear.any()
+    assert (rows.argmax(1) == one.argmax(1))[clear].all()
