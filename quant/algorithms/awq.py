@@ -71,7 +71,7 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, scheme) -> torch.Tensor:
         for i in range(CLIP_GRID):
             r = 1.0 - i * (1.0 - CLIP_MIN) / CLIP_GRID
             wc = torch.maximum(torch.minimum(wb, amax * r), -amax * r)
-            deq = scheme.quantize_tensor(wc.reshape(-1, n)).dequantize().reshape(wb.shape)
+            deq = scheme.fake_quantize(wc.reshape(-1, n)).reshape(wb.shape)
             # per (row, group) output error: sum over tokens of (delta_g . x_g)^2
             err = torch.einsum("ogk,tgk->otg", deq - wb, xs).pow(2).sum(1)
             better = err < best_err
