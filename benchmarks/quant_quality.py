@@ -64,7 +64,7 @@ def configs() -> dict[str, Recipe]:
         "8da4w_g32_rtn": _r("8da4w_g32_rtn", QuantConfig(i4, act)),
         "8da4w_g32_gptq": _r("8da4w_g32_gptq", QuantConfig(i4, act, "gptq")),
     }
-    for p in ("mobile", "int4-g128", "int8", "fp8"):
+    for p in ("mobile", "8da4w", "int4-g128", "int8", "fp8"):
         c[f"preset:{p}"] = load_recipe(p)
     return c
 

@@ -263,29 +263,58 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
             cfg = mine[cs[0]]
             ws = [block.get_submodule(c).weight for c in cs]
             sample = stats[cs[0]]["sample"]
-            s, alpha, e0, e1 = search_scales(
-                ws, sample, lambda w: cfg.weight.quantize_tensor(w).dequantize(), cfg.act)
+            for c, w in zip(cs, ws):
+                if not bool(torch.isfinite(w).all()):
+                    raise QuantError(f"tensor '{prefix + c}': contains NaN/Inf values; "
+                                     "refusing to quantize")
+            s, alpha, e0, e1 = search_scales(ws, sample, cfg.weight.fake_quantize, cfg.act)
             prod = block.get_submodule(producer)
             if isinstance(prod, nn.Linear):
                 prod.weight.div_(s.unsqueeze(1).to(prod.weight.dtype))
             else:
                 prod.weight.div_(s.to(prod.weight.dtype))
+            scaled: list[tuple[torch.Tensor, torch.Tensor]] = []  # shared H: scaled once
             for c in cs:
                 block.get_submodule(c).weight.mul_(s.unsqueeze(0).to(ws[0].dtype))
                 st = stats[c]
-                st["h"] = st["h"] / s.unsqueeze(0).double() / s.unsqueeze(1).double()
+                h = next((new for old, new in scaled if old is st["h"]), None)
+                if h is None:
+                    h = st["h"] / s.unsqueeze(0).double() / s.unsqueeze(1).double()
+                    scaled.append((st["h"], h))
+                st["h"] = h
                 st["sample"] = st["sample"] / s
                 rep.modules[prefix + c] = {"awq_alpha": alpha,
                                            "awq_rel_err": [round(e0, 6), round(e1, 6)]}
+        weights = {}
         for n, c in mine.items():
             w = block.get_submodule(n).weight
-            full = prefix + n
             if "awq" in c.algorithm and isinstance(c.weight, IntWeight) and c.weight.bits == 4:
                 w = search_clip(w, stats[n]["sample"], c.weight)
-            if "gptq" in c.algorithm:
-                qt = gptq_quantize(w, stats[n]["h"], c.weight, full)
-            else:
-                qt = _rtn(c, w, full)
+            weights[n] = w
+        qts = {}
+        for names in _gptq_groups(mine, stats):
+            c = mine[names[0]]
+            full = prefix + names[0]
+            if len(names) == 1:
+                qts[names[0]] = gptq_quantize(weights[names[0]], stats[names[0]]["h"],
+                                              c.weight, full)
+                continue
+            # linears sharing an input (one H): GPTQ is row by row, so one stacked run
+            stacked = torch.cat([weights[n].float() for n in names])
+            qt = gptq_quantize(stacked, stats[names[0]]["h"], c.weight,
+                               " / ".join(prefix + n for n in names))
+            r0 = 0
+            for n in names:
+                r1 = r0 + weights[n].shape[0]
+                qts[n] = QuantizedTensor(qt.scheme, qt.qdata[r0:r1].clone(),
+                                         qt.scale[r0:r1].clone(),
+                                         None if qt.zero_point is None
+                                         else qt.zero_point[r0:r1].clone(), qt.group_size,
+                                         qt.bits)
+                r0 = r1
+        for n, c in mine.items():
+            full = prefix + n
+            qt = qts[n] if n in qts else _rtn(c, weights[n], full)
             done[full] = qt
             rep.modules.setdefault(full, {})["algorithm"] = c.algorithm
             _set_module(block, n, QuantLinear(qt, c.act, c))
@@ -294,35 +323,65 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
             progress(bi + 1, len(blocks))
 
 
+def _gptq_groups(mine, stats) -> list[list[str]]:
+    """The GPTQ targets of a block, grouped: linears holding the same H and the same weight
+    scheme go together (in block order)."""
+    groups: list[list[str]] = []
+    for n, c in mine.items():
+        if "gptq" not in c.algorithm:
+            continue
+        for grp in groups:
+            if stats[grp[0]]["h"] is stats[n]["h"] and mine[grp[0]].weight == c.weight:
+                grp.append(n)
+                break
+        else:
+            groups.append([n])
+    return groups
+
+
 # Activations kept per linear for AWQ's search (a random subset of calibration tokens).
 AWQ_SAMPLE_TOKENS = 2048
 
 
 def _collect(block, mine, xs, rest):
-    """Per target linear: H = sum x x^T (float64) and a sample of its inputs."""
-    stats = {n: {"h": None, "n": 0, "rows": []} for n in mine}
+    """Per target linear: H = sum x x^T (float64) and a sample of its inputs. Linears fed the
+    same input tensor (q/k/v, gate/up) share one H: it is computed once, and their entries
+    hold the same tensor object."""
+    acc = {n: {"h": None, "rows": []} for n in mine}
+    owner: dict[str, str] = {}  # linear -> the linear whose accumulator it shares
+    seen: list[tuple[str, torch.Tensor]] = []  # inputs of the current call, by identity
     hooks = []
     for n in mine:
         mod = block.get_submodule(n)
 
         def hook(mod, args, n=n):
+            for first, t in seen:
+                if t is args[0]:
+                    owner[n] = first
+                    return
+            seen.append((n, args[0]))
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            st = stats[n]
+            st = acc[n]
             st["h"] = x.t() @ x if st["h"] is None else st["h"] + x.t() @ x
-            st["n"] += x.shape[0]
             st["rows"].append(x[:: max(1, x.shape[0] // 256)].float())
 
         hooks.append(mod.register_forward_pre_hook(hook))
     try:
         for x, (a, k) in zip(xs, rest):
+            seen.clear()
             block(x, *a, **k)
     finally:
+        seen.clear()
         for h in hooks:
             h.remove()
     g = torch.Generator().manual_seed(0)
-    for st in stats.values():
-        rows = torch.cat(st.pop("rows"))
+    stats, all_rows = {}, {}
+    for n in mine:  # samples drawn per linear, in order, from its input's rows
+        src = owner.get(n, n)
+        if src not in all_rows:
+            all_rows[src] = torch.cat(acc[src].pop("rows"))
+        rows = all_rows[src]
         if rows.shape[0] > AWQ_SAMPLE_TOKENS:
             rows = rows[torch.randperm(rows.shape[0], generator=g)[:AWQ_SAMPLE_TOKENS]]
-        st["sample"] = rows
+        stats[n] = {"h": acc[src]["h"], "sample": rows}
     return stats

@@ -50,13 +50,11 @@ def stage_prune(st: ExportState) -> ExportState:
 
 
 def stage_quantize(st: ExportState) -> ExportState:
-    from tqdm import tqdm
-
     from ..quantize import quantized_model
+    from .progress import stage_bar
 
     ck = st.checkpoint
-    bar = tqdm(total=ck.config.num_layers, desc=f"quantize ({st.recipe.label})", unit="layer",
-               leave=False, disable=None)
+    bar = stage_bar(f"quantize ({st.recipe.label})", ck.config.num_layers, "layer")
 
     def progress(i, n):
         bar.total = n

@@ -31,6 +31,7 @@ from edge.memory import return_free_memory
 
 from .. import targets
 from ..evaluate import PROBE_TEXT, QUALITY_CTX, QUALITY_TEXT, read_text
+from .progress import counted, stage_bar
 
 # Floor of the exact-arithmetic bound (float32 artifacts of SmolLM2 measured 7e-5).
 VERIFY_LOGIT_ATOL_EXACT = 1e-3
@@ -81,32 +82,37 @@ def stage_verify(st):
                                                                 len(ids) + 1)
     ref_logits = ref(x)[0]
     spread = None
-    for name, path in st.artifacts.items():
-        logits_of = targets.get(name).artifact_logits
-        if logits_of is None:
-            continue
-        got = logits_of(path, len(ids) + 1)(x)
-        agree = float((got.argmax(-1) == ref_logits.argmax(-1)).float().mean())
-        diff = float((got - ref_logits).abs().max())
-        corr = logit_correlation(got, ref_logits)
-        info = st.report["artifacts"][name]
-        info.update(verify_tokens=len(ids), top1_agreement=round(agree, 4),
-                    max_abs_logit_diff=diff, logit_correlation=round(corr, 6))
-        if info["exact"]:
-            if spread is None:
-                spread = reordering_spread(ref, ids, ref_logits)
-            tol = exact_tolerance(spread)
-            info.update(reference_reordering_spread=spread, exact_tolerance=tol)
-            if diff > tol:
-                raise EdgeError(f"verification of the {name} artifact failed: logits differ by "
-                                f"{diff:.3g} (> {tol:.3g}: {VERIFY_SPREAD_FACTOR:g} x the "
-                                f"reference's own float32 reordering spread {spread:.3g}, at "
-                                f"least {VERIFY_LOGIT_ATOL_EXACT:g}) from the model it was "
-                                "lowered from")
-        if corr < VERIFY_MIN_LOGIT_CORR:
-            raise EdgeError(f"verification of the {name} artifact failed: its logits correlate "
-                            f"{corr:.3f} (< {VERIFY_MIN_LOGIT_CORR}) with those of the model it "
-                            f"was lowered from (top-1 agreement {agree:.0%})")
+    checked = {n: p for n, p in st.artifacts.items() if targets.get(n).artifact_logits}
+    bar = stage_bar("verify", len(checked), "artifact")
+    try:
+        for name, path in checked.items():
+            bar.set_postfix_str(name)
+            got = targets.get(name).artifact_logits(path, len(ids) + 1)(x)
+            bar.update(1)
+            agree = float((got.argmax(-1) == ref_logits.argmax(-1)).float().mean())
+            diff = float((got - ref_logits).abs().max())
+            corr = logit_correlation(got, ref_logits)
+            info = st.report["artifacts"][name]
+            info.update(verify_tokens=len(ids), top1_agreement=round(agree, 4),
+                        max_abs_logit_diff=diff, logit_correlation=round(corr, 6))
+            if info["exact"]:
+                if spread is None:
+                    spread = reordering_spread(ref, ids, ref_logits)
+                tol = exact_tolerance(spread)
+                info.update(reference_reordering_spread=spread, exact_tolerance=tol)
+                if diff > tol:
+                    raise EdgeError(
+                        f"verification of the {name} artifact failed: logits differ by "
+                        f"{diff:.3g} (> {tol:.3g}: {VERIFY_SPREAD_FACTOR:g} x the reference's "
+                        f"own float32 reordering spread {spread:.3g}, at least "
+                        f"{VERIFY_LOGIT_ATOL_EXACT:g}) from the model it was lowered from")
+            if corr < VERIFY_MIN_LOGIT_CORR:
+                raise EdgeError(
+                    f"verification of the {name} artifact failed: its logits correlate "
+                    f"{corr:.3f} (< {VERIFY_MIN_LOGIT_CORR}) with those of the model it was "
+                    f"lowered from (top-1 agreement {agree:.0%})")
+    finally:
+        bar.close()
     if not st.cfg.keep_model:
         st.model = None  # its last use: the quality stage compares with the unquantized source
     return st
@@ -115,7 +121,7 @@ def stage_verify(st):
 @torch.inference_mode()
 def stage_quality(st):
     """PPL, mean KLD and same-top-token rate of every artifact against the source."""
-    from quant.eval import SpilledLogits, compare
+    from quant.eval import SpilledLogits, compare, windows
 
     from ..model import reference_model
     from .stages import source_tensors
@@ -136,13 +142,21 @@ def stage_quality(st):
     # artifact's runtime loads: the source's float weights (2.5 GB for a 1B model) and the
     # artifact (plus its runtime's prompt temporaries) are never resident together.
     ref = reference_model(ck.config, source_tensors(st), max_seq_len=ctx)
-    with SpilledLogits(lambda w: ref(w)[0], ids, ctx, dir=st.workdir) as ref_logits:
-        del ref
-        return_free_memory()
-        for name, path in scored.items():
-            run = targets.get(name).artifact_logits(path, ctx)
-            r = compare(run, ref_logits, ids, ctx)
-            del run
+    # one unit per window scored: the reference's, then each artifact's
+    bar = stage_bar("quality", len(windows(ids, ctx)) * (1 + len(scored)), "window")
+    try:
+        with SpilledLogits(counted(lambda w: ref(w)[0], bar), ids, ctx,
+                           dir=st.workdir) as ref_logits:
+            del ref
             return_free_memory()
-            st.report["artifacts"][name]["quality"] = {**r.to_json(), "text": QUALITY_TEXT.name}
+            for name, path in scored.items():
+                bar.set_postfix_str(name)
+                run = targets.get(name).artifact_logits(path, ctx)
+                r = compare(counted(run, bar), ref_logits, ids, ctx)
+                del run
+                return_free_memory()
+                st.report["artifacts"][name]["quality"] = {**r.to_json(),
+                                                          "text": QUALITY_TEXT.name}
+    finally:
+        bar.close()
     return st

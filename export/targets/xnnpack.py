@@ -267,7 +267,7 @@ def runner_metadata(model: LlamaModel, tokenizer, max_context: int, max_seq_len:
 
 
 def lower_to_pte(model: LlamaModel, tokenizer, max_context: int, path: Path,
-                 max_seq_len: int = MAX_SEQ_LEN) -> dict:
+                 max_seq_len: int = MAX_SEQ_LEN, step=None) -> dict:
     """Write the .pte of `model` (fp32 activations, XNNPACK-delegated linears) to `path`,
     streamed from the serialized pieces (no contiguous copy of the program in memory); returns
     how much of it runs in XNNPACK (delegated_share)."""
@@ -277,7 +277,8 @@ def lower_to_pte(model: LlamaModel, tokenizer, max_context: int, path: Path,
     with warnings.catch_warnings():
         for category, message in LOWERING_NOTICES:
             warnings.filterwarnings("ignore", message, category)
-        return _lower(model, tokenizer, max_context, path, max_seq_len)
+        return _lower(model, tokenizer, max_context, path, max_seq_len,
+                      step or (lambda what: None))
 
 
 # What torch.export and ExecuTorch's passes warn about on every lowering of this graph: their
@@ -286,7 +287,11 @@ def lower_to_pte(model: LlamaModel, tokenizer, max_context: int, path: Path,
 LOWERING_NOTICES = ((FutureWarning, ""), (UserWarning, "Mutation on a buffer"))
 
 
-def _lower(model, tokenizer, max_context, path, max_seq_len) -> dict:
+# The steps of a lowering, as reported to `step` when each one starts.
+LOWER_STEPS = ("torch.export", "partition (XNNPACK)", "to_executorch", "serialize")
+
+
+def _lower(model, tokenizer, max_context, path, max_seq_len, step) -> dict:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
     from executorch.exir import (EdgeCompileConfig, ExecutorchBackendConfig,
@@ -299,20 +304,24 @@ def _lower(model, tokenizer, max_context, path, max_seq_len) -> dict:
     tokens = torch.zeros((1, min(2, max_seq_len)), dtype=torch.long)
     pos = torch.tensor([0], dtype=torch.long)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
+    step(LOWER_STEPS[0])
     with torch.no_grad():
         ep = torch.export.export(pte, (tokens, pos), dynamic_shapes=({1: seq}, None),
                                  strict=False)
     del pte
+    step(LOWER_STEPS[1])
     edge = to_edge_transform_and_lower(
         ep, partitioner=[XnnpackDynamicallyQuantizedPartitioner(), XnnpackPartitioner()],
         constant_methods=runner_metadata(model, tokenizer, max_context, max_seq_len),
         compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True))
     del ep
+    step(LOWER_STEPS[2])
     prog = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True, do_quant_fusion_and_const_prop=True,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
         sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
     del edge
+    step(LOWER_STEPS[3])
     with open(path, "wb") as f:
         prog.write_to_file(f)
     share = delegated_share(prog.executorch_program)
@@ -380,9 +389,10 @@ def delegated_share(program) -> dict:
 
 
 def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
-                  chat_template: str | None = None, recipe: str = "none") -> dict:
+                  chat_template: str | None = None, recipe: str = "none", step=None) -> dict:
     """Write dest/ (model.pte, tokenizer.json, tokenizer_config.json, llama_edge.json,
-    llama_edge_app.json); returns a summary."""
+    llama_edge_app.json); returns a summary. step(name) is called as each of LOWER_STEPS
+    starts."""
     from edge.chat import detect_chat_format
     from edge.engines.executorch import write_sidecar
 
@@ -390,7 +400,7 @@ def write_xnnpack(model: LlamaModel, tokenizer, dest: Path, max_context: int,
         raise EdgeError("target xnnpack ships the tokenizer file ExecuTorch's runner reads, and "
                         "this checkpoint has none; add tokenizer.json to the checkpoint directory")
     dest.mkdir(parents=True, exist_ok=True)  # inside the export's atomic work directory
-    share = lower_to_pte(model, tokenizer, max_context, dest / PTE_NAME)
+    share = lower_to_pte(model, tokenizer, max_context, dest / PTE_NAME, step=step)
     tokenizer.save(dest, chat_template)
     write_sidecar(dest / PTE_NAME, {"name": model.config.name or "llama", "recipe": recipe,
                                     "chat_format": detect_chat_format(tokenizer)})
@@ -404,8 +414,16 @@ def stage(st):
     model = model_to_lower(st)
     max_ctx = resolve_max_context(st.cfg.max_context, ck.config, DEFAULT_MAX_CONTEXT)
     dest = st.workdir / NAME
-    summary = write_xnnpack(model, ck.tokenizer, dest, max_ctx, chat_template(ck),
-                            st.recipe.label)
+    from ..pipeline.progress import stage_bar
+
+    with stage_bar("lower:xnnpack", len(LOWER_STEPS), "step") as bar:
+        def step(what):
+            if what != LOWER_STEPS[0]:
+                bar.update(1)
+            bar.set_postfix_str(what)
+
+        summary = write_xnnpack(model, ck.tokenizer, dest, max_ctx, chat_template(ck),
+                                st.recipe.label, step=step)
     quantized = any(isinstance(m, QuantLinear) for m in model.modules())
     kinds = sorted({m.qt.scheme for m in model.modules()
                     if isinstance(m, (QuantLinear, QuantEmbedding))} or {"f32"})

@@ -49,31 +49,36 @@ def search_scales(weights: list[torch.Tensor], x: torch.Tensor, quantize, act=No
 CLIP_GRID = 20  # clip ratios 1.0, 0.975, ..., 0.525
 CLIP_MIN = 0.5
 CLIP_TOKENS = 512  # calibration tokens used by the clipping search
-CLIP_ROWS = 256  # output rows processed at once (bounds memory: rows x tokens x groups)
+CLIP_ROWS = 1024  # output rows processed at once (bounds the working copies of w)
 
 
 @torch.no_grad()
 def search_clip(w: torch.Tensor, x: torch.Tensor, scheme) -> torch.Tensor:
     """Per (output row, group): the clipping ratio r of the group's max |w| that minimises the
     group's contribution to the output error on calibration inputs. Returns w clamped to
-    +-r max|w| per group; quantizing it gives scales from the clipped range."""
+    +-r max|w| per group; quantizing it gives scales from the clipped range.
+
+    A group's error over the tokens, sum_t (delta . x_t)^2, is delta G delta^T with G the
+    group's (g, g) Gram matrix of the inputs: computed once (float64), it replaces a pass over
+    every token for every candidate ratio."""
     w = w.float()
     out, n = w.shape
     g = scheme.group_for(n)
     ng = n // g
-    xs = x[:CLIP_TOKENS].float().reshape(-1, ng, g)  # (t, groups, g)
+    xs = x[:CLIP_TOKENS].double().reshape(-1, ng, g).transpose(0, 1)  # (groups, t, g)
+    gram = xs.transpose(1, 2) @ xs  # (groups, g, g)
     result = w.clone()
     for r0 in range(0, out, CLIP_ROWS):
         wb = w[r0:r0 + CLIP_ROWS].reshape(-1, ng, g)  # (rows, groups, g)
         amax = wb.abs().amax(-1, keepdim=True)
-        best_err = torch.full(wb.shape[:2], float("inf"))
+        best_err = torch.full(wb.shape[:2], float("inf"), dtype=torch.float64)
         best = wb.clone()
         for i in range(CLIP_GRID):
             r = 1.0 - i * (1.0 - CLIP_MIN) / CLIP_GRID
             wc = torch.maximum(torch.minimum(wb, amax * r), -amax * r)
-            deq = scheme.quantize_tensor(wc.reshape(-1, n)).dequantize().reshape(wb.shape)
-            # per (row, group) output error: sum over tokens of (delta_g . x_g)^2
-            err = torch.einsum("ogk,tgk->otg", deq - wb, xs).pow(2).sum(1)
+            deq = scheme.fake_quantize(wc.reshape(-1, n)).reshape(wb.shape)
+            d = (deq - wb).double().transpose(0, 1)  # (groups, rows, g)
+            err = ((d @ gram) * d).sum(-1).t()  # (rows, groups)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best = torch.where(better.unsqueeze(-1), wc, best)

@@ -26,7 +26,7 @@ SHRINK = 0.3
 BLOCK = 128
 
 
-def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
+def inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor of H^-1 (float64 for stability)."""
     h = h.double().clone()
     n = h.shape[0]
@@ -47,13 +47,18 @@ def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weight,
-                  name: str = "weight", act_order: bool = False) -> QuantizedTensor:
-    """w (out, in) float, h (in, in) = sum of x x^T over calibration tokens."""
+                  name: str = "weight", act_order: bool = False,
+                  u: torch.Tensor | None = None) -> QuantizedTensor:
+    """w (out, in) float, h (in, in) = sum of x x^T over calibration tokens. Rows are
+    independent: linears that share an input (and so h) may be quantized as one stacked w.
+    u: inverse_cholesky(h) when the caller already has it (without act order)."""
     w = w.float().clone()
     out, n = w.shape
     g = scheme.group_for(n)
     if n % g:
         raise QuantError(f"tensor '{name}': group size {g} does not divide {n}")
+    if not bool(torch.isfinite(w).all()):
+        raise QuantError(f"tensor '{name}': contains NaN/Inf values; refusing to quantize")
     dead = torch.diag(h) == 0
     w[:, dead] = 0
     perm = None
@@ -62,7 +67,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weigh
         # static groups: scales from the original weights, in the natural column layout
         scale_all, zp_all = scheme.choose_qparams(w, name)
         w, h = w[:, perm], h[perm][:, perm]
-    u = _inverse_cholesky(h).float()
+    if u is None or perm is not None:
+        u = inverse_cholesky(h).float()
     q_cols = torch.zeros_like(w)
     scales, zps = [], []
     scale = zp = None
@@ -75,7 +81,11 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weigh
             col = b0 + j
             orig = int(perm[col]) if perm is not None else col
             if perm is None and col % g == 0:
-                s, z = scheme.choose_qparams(torch.cat([wb[:, j:], w[:, b1:]], 1)[:, :g], name)
+                # the group's columns, error-updated so far (a group wider than the block
+                # reaches into the columns after it)
+                src = wb[:, j:j + g] if j + g <= b1 - b0 else \
+                    torch.cat([wb[:, j:], w[:, b1:]], 1)[:, :g]
+                s, z = scheme.choose_qparams(src, name, check=False)
                 scale, zp = s[:, 0], (z[:, 0] if z is not None else None)
                 scales.append(scale)
                 if zp is not None:

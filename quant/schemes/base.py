@@ -57,15 +57,16 @@ class QuantizedTensor:
         return 8.0 * self.nbytes() / self.qdata.numel()
 
 
-def grouped(w: torch.Tensor, group_size: int, name: str) -> torch.Tensor:
-    """(out, in) -> (out, in // g, g), with the checks every scheme needs."""
+def grouped(w: torch.Tensor, group_size: int, name: str, check: bool = True) -> torch.Tensor:
+    """(out, in) -> (out, in // g, g), with the checks every scheme needs (check=False skips
+    the scan for NaN/Inf, for callers that checked the tensor they derive w from)."""
     if w.dim() != 2:
         raise QuantError(f"tensor '{name}': expected a 2-D weight, got shape {list(w.shape)}")
     out, n = w.shape
     if group_size <= 0 or n % group_size:
         raise QuantError(f"tensor '{name}': group size {group_size} does not divide the input "
                          f"dimension {n}; choose a group size that divides it")
-    if not bool(torch.isfinite(w).all()):
+    if check and not bool(torch.isfinite(w).all()):
         raise QuantError(f"tensor '{name}': contains NaN/Inf values; refusing to quantize")
     return w.float().reshape(out, n // group_size, group_size)
 

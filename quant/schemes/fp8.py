@@ -27,8 +27,8 @@ class FP8Weight:
     def group_for(self, in_features: int) -> int:
         return in_features if self.group_size is None else self.group_size
 
-    def choose_qparams(self, w: torch.Tensor, name: str = "weight"):
-        g = grouped(w, self.group_for(w.shape[1]), name)
+    def choose_qparams(self, w: torch.Tensor, name: str = "weight", check: bool = True):
+        g = grouped(w, self.group_for(w.shape[1]), name, check)
         return fp16_scale(g.abs().amax(-1) / FP8_MAX), None
 
     def quantize(self, w: torch.Tensor, scale, zero_point=None, name: str = "weight"):
@@ -40,3 +40,11 @@ class FP8Weight:
         scale, _ = self.choose_qparams(w, name)
         return QuantizedTensor(self.name, self.quantize(w, scale, name=name), scale, None,
                                self.group_for(w.shape[1]), 8)
+
+    def fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """quantize_tensor(w).dequantize(), value for value, without the NaN/Inf scan (w must
+        be finite)."""
+        scale, _ = self.choose_qparams(w, check=False)
+        g = w.float().reshape(w.shape[0], scale.shape[1], -1)
+        x = (g / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        return (x.float() * scale.unsqueeze(-1)).reshape(w.shape)

@@ -50,9 +50,9 @@ class IntWeight:
         return in_features if self.group_size is None else self.group_size
 
     # -------------------------------------------------------------- reference
-    def choose_qparams(self, w: torch.Tensor, name: str = "weight"):
+    def choose_qparams(self, w: torch.Tensor, name: str = "weight", check: bool = True):
         """scale (out, groups) float32 > 0 [, zero point (out, groups) uint8]."""
-        g = grouped(w, self.group_for(w.shape[1]), name)
+        g = grouped(w, self.group_for(w.shape[1]), name, check)
         qmin, qmax = self.qrange()
         rounded = SCALE_ROUNDING[self.scale_dtype]
         if self.symmetric:
@@ -85,3 +85,16 @@ class IntWeight:
         scale, zp = self.choose_qparams(w, name)
         q = self.quantize(w, scale, zp, name)
         return QuantizedTensor(self.name, q, scale, zp, self.group_for(w.shape[1]), self.bits)
+
+    def fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """quantize_tensor(w).dequantize(), value for value, without the integer tensors or the
+        NaN/Inf scan (w must be finite): the inner step of the calibrating searches."""
+        scale, zp = self.choose_qparams(w, check=False)
+        g = w.float().reshape(w.shape[0], scale.shape[1], -1)
+        qmin, qmax = self.qrange()
+        q = torch.round(g / scale.unsqueeze(-1))
+        if zp is not None:
+            zf = zp.float().unsqueeze(-1)
+            return (torch.clamp(q + zf, qmin, qmax) - zf).mul_(scale.unsqueeze(-1)).reshape(
+                w.shape)
+        return torch.clamp(q, qmin, qmax).mul_(scale.unsqueeze(-1)).reshape(w.shape)

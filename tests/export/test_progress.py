@@ -1,0 +1,64 @@
+"""Stage progress on a terminal: bars (with the time left) only when stderr is a terminal,
+advanced by the verify stage per artifact and by the quality stage per window scored."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import torch
+
+from export.pipeline import progress, verify
+from export.pipeline.progress import counted, stage_bar
+from export.pipeline.verify import stage_verify
+from quant.recipes import load_recipe
+from support.tiny import quantized
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from test_pipeline_verify import _serve, _state  # noqa: E402
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_bar_shows_the_time_left_on_a_terminal(monkeypatch):
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    with stage_bar("quality", 4, "window") as bar:
+        step = counted(lambda x: x * 2, bar)
+        assert [step(i) for i in range(3)] == [0, 2, 4]
+        assert bar.n == 3
+        bar.refresh()  # tqdm redraws at most every 0.1 s on its own
+    out = term.getvalue()
+    assert "quality" in out and "3/4" in out
+    # tqdm's "[elapsed<remaining" field: the estimated time left
+    assert "<" in out.split("3/4", 1)[1]
+
+
+def test_no_bar_when_stderr_is_not_a_terminal(monkeypatch):
+    pipe = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", pipe)
+    assert not progress.shown()
+    with stage_bar("quality", 4, "window") as bar:
+        counted(lambda: None, bar)()
+    assert pipe.getvalue() == ""
+
+
+@torch.inference_mode()
+def test_verify_draws_its_bar_on_a_terminal(monkeypatch):
+    ref = quantized(load_recipe("mobile").with_algorithm("rtn"))
+    _serve(monkeypatch, ref)
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    bars = []
+
+    def recorded(*args):
+        bars.append(stage_bar(*args))
+        return bars[-1]
+
+    monkeypatch.setattr(verify, "stage_bar", recorded)
+    stage_verify(_state(ref))
+    assert "verify" in term.getvalue()
+    assert [(b.n, b.total) for b in bars] == [(1, 1)]
