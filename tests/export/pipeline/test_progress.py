@@ -15,7 +15,7 @@ from quant.recipes import load_recipe
 from support.tiny import quantized
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from test_pipeline_verify import _serve, _state  # noqa: E402
+from test_verify import _serve, _state  # noqa: E402
 
 
 class Terminal(io.StringIO):
