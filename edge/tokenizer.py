@@ -18,6 +18,7 @@ import binascii
 import codecs
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
@@ -119,6 +120,19 @@ def _config_template(value) -> str | None:
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
         value = named.get("default") or next(iter(named.values()), None)
     return value if isinstance(value, str) else None
+
+
+@contextmanager
+def _library_panics(message: str):
+    """The tokenizer library's internal panics reach Python as pyo3's PanicException, which
+    derives from BaseException, so `except Exception` lets them end the session: turn them
+    into a TokenizerError with `message` (which says what failed and what to do)."""
+    try:
+        yield
+    except BaseException as e:
+        if type(e).__name__ != "PanicException":
+            raise
+        raise TokenizerError(f"{message} (tokenizer library: {e})") from None
 
 
 def _read_json(file: Path) -> dict | None:
@@ -249,6 +263,11 @@ class Tokenizer:
     def from_hf_json(cls, json_text: str, tokenizer_config: dict | None = None, *,
                      source: str = "tokenizer.json", extra_eos_ids=()) -> "Tokenizer":
         """Build from the text of a `tokenizer.json` and an optional parsed `tokenizer_config.json`."""
+        with _library_panics(f"{source}: tokenizer.json cannot be loaded; re-export it"):
+            return cls._from_hf_json(json_text, tokenizer_config, source, extra_eos_ids)
+
+    @classmethod
+    def _from_hf_json(cls, json_text, tokenizer_config, source, extra_eos_ids) -> "Tokenizer":
         try:
             hf = _HFTokenizer.from_str(json_text)
         except Exception as e:  # the library reports parse errors as plain Exception
@@ -445,7 +464,9 @@ class Tokenizer:
                 raise TokenizerError(f"input text is {size} bytes, over the {MAX_INPUT_BYTES}-byte cap "
                                      "(MAX_INPUT_BYTES); split it into smaller pieces")
         try:
-            return self._hf.encode(text, add_special_tokens=False).ids
+            with _library_panics(f"{self.source}: the tokenizer failed on this text; re-export the "
+                                 "tokenizer with the model"):
+                return self._hf.encode(text, add_special_tokens=False).ids
         except Exception:
             self._utf8_len(text)  # names the offending character when that is the cause
             raise
@@ -468,7 +489,10 @@ class Tokenizer:
 
     def decode(self, ids, skip_special: bool = False) -> str:
         """Text of `ids`; special tokens appear as their text unless skip_special."""
-        return self._hf.decode(self._check_ids(ids), skip_special_tokens=skip_special)
+        ids = self._check_ids(ids)
+        with _library_panics(f"{self.source}: the tokenizer failed to decode token ids; re-export "
+                             "the tokenizer with the model"):
+            return self._hf.decode(ids, skip_special_tokens=skip_special)
 
     def id_of(self, token: str) -> int | None:
         """Id of an added (special or user-defined) token, or None if the vocabulary lacks it."""

@@ -452,3 +452,18 @@ def test_runtime_does_not_import_torch():
             "sys.exit(any(m in sys.modules for m in ('torch', 'transformers')))")
     root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_a_tokenizer_json_that_panics_the_library_is_a_tokenizer_error(tmp_path):
+    """A BPE merge of a multi-byte token whose result is missing from the vocabulary makes the
+    tokenizer library panic (a BaseException, not an Exception): it must reach the user as a
+    TokenizerError naming the file, not end the session."""
+    model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+             "vocab": {"é": 0, "t": 1}, "merges": [["é", "t"]]}
+    text = json.dumps({"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+                       "normalizer": None, "pre_tokenizer": None, "post_processor": None,
+                       "decoder": None, "model": model})
+    (tmp_path / "tokenizer.json").write_text(text, encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json cannot be loaded.*re-export"):
+        Tokenizer.from_hf_dir(tmp_path)
