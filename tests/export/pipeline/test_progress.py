@@ -13,9 +13,8 @@ from export.pipeline.progress import counted, stage_bar
 from export.pipeline.verify import stage_verify
 from quant.recipes import load_recipe
 from support.tiny import quantized
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from test_verify import _serve, _state  # noqa: E402
+from support.verify import export_state as _state
+from support.verify import serve as _serve
 
 
 class Terminal(io.StringIO):

@@ -6,35 +6,17 @@ logit correlation. Structural faults fail either way."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 
 from edge.errors import EdgeError
-from export.loaders.common import Checkpoint
-from export.pipeline import ExportConfig, ExportState
 from export.pipeline import verify
 from export.pipeline.verify import logit_correlation, stage_verify
-from export.targets import Target
 from quant.recipes import load_recipe
-from support.tiny import CFG, quantized, tiny_model, tiny_tokenizer
-
-
-def _state(model, exact: bool = False) -> ExportState:
-    ck = Checkpoint(Path("tiny"), "random", CFG, {}, tiny_tokenizer())
-    st = ExportState(ExportConfig(checkpoint="tiny", out=Path("o")), checkpoint=ck, model=model)
-    st.artifacts = {"x": Path("x")}
-    st.report["artifacts"] = {"x": {"exact": exact}}
-    return st
-
-
-def _serve(monkeypatch, model):
-    """Target 'x' whose runtime is `model`."""
-    # the tiny byte-level tokenizer makes the probe text longer than the tiny model's context
-    monkeypatch.setattr(verify, "PROBE_TEXT", verify.PROBE_TEXT[:100])
-    spec = Target("x", None, lambda path, n: (lambda w: model(w)[0]))
-    monkeypatch.setattr(verify.targets, "get", lambda name: spec)
+from support.tiny import quantized, tiny_model
+from support.verify import export_state as _state
+from support.verify import serve as _serve
 
 
 @torch.inference_mode()
