@@ -154,25 +154,22 @@ def fidelity(reference, artifacts: dict, docs, threads: int, ctx: int | None) ->
         return out, engine.tokenizer
 
     ref, tok = outputs(reference, True)
-    rows = []
-    for (name, task, mode), text in ref.items():
+
+    def row(label, key, text, against: str, compare_tokens: bool) -> dict:
+        (name, task, mode), r = key, against
         rec, prec = fid.kept(texts[name], text)
-        rows.append({"artifact": "float (reference)", "decoding": mode, "document": name,
-                     "task": task, "rouge_l": 1.0 if mode == "defaults" else
-                     round(fid.rouge_l(text, ref[(name, task, "defaults")]), 4),
-                     "token_match": None, "facts_recall": round(rec, 4),
-                     "facts_precision": round(prec, 4), "text": text})
+        return {"artifact": label, "decoding": mode, "document": name, "task": task,
+                "rouge_l": round(fid.rouge_l(text, r), 4),
+                "token_match": round(fid.token_match(tok.encode(text), tok.encode(r)), 4)
+                if compare_tokens else None,
+                "facts_recall": round(rec, 4), "facts_precision": round(prec, 4), "text": text}
+
+    # the float model's plain-greedy text is scored against its own text with the defaults
+    rows = [row("float (reference)", k, text, ref[(k[0], k[1], "defaults")], False)
+            for k, text in ref.items()]
     for label, path in artifacts.items():
-        out, _ = outputs(path, False)
-        for (name, task, mode), text in out.items():
-            r = ref[(name, task, mode)]
-            rec, prec = fid.kept(texts[name], text)
-            rows.append({"artifact": label, "decoding": mode, "document": name, "task": task,
-                         "rouge_l": round(fid.rouge_l(text, r), 4),
-                         "token_match": round(fid.token_match(tok.encode(text),
-                                                              tok.encode(r)), 4),
-                         "facts_recall": round(rec, 4), "facts_precision": round(prec, 4),
-                         "text": text})
+        rows += [row(label, k, text, ref[k], True)
+                 for k, text in outputs(path, False)[0].items()]
     means = {}
     for row in rows:
         key = f"{row['artifact']} / {row['decoding']}"

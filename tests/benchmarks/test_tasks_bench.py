@@ -14,17 +14,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import tasks as bench  # noqa: E402
 
-from edge.artifact import write_artifact  # noqa: E402
-from support.artifacts import CFG, make_tokenizer, make_weights  # noqa: E402
+from support.artifacts import write  # noqa: E402
 
 CTX = 512  # the tiny tokenizer spends a token per byte of the task prompts
-
-
-def write(dest, seed=0):
-    weights, norms = make_weights(CFG, seed)
-    return write_artifact(dest, CFG, weights, norms, make_tokenizer(), "chatml", CTX,
-                          recipe="8da4w")
-
 DOC = ("Cork opened in 1912 with 14 berths.\n\n"
        "The council spent 2.4 million in 1988.")
 
@@ -36,10 +28,11 @@ def report(tmp_path_factory):
     docs.mkdir()
     (docs / "harbour.txt").write_text(DOC, encoding="utf-8")
     (docs / "short.txt").write_text("Riga added 3 ferries in 2003.", encoding="utf-8")
-    ref, other = write(root / "ref"), write(root / "other", seed=3)
+    ref = write(root / "ref", max_context=CTX)
+    other = write(root / "other", seed=3, max_context=CTX)
     out = root / "out"
-    code = bench.main(["-m", str(ref), "--name", "tiny", "--threads", "1", "--repeat", "1", "--ctx", str(CTX),
-                       "--docs", str(docs), "--out", str(out), "--reference", str(ref),
+    code = bench.main(["-m", str(ref), "--name", "tiny", "--threads", "1", "--repeat", "1",
+                       "--ctx", str(CTX), "--docs", str(docs), "--out", str(out), "--reference", str(ref),
                        "--fidelity", f"same={ref}", "--fidelity", f"other={other}"])
     data = json.loads((out / "tasks_tiny.json").read_text())
     return code, data, (out / "tasks_tiny.md").read_text()

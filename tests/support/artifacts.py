@@ -79,7 +79,8 @@ def make_weights(cfg: LlamaConfig = CFG, seed: int = 0):
     return weights, norms
 
 
-def write(dest, cfg: LlamaConfig = CFG, seed: int = 0, tokenizer=None, **kw) -> Path:
+def write(dest, cfg: LlamaConfig = CFG, seed: int = 0, tokenizer=None,
+          max_context: int = MAX_CONTEXT, **kw) -> Path:
     weights, norms = make_weights(cfg, seed)
     return write_artifact(dest, cfg, weights, norms, tokenizer or make_tokenizer(), "chatml",
-                          MAX_CONTEXT, recipe="8da4w", **kw)
+                          max_context, recipe="8da4w", **kw)
