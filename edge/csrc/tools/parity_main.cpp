@@ -8,7 +8,8 @@
 //   parity_main --inject-error  perturbs the first checked output: must report a failure
 //
 // Exits 1 with a line naming set, kernel, kind and shape at the first mismatch.
-// Built from kernels_scalar.cpp, kernels_x86.cpp, kernels_neon.cpp and dispatch.cpp.
+// Built from the kernel tier alone (edge/csrc/kernels: scalar, x86, arm and dispatch), with
+// edge/csrc as the include root; the runtime is not linked.
 #include <algorithm>
 #include <cmath>
 #include <cstdarg>
@@ -18,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 using namespace edge;
 

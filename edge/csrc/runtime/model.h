@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels.h"
-#include "threadpool.h"
+#include "kernels/kernels.h"
+#include "runtime/threadpool.h"
 
 namespace edge {
 

@@ -1,4 +1,4 @@
-#include "model.h"
+#include "runtime/model.h"
 
 #include <algorithm>
 #include <cmath>

@@ -10,7 +10,7 @@
 #include <chrono>
 #include <cmath>
 
-#include "model.h"
+#include "runtime/model.h"
 
 namespace py = pybind11;
 using namespace edge;

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 namespace edge {
 

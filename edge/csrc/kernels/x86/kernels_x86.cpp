@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
