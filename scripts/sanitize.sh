@@ -15,7 +15,8 @@ KINDS=("$@")
 [ ${#KINDS[@]} -eq 0 ] && KINDS=(address thread)
 SRC=edge/csrc
 # under $SRC: the kernel tier and the runtime's forward pass (the extension adds its bindings)
-LIB_SOURCES="kernels/scalar/reference.cpp kernels/x86/kernels_x86.cpp kernels/arm/kernels_neon.cpp
+LIB_SOURCES="kernels/scalar/reference.cpp kernels/x86/avx2.cpp kernels/x86/avx512.cpp
+             kernels/arm/kernels_neon.cpp
              kernels/dispatch.cpp runtime/model.cpp"
 PARITY=tools/parity_main.cpp
 BINDINGS=runtime/bindings.cpp
