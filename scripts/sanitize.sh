@@ -35,7 +35,7 @@ build() {  # build KIND: objects in parallel, then the parity program and the ex
         thread) flags="-fsanitize=thread" ;;
         *) echo "sanitize.sh: unknown sanitizer '$kind' (address or thread)" >&2; exit 2 ;;
     esac
-    flags="$flags -O1 -g -fno-omit-frame-pointer -fPIC -std=c++17 -I$SRC"
+    flags="$flags -O1 -g -fno-omit-frame-pointer -fPIC -std=c++20 -I$SRC"
     mkdir -p "$dir"
     local jobs=()
     for f in $LIB_SOURCES $PARITY $BINDINGS; do

@@ -15,11 +15,20 @@ namespace neon {
 #include "kernels_neon.inc"
 #undef NEON_DOT
 }  // namespace neon
-const Kernels NEON_KERNELS = {"neon", neon::matmul_f_neon, neon::matmul_q_neon,
-                              neon::matmul_qb_neon, neon::dot_neon,
-                              neon::axpy_neon, neon::scores_neon, neon::weighted_sum_neon,
-                              neon::exp_sum_neon, neon::silu_mul_neon,
-                              neon::quantize_blocks_neon};
+constexpr Kernels NEON_KERNELS = {
+    .name = "neon",
+    .matmul_f = neon::matmul_f_neon,
+    .matmul_q = neon::matmul_q_neon,
+    .matmul_qb = neon::matmul_qb_neon,
+    .dot = neon::dot_neon,
+    .axpy = neon::axpy_neon,
+    .scores = neon::scores_neon,
+    .weighted_sum = neon::weighted_sum_neon,
+    .exp_sum = neon::exp_sum_neon,
+    .silu_mul = neon::silu_mul_neon,
+    .quantize_blocks = neon::quantize_blocks_neon,
+};
+static_assert(complete(NEON_KERNELS), "NEON_KERNELS: every entry set");
 }  // namespace edge
 
 #pragma GCC push_options
@@ -30,11 +39,20 @@ namespace neon_dot {
 #include "kernels_neon.inc"
 #undef NEON_DOT
 }  // namespace neon_dot
-const Kernels NEON_DOT_KERNELS = {"neon-dotprod", neon_dot::matmul_f_neon, neon_dot::matmul_q_neon,
-                                  neon_dot::matmul_qb_neon, neon_dot::dot_neon, neon_dot::axpy_neon,
-                                  neon_dot::scores_neon, neon_dot::weighted_sum_neon,
-                                  neon_dot::exp_sum_neon, neon_dot::silu_mul_neon,
-                                  neon_dot::quantize_blocks_neon};
+constexpr Kernels NEON_DOT_KERNELS = {
+    .name = "neon-dotprod",
+    .matmul_f = neon_dot::matmul_f_neon,
+    .matmul_q = neon_dot::matmul_q_neon,
+    .matmul_qb = neon_dot::matmul_qb_neon,
+    .dot = neon_dot::dot_neon,
+    .axpy = neon_dot::axpy_neon,
+    .scores = neon_dot::scores_neon,
+    .weighted_sum = neon_dot::weighted_sum_neon,
+    .exp_sum = neon_dot::exp_sum_neon,
+    .silu_mul = neon_dot::silu_mul_neon,
+    .quantize_blocks = neon_dot::quantize_blocks_neon,
+};
+static_assert(complete(NEON_DOT_KERNELS), "NEON_DOT_KERNELS: every entry set");
 }  // namespace edge
 #pragma GCC pop_options
 #endif

@@ -227,11 +227,20 @@ static void matmul_q_x86(const WeightView& w, const QActs& a, float* y, int64_t 
 
 }  // namespace avx2
 
-const Kernels AVX2_KERNELS = {"avx2", avx2::matmul_f_x86, avx2::matmul_q_x86,
-                              avx2::matmul_qb_x86, avx2::dot_x86,
-                              avx2::axpy_x86, avx2::scores_x86, avx2::weighted_sum_x86,
-                              avx2::exp_sum_x86, avx2::silu_mul_x86,
-                              avx2::quantize_blocks_x86};
+constexpr Kernels AVX2_KERNELS = {
+    .name = "avx2",
+    .matmul_f = avx2::matmul_f_x86,
+    .matmul_q = avx2::matmul_q_x86,
+    .matmul_qb = avx2::matmul_qb_x86,
+    .dot = avx2::dot_x86,
+    .axpy = avx2::axpy_x86,
+    .scores = avx2::scores_x86,
+    .weighted_sum = avx2::weighted_sum_x86,
+    .exp_sum = avx2::exp_sum_x86,
+    .silu_mul = avx2::silu_mul_x86,
+    .quantize_blocks = avx2::quantize_blocks_x86,
+};
+static_assert(complete(AVX2_KERNELS), "AVX2_KERNELS: every entry set");
 }  // namespace edge
 #pragma GCC pop_options
 #endif

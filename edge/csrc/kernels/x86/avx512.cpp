@@ -280,11 +280,20 @@ static void matmul_q_x86(const WeightView& w, const QActs& a, float* y, int64_t 
 
 }  // namespace avx512
 
-const Kernels AVX512VNNI_KERNELS = {"avx512vnni", avx512::matmul_f_x86, avx512::matmul_q_x86,
-                                    avx512::matmul_qb_x86, avx512::dot_x86, avx512::axpy_x86,
-                                    avx512::scores_x86, avx512::weighted_sum_x86,
-                                    avx512::exp_sum_x86, avx512::silu_mul_x86,
-                                    avx512::quantize_blocks_x86};
+constexpr Kernels AVX512VNNI_KERNELS = {
+    .name = "avx512vnni",
+    .matmul_f = avx512::matmul_f_x86,
+    .matmul_q = avx512::matmul_q_x86,
+    .matmul_qb = avx512::matmul_qb_x86,
+    .dot = avx512::dot_x86,
+    .axpy = avx512::axpy_x86,
+    .scores = avx512::scores_x86,
+    .weighted_sum = avx512::weighted_sum_x86,
+    .exp_sum = avx512::exp_sum_x86,
+    .silu_mul = avx512::silu_mul_x86,
+    .quantize_blocks = avx512::quantize_blocks_x86,
+};
+static_assert(complete(AVX512VNNI_KERNELS), "AVX512VNNI_KERNELS: every entry set");
 }  // namespace edge
 #pragma GCC pop_options
 #endif
