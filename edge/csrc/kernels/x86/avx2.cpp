@@ -213,12 +213,8 @@ static inline float vsum(VF v) { return hsum8(v); }
 
 #include "kernels/x86/x86_kernels.h"
 
-static void matmul_q_x86(const WeightView& w, const QActs& a, float* y, int64_t ldy, int64_t r0,
-                         int64_t r1, float* scratch) {
-  if (!token_acts_fit(w)) {
-    SCALAR_KERNELS.matmul_q(w, a, y, ldy, r0, r1, scratch);
-    return;
-  }
+static void matmul_q_fitting(const WeightView& w, const QActs& a, float* y, int64_t ldy,
+                             int64_t r0, int64_t r1, float* scratch) {
   if (w.kind == W_Q8)
     q_rows_4tok<dot_u8s8_wide>(w, a, y, ldy, r0, r1, scratch);
   else
@@ -227,20 +223,7 @@ static void matmul_q_x86(const WeightView& w, const QActs& a, float* y, int64_t 
 
 }  // namespace avx2
 
-constexpr Kernels AVX2_KERNELS = {
-    .name = "avx2",
-    .matmul_f = avx2::matmul_f_x86,
-    .matmul_q = avx2::matmul_q_x86,
-    .matmul_qb = avx2::matmul_qb_x86,
-    .dot = avx2::dot_x86,
-    .axpy = avx2::axpy_x86,
-    .scores = avx2::scores_x86,
-    .weighted_sum = avx2::weighted_sum_x86,
-    .exp_sum = avx2::exp_sum_x86,
-    .silu_mul = avx2::silu_mul_x86,
-    .quantize_blocks = avx2::quantize_blocks_x86,
-};
-static_assert(complete(AVX2_KERNELS), "AVX2_KERNELS: every entry set");
+constexpr Kernels AVX2_KERNELS = EDGE_KERNEL_TABLE("avx2", avx2);
 }  // namespace edge
 #pragma GCC pop_options
 #endif

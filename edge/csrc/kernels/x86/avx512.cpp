@@ -261,12 +261,8 @@ static void q8_rows_1tok(const WeightView& w, const QActs& a, float* y, int64_t 
   }
 }
 
-static void matmul_q_x86(const WeightView& w, const QActs& a, float* y, int64_t ldy, int64_t r0,
-                         int64_t r1, float* scratch) {
-  if (!token_acts_fit(w)) {
-    SCALAR_KERNELS.matmul_q(w, a, y, ldy, r0, r1, scratch);
-    return;
-  }
+static void matmul_q_fitting(const WeightView& w, const QActs& a, float* y, int64_t ldy,
+                             int64_t r0, int64_t r1, float* scratch) {
   if (a.m == 1 && w.kind == W_Q4) {
     q4_rows_1tok(w, a, y, r0, r1);
     return;
@@ -280,20 +276,7 @@ static void matmul_q_x86(const WeightView& w, const QActs& a, float* y, int64_t 
 
 }  // namespace avx512
 
-constexpr Kernels AVX512VNNI_KERNELS = {
-    .name = "avx512vnni",
-    .matmul_f = avx512::matmul_f_x86,
-    .matmul_q = avx512::matmul_q_x86,
-    .matmul_qb = avx512::matmul_qb_x86,
-    .dot = avx512::dot_x86,
-    .axpy = avx512::axpy_x86,
-    .scores = avx512::scores_x86,
-    .weighted_sum = avx512::weighted_sum_x86,
-    .exp_sum = avx512::exp_sum_x86,
-    .silu_mul = avx512::silu_mul_x86,
-    .quantize_blocks = avx512::quantize_blocks_x86,
-};
-static_assert(complete(AVX512VNNI_KERNELS), "AVX512VNNI_KERNELS: every entry set");
+constexpr Kernels AVX512VNNI_KERNELS = EDGE_KERNEL_TABLE("avx512vnni", avx512);
 }  // namespace edge
 #pragma GCC pop_options
 #endif

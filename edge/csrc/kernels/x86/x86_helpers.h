@@ -263,7 +263,7 @@ static inline void with_count(int64_t n, F&& f) {
   }
 }
 
-static float dot_x86(const float* a, const float* b, int64_t n) {
+static float dot(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -277,7 +277,7 @@ static float dot_x86(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-static void axpy_x86(float a, const float* x, float* y, int64_t n) {
+static void axpy(float a, const float* x, float* y, int64_t n) {
   const __m256 av = _mm256_set1_ps(a);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -291,7 +291,7 @@ constexpr float EXP_LO = -87.33f, EXP_HI = 88.37f;
 
 // ---------------------------------------------------------------- activation blocks
 // Bit for bit quantize_acts_blocks: the same division and round-half-even of x / s.
-static void quantize_blocks_x86(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
+static void quantize_blocks(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
                                 float* scale, int32_t* bsum, float* bcorr) {
   const int64_t nb = k / ACT_BLOCK;
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));

@@ -32,7 +32,7 @@ static void q8_rows_ntok_float(const WeightView& w, const float* x, int64_t m, i
   }
 }
 
-static void matmul_f_x86(const WeightView& w, const float* x, int64_t m, int64_t ldx, float* y,
+static void matmul_f(const WeightView& w, const float* x, int64_t m, int64_t ldx, float* y,
                          int64_t ldy, int64_t r0, int64_t r1, float* scratch) {
   const int64_t k = w.k;
   if (m == 1 && w.kind == W_Q8 && w.group % 8 == 0) {
@@ -260,7 +260,7 @@ static void panel_rows(const WeightView& w, const QActs& a, float* y, int64_t ld
   }
 }
 
-static void matmul_qb_x86(const WeightView& w, const QActs& a, float* y, int64_t ldy,
+static void matmul_qb(const WeightView& w, const QActs& a, float* y, int64_t ldy,
                           int64_t r0, int64_t r1, float* scratch) {
   const int64_t k = w.k, g = w.group, nb = k / ACT_BLOCK;
   if ((w.kind != W_Q4 && w.kind != W_Q8) || g % ACT_BLOCK || nb > MAX_ROW_BLOCKS || !a.bcorr) {
@@ -381,7 +381,7 @@ static inline void scores_pass(const float* const* q, const float* K, int64_t n,
   }
 }
 
-static void scores_x86(const float* const* q, int nq, const float* K, int64_t n, int64_t d,
+static void scores(const float* const* q, int nq, const float* K, int64_t n, int64_t d,
                        float scale, float* const* out) {
   for (int i0 = 0; i0 < nq; i0 += SCORE_QUERIES) {
     const int c = std::min(SCORE_QUERIES, nq - i0);
@@ -411,7 +411,7 @@ static inline void sum_panel(const float* const* p, const float* V, int64_t n, i
     for (int v = 0; v < NV; v++) vstore(out[i] + j0 + v * VW, acc[i][v]);
 }
 
-static void weighted_sum_x86(const float* const* p, int nq, const float* V, int64_t n, int64_t d,
+static void weighted_sum(const float* const* p, int nq, const float* V, int64_t n, int64_t d,
                              float* const* out) {
   int64_t j0 = 0;
   for (; j0 + SUM_PANEL <= d; j0 += SUM_PANEL)
@@ -424,12 +424,12 @@ static void weighted_sum_x86(const float* const* p, int nq, const float* V, int6
   if (j0 < d)
     for (int i = 0; i < nq; i++) {
       for (int64_t j = j0; j < d; j++) out[i][j] = 0.f;
-      for (int64_t t = 0; t < n; t++) axpy_x86(p[i][t], V + t * d + j0, out[i] + j0, d - j0);
+      for (int64_t t = 0; t < n; t++) axpy(p[i][t], V + t * d + j0, out[i] + j0, d - j0);
     }
 }
 
 // ---------------------------------------------------------------- exponentials
-static float exp_sum_x86(float* x, int64_t n, float shift) {
+static float exp_sum(float* x, int64_t n, float shift) {
   const VF sv = vset1(shift);
   VF acc = vzero();
   int64_t i = 0;
@@ -451,7 +451,7 @@ static float exp_sum_x86(float* x, int64_t n, float shift) {
   return sum;
 }
 
-static void silu_mul_x86(float* g, const float* u, int64_t n) {
+static void silu_mul(float* g, const float* u, int64_t n) {
   const VF one = vset1(1.0f);
   int64_t i = 0;
   for (; i + VW <= n; i += VW) {
@@ -460,4 +460,18 @@ static void silu_mul_x86(float* g, const float* u, int64_t n) {
     vstore(g + i, vmul(vdiv(gv, vadd(one, e)), vload(u + i)));
   }
   for (; i < n; i++) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+// ---------------------------------------------------------------- int8-activation entry
+// Rows that token_acts_fit admits, by each set's own paths (defined after this file).
+static void matmul_q_fitting(const WeightView& w, const QActs& a, float* y, int64_t ldy,
+                             int64_t r0, int64_t r1, float* scratch);
+
+static void matmul_q(const WeightView& w, const QActs& a, float* y, int64_t ldy, int64_t r0,
+                     int64_t r1, float* scratch) {
+  if (!token_acts_fit(w)) {
+    SCALAR_KERNELS.matmul_q(w, a, y, ldy, r0, r1, scratch);
+    return;
+  }
+  matmul_q_fitting(w, a, y, ldy, r0, r1, scratch);
 }
