@@ -17,7 +17,7 @@ SRC=edge/csrc
 # under $SRC: the kernel tier and the runtime's forward pass (the extension adds its bindings)
 LIB_SOURCES="kernels/scalar/reference.cpp kernels/x86/avx2.cpp kernels/x86/avx512.cpp
              kernels/arm/kernels_neon.cpp
-             kernels/dispatch.cpp runtime/model.cpp"
+             kernels/acts.cpp kernels/dispatch.cpp runtime/model.cpp"
 PARITY=tools/parity_main.cpp
 BINDINGS=runtime/bindings.cpp
 EXT=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")

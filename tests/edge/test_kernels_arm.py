@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "edge" / "csrc"
 # the parity program and the kernel tier it checks (paths under edge/csrc)
 SOURCES = ["tools/parity_main.cpp", "kernels/scalar/reference.cpp", "kernels/x86/avx2.cpp",
-           "kernels/x86/avx512.cpp", "kernels/arm/kernels_neon.cpp", "kernels/dispatch.cpp"]
+           "kernels/x86/avx512.cpp", "kernels/arm/kernels_neon.cpp", "kernels/acts.cpp",
+           "kernels/dispatch.cpp"]
 FLAGS = ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-I", str(CSRC)]
 HOST_CXX = "g++"
 CROSS_CXX = "aarch64-linux-gnu-g++"

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/acts.h"
 #include "kernels/kernels.h"
 #include "runtime/threadpool.h"
 
@@ -109,17 +110,7 @@ class Model {
   int64_t max_ffn_ = 0;
   // workspace (chunk rows each)
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_;
-  std::vector<int8_t> aq_;
-  std::vector<uint8_t> aqu_;
-  std::vector<float> as_;
-  std::vector<int32_t> az_;
-  std::vector<int8_t> bq_;      // per-block form
-  std::vector<float> bs_;
-  std::vector<int32_t> bsum_;
-  std::vector<float> bcorr_;
-  std::vector<int8_t> bqt_;     // prompt-tile form (kernels.h)
-  std::vector<int32_t> btn_;
-  std::vector<float> bts_;
+  ActBuffers acts_;  // int8 forms of a product's input: (chunk, max inputs), kernels/acts.h
   std::vector<std::vector<float>> scratch_;  // per thread
   // Decode products hand out rows in chunks: one claim counter per product call of a pass
   // (each thread numbers the calls the same way), zeroed before each pass.
