@@ -246,7 +246,7 @@ void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
   const int64_t D = c.head_dim, NH = c.heads, G = c.heads / c.kv_heads;
   const int64_t QD = NH * D, ctx = s.max_ctx_, ctxp = s.kt_ctx();
   const float scale = 1.0f / std::sqrt((float)D);
-  float* sc = scratch_[tid].data();
+  float* sc = scratch_[tid].data();  // (nq <= MAX_QUERIES, ctxp) f32: scores, then probabilities
   const bool step = n <= STEP_MAX_TOKENS;
   const int64_t tile = step ? 1 : std::max<int64_t>(1, MAX_QUERIES / G);
   const int64_t qper = step ? 1 : G;  // query heads per item
@@ -278,6 +278,7 @@ void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
       continue;
     }
     // int8 cache: one query at a time, rows widened to fp32
+    // scores (max_ctx) f32 at sc, then one key row and one value row widened: (head_dim) f32 each
     float* kbuf = sc + c.max_ctx;
     float* vbuf = kbuf + D;
     for (int64_t i = i0; i < i1; i++)
