@@ -188,27 +188,21 @@ constexpr int SCORE_QUERIES = 4;
 constexpr int SUM_PANEL = 32;
 constexpr int SUM_QUERIES = 3;
 
-// exp(x) = 2^n e^r, n = round(x log2 e), r = x - n ln 2 (ln 2 split in two for accuracy), e^r
-// by a degree-6 polynomial (relative error ~2 ulp on [-ln2/2, ln2/2]); inputs below
-// EXP_LO give 0, above EXP_HI are clamped (the callers never need more).
-static inline VF vexp(VF x) {
-  const VF under = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
-  x = _mm256_min_ps(x, _mm256_set1_ps(EXP_HI));
-  x = _mm256_max_ps(x, _mm256_set1_ps(EXP_LO));
-  const VF n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  VF r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  VF p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+// pieces of the vector exponential (vexp, x86_kernels.h)
+using VMask = __m256;  // all ones in a lane where true
+static inline VMask vless(VF a, VF b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+static inline VF vmin(VF a, VF b) { return _mm256_min_ps(a, b); }
+static inline VF vmax(VF a, VF b) { return _mm256_max_ps(a, b); }
+static inline VF vround(VF x) {
+  return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
+static inline VF vfnma(VF a, VF b, VF c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a b
+static inline VF vpow2i(VF n) {  // 2^n for whole n, through the exponent field
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+// a * b, zero in the lanes set in m
+static inline VF vmul_unless(VMask m, VF a, VF b) { return _mm256_andnot_ps(m, _mm256_mul_ps(a, b)); }
 static inline float vsum(VF v) { return hsum8(v); }
 
 #include "kernels/x86/x86_kernels.h"

@@ -170,27 +170,21 @@ constexpr int SCORE_QUERIES = 8;   // queries per pass over a key tile
 constexpr int SUM_PANEL = 64;      // value columns held in registers
 constexpr int SUM_QUERIES = 6;     // queries per pass over the values
 
-// exp(x) = 2^n e^r, n = round(x log2 e), r = x - n ln 2 (ln 2 split in two for accuracy), e^r
-// by a degree-6 polynomial (relative error ~2 ulp on [-ln2/2, ln2/2]); inputs below
-// EXP_LO give 0, above EXP_HI are clamped (the callers never need more).
-static inline VF vexp(VF x) {
-  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_LO), _CMP_LT_OQ);
-  x = _mm512_min_ps(x, _mm512_set1_ps(EXP_HI));
-  x = _mm512_max_ps(x, _mm512_set1_ps(EXP_LO));
-  const VF n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  VF r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  VF p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps((__mmask16)~under, p, _mm512_castsi512_ps(e));
+// pieces of the vector exponential (vexp, x86_kernels.h)
+using VMask = __mmask16;
+static inline VMask vless(VF a, VF b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+static inline VF vmin(VF a, VF b) { return _mm512_min_ps(a, b); }
+static inline VF vmax(VF a, VF b) { return _mm512_max_ps(a, b); }
+static inline VF vround(VF x) {
+  return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
+static inline VF vfnma(VF a, VF b, VF c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+static inline VF vpow2i(VF n) {  // 2^n for whole n, through the exponent field
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+}
+// a * b, zero in the lanes set in m
+static inline VF vmul_unless(VMask m, VF a, VF b) { return _mm512_maskz_mul_ps((__mmask16)~m, a, b); }
 static inline float vsum(VF v) { return _mm512_reduce_add_ps(v); }
 
 #include "kernels/x86/x86_kernels.h"

@@ -285,7 +285,7 @@ static void axpy(float a, const float* x, float* y, int64_t n) {
   for (; i < n; i++) y[i] += a * x[i];
 }
 
-// Vector exponentials (each set's vexp): inputs below EXP_LO give 0, above EXP_HI are clamped
+// Vector exponentials (vexp, x86_kernels.h): inputs below EXP_LO give 0, above EXP_HI are clamped
 // (the callers never need more).
 constexpr float EXP_LO = -87.33f, EXP_HI = 88.37f;
 

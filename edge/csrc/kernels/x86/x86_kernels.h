@@ -4,7 +4,8 @@
 //   dot_u8s8                                  u8 x s8 dot product into 8 int32 sums
 //   PANEL, TILE_TOKENS, panel_handles, pack_panel_inputs64, PanelTail, panel_tail,
 //   panel_tile<T>                             prompt panels
-//   VF, VW, vload ... vdiv, vexp, vsum, SCORE_QUERIES, SUM_PANEL, SUM_QUERIES   attention
+//   VF, VW, vload ... vdiv, vsum, SCORE_QUERIES, SUM_PANEL, SUM_QUERIES   attention
+//   VMask, vless, vmin, vmax, vround, vfnma, vpow2i, vmul_unless   exponentials
 // Included after x86_helpers.h, inside the set's namespace and under its target options.
 
 // A step of 2..STEP_MAX_TOKENS tokens with 8-bit weights and float activations: each row is
@@ -429,6 +430,26 @@ static void weighted_sum(const float* const* p, int nq, const float* V, int64_t 
 }
 
 // ---------------------------------------------------------------- exponentials
+// exp(x) = 2^n e^r, n = round(x log2 e), r = x - n ln 2 (ln 2 split in two for accuracy), e^r
+// by a degree-6 polynomial (relative error ~2 ulp on [-ln2/2, ln2/2]); inputs below
+// EXP_LO give 0, above EXP_HI are clamped (the callers never need more).
+static inline VF vexp(VF x) {
+  const VMask under = vless(x, vset1(EXP_LO));
+  x = vmin(x, vset1(EXP_HI));
+  x = vmax(x, vset1(EXP_LO));
+  const VF n = vround(vmul(x, vset1(1.44269504088896341f)));
+  VF r = vfnma(n, vset1(0.693359375f), x);
+  r = vfnma(n, vset1(-2.12194440e-4f), r);
+  VF p = vset1(1.9875691500e-4f);
+  p = vfma(p, r, vset1(1.3981999507e-3f));
+  p = vfma(p, r, vset1(8.3334519073e-3f));
+  p = vfma(p, r, vset1(4.1665795894e-2f));
+  p = vfma(p, r, vset1(1.6666665459e-1f));
+  p = vfma(p, r, vset1(5.0000001201e-1f));
+  p = vfma(p, vmul(r, r), vadd(r, vset1(1.0f)));
+  return vmul_unless(under, p, vpow2i(n));
+}
+
 static float exp_sum(float* x, int64_t n, float shift) {
   const VF sv = vset1(shift);
   VF acc = vzero();
