@@ -1,5 +1,5 @@
-"""Weight layouts of the edge kernels (edge/csrc/kernels.h), built from the canonical quantized
-form (integer or fp8 values + one fp16 scale [+ zero point] per group of a row).
+"""Weight layouts of the edge kernels (edge/csrc/kernels/kernels.h), built from the canonical
+quantized form (integer or fp8 values + one fp16 scale [+ zero point] per group of a row).
 
 Kinds and their stored tensors (all row-major, one row per output feature):
 

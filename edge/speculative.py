@@ -16,9 +16,9 @@ distribution p the sampler would sample from, and when refused the token is draw
 removed, which samples exactly from p (the drafts are deterministic). So speculation changes the
 speed, never what is generated, as far as the model's logits for a batch of tokens equal its
 logits for the same tokens one at a time (tests/edge/test_speculative.py). On the edge kernels a
-verification pass of up to STEP_MAX_TOKENS (edge/csrc/kernels.h) tokens gives every token its
-decode logits bit for bit for float and weight-only artifacts, so greedy text with speculation is
-plain greedy text token for token. Int8-activation artifacts quantize each token's activations
+verification pass of up to STEP_MAX_TOKENS (edge/csrc/kernels/kernels.h) tokens gives every token
+its decode logits bit for bit for float and weight-only artifacts, so greedy text with speculation
+is plain greedy text token for token. Int8-activation artifacts quantize each token's activations
 as decode does, but some of their batch products sum in another order: logits agree to float
 rounding, and greedy tokens can differ only where the top two logits are that close.
 """

@@ -14,9 +14,19 @@ OUT=build/sanitize
 KINDS=("$@")
 [ ${#KINDS[@]} -eq 0 ] && KINDS=(address thread)
 SRC=edge/csrc
-LIB_SOURCES="kernels_scalar.cpp kernels_x86.cpp kernels_neon.cpp dispatch.cpp model.cpp"
+# under $SRC: the kernel tier and the runtime's forward pass (the extension adds its bindings)
+LIB_SOURCES="kernels/scalar/reference.cpp kernels/x86/avx2.cpp kernels/x86/avx512.cpp
+             kernels/arm/kernels_neon.cpp
+             kernels/acts.cpp kernels/dispatch.cpp runtime/model.cpp"
+PARITY=tools/parity_main.cpp
+BINDINGS=runtime/bindings.cpp
 EXT=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 PYBIND=$("$PY" -m pybind11 --includes)
+
+obj() {  # obj DIR SOURCE: the object file of SOURCE (a path under $SRC) in DIR
+    local f=${2%.cpp}
+    echo "$1/${f//\//_}.o"
+}
 
 build() {  # build KIND: objects in parallel, then the parity program and the extension
     local kind=$1 flags dir=$OUT/$1
@@ -25,11 +35,11 @@ build() {  # build KIND: objects in parallel, then the parity program and the ex
         thread) flags="-fsanitize=thread" ;;
         *) echo "sanitize.sh: unknown sanitizer '$kind' (address or thread)" >&2; exit 2 ;;
     esac
-    flags="$flags -O1 -g -fno-omit-frame-pointer -fPIC -std=c++17 -I$SRC"
+    flags="$flags -O1 -g -fno-omit-frame-pointer -fPIC -std=c++20 -I$SRC"
     mkdir -p "$dir"
     local jobs=()
-    for f in $LIB_SOURCES parity_main.cpp bindings.cpp; do
-        local o=$dir/${f%.cpp}.o
+    for f in $LIB_SOURCES $PARITY $BINDINGS; do
+        local o; o=$(obj "$dir" "$f")
         if [ ! -f "$o" ] || [ -n "$(find $SRC -newer "$o" -print -quit)" ]; then
             # shellcheck disable=SC2086
             $CXX $flags $PYBIND -c "$SRC/$f" -o "$o" & jobs+=($!)
@@ -38,11 +48,11 @@ build() {  # build KIND: objects in parallel, then the parity program and the ex
     done
     for j in "${jobs[@]}"; do wait "$j"; done
     local objs=""
-    for f in $LIB_SOURCES; do objs="$objs $dir/${f%.cpp}.o"; done
+    for f in $LIB_SOURCES; do objs="$objs $(obj "$dir" "$f")"; done
     # shellcheck disable=SC2086
-    $CXX $flags $dir/parity_main.o $objs -o "$dir/parity_main" -lpthread
+    $CXX $flags "$(obj "$dir" $PARITY)" $objs -o "$dir/parity_main" -lpthread
     # shellcheck disable=SC2086
-    $CXX $flags -shared $dir/bindings.o $objs -o "$dir/_kernels$EXT" -lpthread
+    $CXX $flags -shared "$(obj "$dir" $BINDINGS)" $objs -o "$dir/_kernels$EXT" -lpthread
 }
 
 for kind in "${KINDS[@]}"; do

@@ -444,7 +444,8 @@ def test_simd_matmul_matches_scalar(isa, config, k, act_int8):
 
 # Steps of up to STEP_MAX_TOKENS tokens (speculative drafts checked in one pass): each token's
 # outputs equal its decode outputs bit for bit, for every kernel set and float-activation weight
-# kind (edge/csrc/kernels.h); speculation's greedy tokens equal plain decoding's because of it.
+# kind (edge/csrc/kernels/kernels.h); speculation's greedy tokens equal plain decoding's because
+# of it.
 STEP_MAX_TOKENS = 8
 STEP_CONFIGS = ("f32", "f16", "bf16", "q8-pc", "q8-g32", "q8-g16", "q8u-g32", "q4-sym-g32",
                 "q4-asym-g96", "f8-g32")

@@ -1,7 +1,7 @@
 """Every SIMD kernel set against the scalar reference through the standalone driver
-edge/csrc/parity_main.cpp: built for this machine (the x86 sets) and for aarch64, the latter run
-under qemu-user on a CPU with the dot product instructions (neon and neon-dotprod checked) and on
-a Cortex-A53, which lacks them (neon only; the dotprod set must never be chosen there)."""
+edge/csrc/tools/parity_main.cpp, built for this machine (the x86 sets) and for aarch64, the latter
+run under qemu-user on a CPU with the dot product instructions (neon and neon-dotprod checked) and
+on a Cortex-A53, which lacks them (neon only; the dotprod set must never be chosen there)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "edge" / "csrc"
-SOURCES = ["parity_main.cpp", "kernels_scalar.cpp", "kernels_x86.cpp", "kernels_neon.cpp",
-           "dispatch.cpp"]
-FLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-I", str(CSRC)]
+# the parity program and the kernel tier it checks (paths under edge/csrc)
+SOURCES = ["tools/parity_main.cpp", "kernels/scalar/reference.cpp", "kernels/x86/avx2.cpp",
+           "kernels/x86/avx512.cpp", "kernels/arm/kernels_neon.cpp", "kernels/acts.cpp",
+           "kernels/dispatch.cpp"]
+FLAGS = ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-I", str(CSRC)]
 HOST_CXX = "g++"
 CROSS_CXX = "aarch64-linux-gnu-g++"
 QEMU = "qemu-aarch64"

@@ -8,7 +8,8 @@
 //   parity_main --inject-error  perturbs the first checked output: must report a failure
 //
 // Exits 1 with a line naming set, kernel, kind and shape at the first mismatch.
-// Built from kernels_scalar.cpp, kernels_x86.cpp, kernels_neon.cpp and dispatch.cpp.
+// Built from the kernel tier alone (edge/csrc/kernels: scalar, x86, arm, acts and dispatch), with
+// edge/csrc as the include root; the runtime is not linked.
 #include <algorithm>
 #include <cmath>
 #include <cstdarg>
@@ -18,7 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels.h"
+#include "kernels/acts.h"
+#include "kernels/kernels.h"
 
 using namespace edge;
 
@@ -372,12 +374,10 @@ void check_products(const std::vector<const Kernels*>& sets, Rng& g, const Varia
   if (m > 1 && m <= STEP_MAX_TOKENS) check_step(sets, w, x, m, ldx, ldy, var, shape);
 
   if (!has_int8_path(var.kind)) return;
-  std::vector<int8_t> q((size_t)(m * k));
-  std::vector<uint8_t> qu((size_t)(m * k));
-  std::vector<float> xs((size_t)m);
-  std::vector<int32_t> xz((size_t)m);
-  quantize_acts(x.data(), m, k, ldx, q.data(), qu.data(), xs.data(), xz.data());
-  const QActs a{q.data(), qu.data(), xs.data(), xz.data(), nullptr, nullptr, m, k, 0};
+  ActBuffers acts;
+  acts.reserve(m, k);
+  acts.quantize_tokens(x.data(), ldx, m, k, 0, m);
+  const QActs a = acts.tokens(m, k);
   ref.assign(ref.size(), sentinel());
   SCALAR_KERNELS.matmul_q(w.v, a, ref.data(), ldy, 0, n, scratch.data());
   const double mag_q = magnitude_q(w, a);
@@ -396,23 +396,10 @@ void check_products(const std::vector<const Kernels*>& sets, Rng& g, const Varia
   // per-block activations: weights whose groups are whole blocks
   if (k % ACT_BLOCK || w.v.group % ACT_BLOCK) return;
   const int64_t nb = k / ACT_BLOCK;
-  std::vector<int8_t> bq((size_t)(m * k));
-  std::vector<float> bs((size_t)(m * nb));
-  std::vector<int32_t> bsum((size_t)(m * nb));
-  std::vector<float> bcorr((size_t)(m * nb));
-  quantize_acts_blocks(x.data(), m, k, ldx, bq.data(), bs.data(), bsum.data(), bcorr.data());
-  QActs ab{bq.data(), nullptr, bs.data(), nullptr, bsum.data(), bcorr.data(), m, k, ACT_BLOCK};
-  const int64_t padded = token_groups(m) * TOKEN_GROUP;
-  std::vector<int8_t> qt((size_t)(padded * k));
-  std::vector<int32_t> tn((size_t)(padded * nb));
-  std::vector<float> ts((size_t)(padded * nb));
-  if (m > 1) {  // prompt batches also carry the tile form, regrouped in two halves as threads do
-    interleave_act_blocks(bq.data(), bs.data(), bsum.data(), m, k, 0, m / 2, qt.data(), tn.data(), ts.data());
-    interleave_act_blocks(bq.data(), bs.data(), bsum.data(), m, k, m / 2, m, qt.data(), tn.data(), ts.data());
-    ab.qt = qt.data();
-    ab.tnbsum = tn.data();
-    ab.tscale = ts.data();
-  }
+  // prompt batches also carry the tile form, prepared in two halves as threads do
+  acts.quantize_blocks(quantize_acts_blocks, x.data(), ldx, m, k, 0, m / 2);
+  acts.quantize_blocks(quantize_acts_blocks, x.data(), ldx, m, k, m / 2, m);
+  const QActs ab = acts.blocks(m, k);
   ref.assign(ref.size(), sentinel());
   SCALAR_KERNELS.matmul_qb(w.v, ab, ref.data(), ldy, 0, n, scratch.data());
   double mag_b = 0.0;  // largest sum_j s_b(j) * |w_rj * q_ij|
@@ -420,7 +407,7 @@ void check_products(const std::vector<const Kernels*>& sets, Rng& g, const Varia
     for (int64_t r = 0; r < n; r++) {
       double t = 0.0;
       for (int64_t j = 0; j < k; j++)
-        t += bs[i * nb + j / ACT_BLOCK] * std::fabs(w.deq[r * k + j] * bq[i * k + j]);
+        t += ab.scale[i * nb + j / ACT_BLOCK] * std::fabs(w.deq[r * k + j] * ab.q[i * k + j]);
       mag_b = std::max(mag_b, t);
     }
   for (const Kernels* kt : sets) {

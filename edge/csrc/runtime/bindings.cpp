@@ -10,7 +10,7 @@
 #include <chrono>
 #include <cmath>
 
-#include "model.h"
+#include "runtime/model.h"
 
 namespace py = pybind11;
 using namespace edge;
@@ -162,34 +162,18 @@ PYBIND11_MODULE(_kernels, mod) {
             throw py::value_error("int8 activations need integer weights");
           if (k % ACT_BLOCK || v.v.group % ACT_BLOCK)
             throw py::value_error("activation blocks need inputs and groups that are multiples of 32");
-          std::vector<int8_t> q(m * k);
-          std::vector<float> s(m * k / ACT_BLOCK);
-          std::vector<int32_t> bs(m * k / ACT_BLOCK);
-          std::vector<float> bc(m * k / ACT_BLOCK);
-          quantize_acts_blocks(x.data(), m, k, k, q.data(), s.data(), bs.data(), bc.data());
-          QActs a{q.data(), nullptr, s.data(), nullptr, bs.data(), bc.data(), m, k, ACT_BLOCK};
-          const int64_t padded = token_groups(m) * TOKEN_GROUP;
-          std::vector<int8_t> qt(padded * k);
-          std::vector<int32_t> tn(padded * k / ACT_BLOCK);
-          std::vector<float> ts(padded * k / ACT_BLOCK);
-          if (m > 1) {  // as the model: the prompt-tile form for every batch of tokens
-            interleave_act_blocks(q.data(), s.data(), bs.data(), m, k, 0, m, qt.data(), tn.data(), ts.data());
-            a.qt = qt.data();
-            a.tnbsum = tn.data();
-            a.tscale = ts.data();
-          }
-          K.matmul_qb(v.v, a, y.mutable_data(), n, 0, n, scratch.data());
+          ActBuffers acts;  // as the model: the prompt-tile form for every batch of tokens
+          acts.reserve(m, k);
+          acts.quantize_blocks(quantize_acts_blocks, x.data(), k, m, k, 0, m);
+          K.matmul_qb(v.v, acts.blocks(m, k), y.mutable_data(), n, 0, n, scratch.data());
         } else if (act_int8) {
           if (v.v.kind != W_Q4 && v.v.kind != W_Q8 && v.v.kind != W_Q8U)
             throw py::value_error("int8 activations need integer weights");
           if (!v.v.rowsum) throw py::value_error("int8 activations need row sums");
-          std::vector<int8_t> q(m * k);
-          std::vector<uint8_t> qu(m * k);
-          std::vector<float> s(m);
-          std::vector<int32_t> z(m);
-          quantize_acts(x.data(), m, k, k, q.data(), qu.data(), s.data(), z.data());
-          QActs a{q.data(), qu.data(), s.data(), z.data(), nullptr, nullptr, m, k, 0};
-          K.matmul_q(v.v, a, y.mutable_data(), n, 0, n, scratch.data());
+          ActBuffers acts;
+          acts.reserve(m, k);
+          acts.quantize_tokens(x.data(), k, m, k, 0, m);
+          K.matmul_q(v.v, acts.tokens(m, k), y.mutable_data(), n, 0, n, scratch.data());
         } else {
           K.matmul_f(v.v, x.data(), m, k, y.mutable_data(), n, 0, n, scratch.data());
         }

@@ -8,8 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "kernels.h"
-#include "threadpool.h"
+#include "kernels/acts.h"
+#include "kernels/kernels.h"
+#include "runtime/threadpool.h"
 
 namespace edge {
 
@@ -52,11 +53,13 @@ class Session {
   int64_t max_ctx_;
   int kv_kind_;
   int64_t kv_heads_, head_dim_;
-  // per layer: values (kv_heads, max_ctx, head_dim); f32 keys (kv_heads, kt_ctx, head_dim) in
-  // KT-position tiles (kernels.h); int8 keys row-major like the values
-  std::vector<std::vector<float>> kf_, vf_;
-  std::vector<std::vector<int8_t>> kq_, vq_;
-  std::vector<std::vector<float>> ks_, vs_;  // int8: one scale per (kv head, position)
+  // One entry per layer; the f32 kind fills kf_ / vf_, the int8 kind kq_ / vq_ / ks_ / vs_.
+  std::vector<std::vector<float>> kf_;   // (kv_heads, kt_ctx, head_dim) f32 in KT tiles (kernels.h)
+  std::vector<std::vector<float>> vf_;   // (kv_heads, max_ctx, head_dim) f32
+  std::vector<std::vector<int8_t>> kq_;  // (kv_heads, max_ctx, head_dim) int8
+  std::vector<std::vector<int8_t>> vq_;  // (kv_heads, max_ctx, head_dim) int8
+  std::vector<std::vector<float>> ks_;   // (kv_heads, max_ctx) f32: one scale per key row
+  std::vector<std::vector<float>> vs_;   // (kv_heads, max_ctx) f32: one scale per value row
 };
 
 class Model {
@@ -107,20 +110,20 @@ class Model {
   const float* sin_ = nullptr;
   std::vector<Layer> layers_;
   int64_t max_ffn_ = 0;
-  // workspace (chunk rows each)
-  std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_;
-  std::vector<int8_t> aq_;
-  std::vector<uint8_t> aqu_;
-  std::vector<float> as_;
-  std::vector<int32_t> az_;
-  std::vector<int8_t> bq_;      // per-block form
-  std::vector<float> bs_;
-  std::vector<int32_t> bsum_;
-  std::vector<float> bcorr_;
-  std::vector<int8_t> bqt_;     // prompt-tile form (kernels.h)
-  std::vector<int32_t> btn_;
-  std::vector<float> bts_;
-  std::vector<std::vector<float>> scratch_;  // per thread
+  // Workspace, sized once by finalize() for chunk tokens (n_tokens <= chunk in a pass).
+  std::vector<float> x_;     // (chunk, hidden) f32: the residual stream
+  std::vector<float> xn_;    // (chunk, hidden) f32: normalized input of q/k/v, gate/up, output
+  std::vector<float> q_;     // (chunk, heads * head_dim) f32: queries, rotated
+  std::vector<float> k_;     // (chunk, kv_heads * head_dim) f32: keys, rotated
+  std::vector<float> v_;     // (chunk, kv_heads * head_dim) f32: values
+  std::vector<float> att_;   // (chunk, heads * head_dim) f32: attention output, o_proj's input
+  std::vector<float> tmp_;   // (chunk, hidden) f32: o_proj / down_proj output, added to x_
+  std::vector<float> gate_;  // (chunk, max ffn) f32: gate_proj output, then silu(gate) * up
+  std::vector<float> up_;    // (chunk, max ffn) f32: up_proj output
+  ActBuffers acts_;          // int8 forms of a product's input: (chunk, max inputs), kernels/acts.h
+  // per thread: (max(scratch_floats(max inputs), MAX_QUERIES * kt_ctx, kt_ctx + 2 head_dim)) f32:
+  // products' dequantized rows or prompt panel, or attention scores (+ int8 cache rows widened)
+  std::vector<std::vector<float>> scratch_;
   // Decode products hand out rows in chunks: one claim counter per product call of a pass
   // (each thread numbers the calls the same way), zeroed before each pass.
   std::unique_ptr<std::atomic<int64_t>[]> claims_;

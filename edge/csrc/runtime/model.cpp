@@ -1,4 +1,4 @@
-#include "model.h"
+#include "runtime/model.h"
 
 #include <algorithm>
 #include <cmath>
@@ -148,13 +148,7 @@ void Model::finalize() {
   q_.assign(n * QD, 0.f); att_.assign(n * QD, 0.f);
   k_.assign(n * KD, 0.f); v_.assign(n * KD, 0.f);
   gate_.assign(n * max_ffn_, 0.f); up_.assign(n * max_ffn_, 0.f);
-  aq_.assign(n * maxk, 0); aqu_.assign(n * maxk, 0); as_.assign(n, 0.f); az_.assign(n, 0);
-  bq_.assign(n * maxk, 0); bs_.assign(n * maxk / ACT_BLOCK + 1, 0.f); bsum_.assign(n * maxk / ACT_BLOCK + 1, 0);
-  bcorr_.assign(n * maxk / ACT_BLOCK + 1, 0.f);
-  const size_t padded = (size_t)(token_groups(chunk_) * TOKEN_GROUP);
-  bqt_.assign(padded * maxk, 0);
-  btn_.assign(padded * maxk / ACT_BLOCK + 1, 0);
-  bts_.assign(padded * maxk / ACT_BLOCK + 1, 0.f);
+  acts_.reserve(chunk_, maxk);
   scratch_.clear();
   // attention: scores of up to MAX_QUERIES queries over the (tile-padded) context
   const int64_t ctxp = (c.max_ctx + KT - 1) / KT * KT;
@@ -162,7 +156,7 @@ void Model::finalize() {
                                               std::max<int64_t>(MAX_QUERIES * ctxp, ctxp + 2 * c.head_dim));
   for (int t = 0; t < pool_.size(); t++) scratch_.emplace_back(per_thread, 0.f);
   ws_bytes_ = (int64_t)((x_.size() * 3 + q_.size() * 2 + k_.size() * 2 + gate_.size() * 2) * 4 +
-                        aq_.size() * 3 + bqt_.size() + bs_.size() * 16 + per_thread * 4 * pool_.size());
+                        acts_.bytes() + per_thread * 4 * pool_.size());
   n_claims_ = 4 * c.layers + 1;
   claims_.reset(new std::atomic<int64_t>[n_claims_]);
   ready_ = true;
@@ -178,17 +172,8 @@ bool Model::quantize_input(const float* x, int64_t m, int64_t k,
   if (!tok && !blk) return false;
   int64_t a, b;
   split(m, pool_.size(), tid, 1, a, b);
-  if (a < b && tok)
-    quantize_acts(x + a * k, b - a, k, k, aq_.data() + a * k, aqu_.data() + a * k, as_.data() + a,
-                  az_.data() + a);
-  if (a < b && blk) {
-    const int64_t nb = k / ACT_BLOCK;
-    kern_->quantize_blocks(x + a * k, b - a, k, k, bq_.data() + a * k, bs_.data() + a * nb,
-                           bsum_.data() + a * nb, bcorr_.data() + a * nb);
-    if (m > 1)  // prompt chunks: the tile form too (each thread regroups its own tokens)
-      interleave_act_blocks(bq_.data(), bs_.data(), bsum_.data(), m, k, a, b, bqt_.data(),
-                            btn_.data(), bts_.data());
-  }
+  if (tok) acts_.quantize_tokens(x, k, m, k, a, b);
+  if (blk) acts_.quantize_blocks(kern_->quantize_blocks, x, k, m, k, a, b);
   return true;
 }
 
@@ -209,17 +194,9 @@ void Model::matmuls(const std::vector<std::pair<const Linear*, float*>>& ops, co
       int64_t lo = std::max(a, base) - base, hi = std::min(b, base + l.w.n) - base;
       if (lo < hi) {
         if (l.act == ACT_TOKEN) {
-          QActs qa{aq_.data(), aqu_.data(), as_.data(), az_.data(), nullptr, nullptr, m, l.w.k, 0};
-          kern_->matmul_q(l.w, qa, op.second, l.w.n, lo, hi, scratch);
+          kern_->matmul_q(l.w, acts_.tokens(m, l.w.k), op.second, l.w.n, lo, hi, scratch);
         } else if (l.act == ACT_BLOCKS) {
-          QActs qa{bq_.data(), nullptr, bs_.data(), nullptr, bsum_.data(), bcorr_.data(), m,
-                   l.w.k, ACT_BLOCK};
-          if (m > 1) {
-            qa.qt = bqt_.data();
-            qa.tnbsum = btn_.data();
-            qa.tscale = bts_.data();
-          }
-          kern_->matmul_qb(l.w, qa, op.second, l.w.n, lo, hi, scratch);
+          kern_->matmul_qb(l.w, acts_.blocks(m, l.w.k), op.second, l.w.n, lo, hi, scratch);
         } else {
           kern_->matmul_f(l.w, x, m, ldx, op.second, l.w.n, lo, hi, scratch);
         }
@@ -269,7 +246,7 @@ void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
   const int64_t D = c.head_dim, NH = c.heads, G = c.heads / c.kv_heads;
   const int64_t QD = NH * D, ctx = s.max_ctx_, ctxp = s.kt_ctx();
   const float scale = 1.0f / std::sqrt((float)D);
-  float* sc = scratch_[tid].data();
+  float* sc = scratch_[tid].data();  // (nq <= MAX_QUERIES, ctxp) f32: scores, then probabilities
   const bool step = n <= STEP_MAX_TOKENS;
   const int64_t tile = step ? 1 : std::max<int64_t>(1, MAX_QUERIES / G);
   const int64_t qper = step ? 1 : G;  // query heads per item
@@ -301,6 +278,7 @@ void Model::attention(Session& s, int64_t n, int64_t pos, int64_t li, int tid) {
       continue;
     }
     // int8 cache: one query at a time, rows widened to fp32
+    // scores (max_ctx) f32 at sc, then one key row and one value row widened: (head_dim) f32 each
     float* kbuf = sc + c.max_ctx;
     float* vbuf = kbuf + D;
     for (int64_t i = i0; i < i1; i++)

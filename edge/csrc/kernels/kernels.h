@@ -84,6 +84,7 @@ inline int64_t token_groups(int64_t m) { return (m + TOKEN_GROUP - 1) / TOKEN_GR
 
 constexpr float ACT_EPS = 1e-10f;  // scale floor, as quant/schemes/activation.py
 
+// One kernel set; tables name their entries (designated initializers, EDGE_KERNEL_TABLE).
 struct Kernels {
   const char* name;
   // y[i * ldy + r] = sum_k x[i * ldx + k] * W[r][k] for i < m, r in [r0, r1).
@@ -115,6 +116,16 @@ struct Kernels {
   void (*quantize_blocks)(const float* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
                           float* scale, int32_t* bsum, float* bcorr);
 };
+
+// The table of the kernel set whose namespace `ns` defines every entry under the entry's own
+// name: a set that lacks a kernel does not compile, and no entry can land in another's place.
+#define EDGE_KERNEL_TABLE(set_name, ns)                                                     \
+  Kernels {                                                                                 \
+    .name = set_name, .matmul_f = ns::matmul_f, .matmul_q = ns::matmul_q,                   \
+    .matmul_qb = ns::matmul_qb, .dot = ns::dot, .axpy = ns::axpy, .scores = ns::scores,     \
+    .weighted_sum = ns::weighted_sum, .exp_sum = ns::exp_sum, .silu_mul = ns::silu_mul,     \
+    .quantize_blocks = ns::quantize_blocks                                                  \
+  }
 
 // The f32 key cache of a head is kept in tiles of KT positions: element j of position t at
 // K[(t / KT) * d * KT + j * KT + t % KT], so that a tile's KT scores come from d vector FMAs

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 namespace edge {
 
@@ -260,8 +260,18 @@ static void silu_mul_scalar(float* g, const float* u, int64_t n) {
   for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
-const Kernels SCALAR_KERNELS = {"scalar", matmul_f_scalar, matmul_q_scalar, matmul_qb_scalar,
-                                dot_scalar, axpy_scalar, scores_scalar, weighted_sum_scalar,
-                                exp_sum_scalar, silu_mul_scalar, quantize_acts_blocks};
+constexpr Kernels SCALAR_KERNELS = {
+    .name = "scalar",
+    .matmul_f = matmul_f_scalar,
+    .matmul_q = matmul_q_scalar,
+    .matmul_qb = matmul_qb_scalar,
+    .dot = dot_scalar,
+    .axpy = axpy_scalar,
+    .scores = scores_scalar,
+    .weighted_sum = weighted_sum_scalar,
+    .exp_sum = exp_sum_scalar,
+    .silu_mul = silu_mul_scalar,
+    .quantize_blocks = quantize_acts_blocks,
+};
 
 }  // namespace edge

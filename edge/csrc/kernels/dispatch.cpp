@@ -4,7 +4,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
