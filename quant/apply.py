@@ -318,7 +318,10 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
             done[full] = qt
             rep.modules.setdefault(full, {})["algorithm"] = c.algorithm
             _set_module(block, n, QuantLinear(qt, c.act, c))
+        # the quantized block feeds the next one: its weights dequantized once for all windows
+        materialize(block)
         xs = [block(x, *a, **k) for x, (a, k) in zip(xs, rest)]
+        materialize(block, on=False)
         if progress:
             progress(bi + 1, len(blocks))
 

@@ -74,8 +74,10 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weigh
     scale = zp = None
     for b0 in range(0, n, BLOCK):
         b1 = min(b0 + BLOCK, n)
-        wb = w[:, b0:b1].clone()
-        err = torch.zeros_like(wb)
+        # the block's columns as contiguous rows: (cols, out); the arithmetic per element is the
+        # textbook column update, only the memory layout differs
+        wt = w[:, b0:b1].t().contiguous()
+        err = torch.zeros(out, b1 - b0, dtype=w.dtype)
         ub = u[b0:b1, b0:b1]
         for j in range(b1 - b0):
             col = b0 + j
@@ -83,8 +85,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weigh
             if perm is None and col % g == 0:
                 # the group's columns, error-updated so far (a group wider than the block
                 # reaches into the columns after it)
-                src = wb[:, j:j + g] if j + g <= b1 - b0 else \
-                    torch.cat([wb[:, j:], w[:, b1:]], 1)[:, :g]
+                src = wt[j:j + g].t() if j + g <= b1 - b0 else \
+                    torch.cat([wt[j:].t(), w[:, b1:]], 1)[:, :g]
                 s, z = scheme.choose_qparams(src, name, check=False)
                 scale, zp = s[:, 0], (z[:, 0] if z is not None else None)
                 scales.append(scale)
@@ -94,12 +96,13 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weigh
                 gi = orig // g
                 scale = scale_all[:, gi]
                 zp = zp_all[:, gi] if zp_all is not None else None
-            x = wb[:, j]
+            x = wt[j]
             q = _quant_col(scheme, x, scale, zp)
             q_cols[:, col] = q
             deq = _dequant_col(scheme, q, scale, zp)
             e = (x - deq) / ub[j, j]
-            wb[:, j:] -= e.unsqueeze(1) * ub[j, j:].unsqueeze(0)
+            # column j itself is never read again: only the columns after it are updated
+            wt[j + 1:] -= ub[j, j + 1:].unsqueeze(1) * e.unsqueeze(0)
             err[:, j] = e
         w[:, b1:] -= err @ u[b0:b1, b1:]
     if perm is not None:
