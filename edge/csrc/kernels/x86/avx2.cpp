@@ -1,16 +1,9 @@
 // The AVX2 kernel set (AVX2 + FMA + F16C: Haswell, Zen and later): 256-bit vectors throughout,
 // u8 x s8 dot products through maddubs (16-bit pair sums, which callers keep from saturating).
-// Compiled with its own target options (no -march flags for the whole build) and chosen at run
-// time only when the CPU reports the features (dispatch.cpp).
+// Built under its own target options below, never -march for the whole build; dispatch.cpp
+// picks it at run time when the CPU reports AVX2, FMA and F16C.
 #if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <type_traits>
-
-#include "kernels/kernels.h"
+#include "kernels/x86/x86_includes.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
@@ -175,15 +168,7 @@ static inline void panel_tile(const Panel& p, const QActs& a, int64_t g, int t0,
 // ---------------------------------------------------------------- attention vectors
 typedef __m256 VF;
 constexpr int VW = 8;
-static inline VF vload(const float* p) { return _mm256_loadu_ps(p); }
-static inline void vstore(float* p, VF v) { _mm256_storeu_ps(p, v); }
-static inline VF vset1(float f) { return _mm256_set1_ps(f); }
-static inline VF vzero() { return _mm256_setzero_ps(); }
-static inline VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
-static inline VF vadd(VF a, VF b) { return _mm256_add_ps(a, b); }
-static inline VF vmul(VF a, VF b) { return _mm256_mul_ps(a, b); }
-static inline VF vsub(VF a, VF b) { return _mm256_sub_ps(a, b); }
-static inline VF vdiv(VF a, VF b) { return _mm256_div_ps(a, b); }
+EDGE_X86_FLOAT_OPS(256)
 constexpr int SCORE_QUERIES = 4;
 constexpr int SUM_PANEL = 32;
 constexpr int SUM_QUERIES = 3;
@@ -191,15 +176,8 @@ constexpr int SUM_QUERIES = 3;
 // pieces of the vector exponential (vexp, x86_kernels.h)
 using VMask = __m256;  // all ones in a lane where true
 static inline VMask vless(VF a, VF b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
-static inline VF vmin(VF a, VF b) { return _mm256_min_ps(a, b); }
-static inline VF vmax(VF a, VF b) { return _mm256_max_ps(a, b); }
 static inline VF vround(VF x) {
   return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-static inline VF vfnma(VF a, VF b, VF c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a b
-static inline VF vpow2i(VF n) {  // 2^n for whole n, through the exponent field
-  return _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
 }
 // a * b, zero in the lanes set in m
 static inline VF vmul_unless(VMask m, VF a, VF b) { return _mm256_andnot_ps(m, _mm256_mul_ps(a, b)); }

@@ -4,14 +4,7 @@
 // Compiled with its own target options (no -march flags for the whole build) and chosen at run
 // time only when the CPU reports the features (dispatch.cpp).
 #if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <type_traits>
-
-#include "kernels/kernels.h"
+#include "kernels/x86/x86_includes.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
@@ -157,15 +150,7 @@ static inline void panel_tile(const Panel& p, const QActs& a, int64_t g, int, fl
 // ---------------------------------------------------------------- attention vectors
 typedef __m512 VF;
 constexpr int VW = 16;
-static inline VF vload(const float* p) { return _mm512_loadu_ps(p); }
-static inline void vstore(float* p, VF v) { _mm512_storeu_ps(p, v); }
-static inline VF vset1(float f) { return _mm512_set1_ps(f); }
-static inline VF vzero() { return _mm512_setzero_ps(); }
-static inline VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
-static inline VF vadd(VF a, VF b) { return _mm512_add_ps(a, b); }
-static inline VF vmul(VF a, VF b) { return _mm512_mul_ps(a, b); }
-static inline VF vsub(VF a, VF b) { return _mm512_sub_ps(a, b); }
-static inline VF vdiv(VF a, VF b) { return _mm512_div_ps(a, b); }
+EDGE_X86_FLOAT_OPS(512)
 constexpr int SCORE_QUERIES = 8;   // queries per pass over a key tile
 constexpr int SUM_PANEL = 64;      // value columns held in registers
 constexpr int SUM_QUERIES = 6;     // queries per pass over the values
@@ -173,15 +158,8 @@ constexpr int SUM_QUERIES = 6;     // queries per pass over the values
 // pieces of the vector exponential (vexp, x86_kernels.h)
 using VMask = __mmask16;
 static inline VMask vless(VF a, VF b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-static inline VF vmin(VF a, VF b) { return _mm512_min_ps(a, b); }
-static inline VF vmax(VF a, VF b) { return _mm512_max_ps(a, b); }
 static inline VF vround(VF x) {
   return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-static inline VF vfnma(VF a, VF b, VF c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
-static inline VF vpow2i(VF n) {  // 2^n for whole n, through the exponent field
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
 }
 // a * b, zero in the lanes set in m
 static inline VF vmul_unless(VMask m, VF a, VF b) { return _mm512_maskz_mul_ps((__mmask16)~m, a, b); }

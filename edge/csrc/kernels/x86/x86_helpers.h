@@ -1,7 +1,7 @@
 // Helpers both x86 kernel sets share, written with AVX2 + FMA + F16C instructions only (which
 // AVX-512 cores also run). Included by avx2.cpp and avx512.cpp inside their own namespace and
 // under their own target options, so each set gets its own copy compiled for its instructions;
-// the includer provides <immintrin.h>, <algorithm>, <cmath>, <cstring> and kernels/kernels.h.
+// x86_includes.h, included first, provides the headers.
 
 static inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -327,3 +327,26 @@ static void quantize_blocks(const float* x, int64_t m, int64_t k, int64_t ldx, i
       bcorr[i * nb + b] = s * (float)total;
     }
 }
+
+// ---------------------------------------------------------------- float vector primitives
+// The attention's and the exponential's float vector operations whose intrinsics differ only
+// in width (_mm256_*, _mm512_*): each set names its vector type VF, then expands this once with
+// its width. What differs by more than the width (masks, rounding, sums) each set writes itself.
+#define EDGE_X86_FLOAT_OPS(W)                                                                  \
+  static inline VF vload(const float* p) { return _mm##W##_loadu_ps(p); }                     \
+  static inline void vstore(float* p, VF v) { _mm##W##_storeu_ps(p, v); }                     \
+  static inline VF vset1(float f) { return _mm##W##_set1_ps(f); }                            \
+  static inline VF vzero() { return _mm##W##_setzero_ps(); }                                 \
+  static inline VF vfma(VF a, VF b, VF c) { return _mm##W##_fmadd_ps(a, b, c); }             \
+  static inline VF vfnma(VF a, VF b, VF c) { return _mm##W##_fnmadd_ps(a, b, c); } /* c-ab */ \
+  static inline VF vadd(VF a, VF b) { return _mm##W##_add_ps(a, b); }                        \
+  static inline VF vmul(VF a, VF b) { return _mm##W##_mul_ps(a, b); }                        \
+  static inline VF vsub(VF a, VF b) { return _mm##W##_sub_ps(a, b); }                        \
+  static inline VF vdiv(VF a, VF b) { return _mm##W##_div_ps(a, b); }                        \
+  static inline VF vmin(VF a, VF b) { return _mm##W##_min_ps(a, b); }                        \
+  static inline VF vmax(VF a, VF b) { return _mm##W##_max_ps(a, b); }                        \
+  /* 2^n for whole n, through the exponent field */                                          \
+  static inline VF vpow2i(VF n) {                                                            \
+    return _mm##W##_castsi##W##_ps(_mm##W##_slli_epi32(                                      \
+        _mm##W##_add_epi32(_mm##W##_cvtps_epi32(n), _mm##W##_set1_epi32(127)), 23));         \
+  }
