@@ -287,7 +287,11 @@ class Tokenizer:
         bos_id, add_bos = token_id("bos_token"), config.get("add_bos_token")
         if add_bos is None or bos_id is None:
             # Without the config saying so, the post-processor shows whether a BOS is added.
-            full, plain = hf.encode("a").ids, hf.encode("a", add_special_tokens=False).ids
+            try:
+                full, plain = hf.encode("a").ids, hf.encode("a", add_special_tokens=False).ids
+            except Exception as e:  # e.g. an empty vocabulary without an unknown token
+                raise TokenizerError(f"{source}: tokenizer.json cannot encode the text 'a' ({e}); its "
+                                     "vocabulary is empty or incomplete: re-export it") from None
             prefix = full[0] if len(full) > len(plain) and full[len(full) - len(plain):] == plain else None
             bos_id = prefix if bos_id is None else bos_id
             add_bos = prefix is not None and prefix == bos_id if add_bos is None else add_bos
@@ -467,9 +471,12 @@ class Tokenizer:
             with _library_panics(f"{self.source}: the tokenizer failed on this text; re-export the "
                                  "tokenizer with the model"):
                 return self._hf.encode(text, add_special_tokens=False).ids
-        except Exception:
-            self._utf8_len(text)  # names the offending character when that is the cause
+        except TokenizerError:
             raise
+        except Exception as e:  # the library's own errors, e.g. an unknown token and no `unk` id
+            self._utf8_len(text)  # names the offending character when that is the cause
+            raise TokenizerError(f"{self.source}: the tokenizer cannot encode this text ({e}); use the "
+                                 "tokenizer files that came with the model") from None
 
     @staticmethod
     def _utf8_len(text: str) -> int:

@@ -30,7 +30,9 @@ from .base import check_kv, resolve_context, resolve_threads
 SIDECAR = "llama_edge.json"
 SIDECAR_FORMAT = "llama-edge-pte"
 SIDECAR_VERSION = 1
-_IDENT = b"ET"  # flatbuffer file identifier "ETxx" at offset 4
+# Flatbuffer file identifier at offset 4: "ET" and the schema version this runtime reads. It is
+# checked in full here because the runtime's own log line for a wrong one carries the raw bytes.
+_IDENT = b"ET12"
 _EXT_MAGIC = b"eh00"  # extended header at offset 8
 RUNNER_METHODS = ("get_max_seq_len", "get_max_context_len", "get_vocab_size", "get_n_layers",
                   "use_kv_cache", "enable_dynamic_shape")
@@ -53,9 +55,12 @@ def check_pte_file(path: Path) -> None:
             head = f.read(64)
     except OSError as e:
         raise ArtifactError(path, f"cannot be read ({e.strerror})") from None
-    if len(head) < 32 or head[4:6] != _IDENT:
+    if len(head) < 32 or head[4:6] != _IDENT[:2]:
         raise ArtifactError(path, "is not an ExecuTorch program (no 'ET' file identifier at "
                             "offset 4); re-export it with llama-export --target xnnpack")
+    if head[4:8] != _IDENT:
+        raise ArtifactError(path, f"has program format {head[4:8]!r}, this runtime reads "
+                            f"{_IDENT.decode()}; re-export it with this llama-export")
     if head[8:12] != _EXT_MAGIC:
         raise ArtifactError(path, "has no extended header ('eh00' at offset 8); re-export it")
     program_size = int.from_bytes(head[16:24], "little")

@@ -4,6 +4,7 @@ from the metadata."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,10 @@ def _llama3_scaling_from_factors(path, meta, t, head_dim, theta) -> RopeScaling:
     if t.type_name not in ("F32", "F16", "BF16"):  # llama.cpp writes F32; others may not dequantize
         raise CheckpointError(path, f"tensor 'rope_freqs.weight' has type {t.type_name}; "
                               "expected F32")
+    # one factor per rotated pair: checked before the head size sizes any array
+    if math.prod(t.shape) != head_dim // 2 or head_dim < 2:
+        raise CheckpointError(path, f"tensor 'rope_freqs.weight' has shape {list(t.shape)}; the "
+                              f"head size {head_dim} needs {head_dim // 2} rope factors")
     stored = gguf.quants.dequantize(tensor_bytes(path, t), gguf.GGMLQuantizationType(t.type_id))
     stored = np.asarray(stored, dtype=np.float64).reshape(-1)
     orig = int(meta.get("llama.rope.scaling.original_context_length", 8192))

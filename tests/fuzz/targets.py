@@ -206,6 +206,12 @@ class Pte(Target):
     modules = ("edge.engines.executorch",)
     name = "pte"
 
+    def setup(self):
+        super().setup()
+        from edge.engines.executorch import _runtime
+
+        _runtime()  # the runtime's first load takes seconds: once here, not in the first input
+
     def run(self, data):
         from edge.engines.executorch import _load_program, check_pte_file, program_metadata
 
