@@ -107,11 +107,15 @@ def main():
               "with weights_only=True).")
 @click.option("--skip-memory-check", is_flag=True, help="Run even when the estimated peak "
               "memory exceeds what is available.")
+@click.option("--no-cache", is_flag=True, help="Quantize without the quantization cache "
+              "(neither read nor written). The cache is keyed by the weights, recipe and "
+              "calibration text; it lives in $LLAMA_EDGE_CACHE (or ~/.cache/llama-edge/quant), "
+              "at most $LLAMA_EDGE_CACHE_MB megabytes (default 4096).")
 @_prune_options
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 @_errors
 def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, force, allow_pickle,
-               skip_memory_check, prune, prune_method, heal_steps, heal_budget, threads,
+               skip_memory_check, no_cache, prune, prune_method, heal_steps, heal_budget, threads,
                as_json):
     """Export CHECKPOINT (HF dir, Meta dir, .gguf, known model name, or preset:NAME)."""
     from edge.memory import bound_heap_retention
@@ -124,7 +128,7 @@ def export_cmd(checkpoint, out, recipe, targets, dtype, calib, max_context, forc
                        dtype=dtype, force=force, allow_pickle=allow_pickle, calib=calib,
                        max_context=max_context, prune=prune, prune_method=prune_method,
                        heal_steps=heal_steps, heal_budget=heal_budget,
-                       memory_check=not skip_memory_check)
+                       memory_check=not skip_memory_check, cache=not no_cache)
     st = run_export(cfg, log=lambda s: click.echo(s, err=True))
     if as_json:
         click.echo(json.dumps(st.report, indent=2))

@@ -3,6 +3,7 @@ quant/ (which knows nothing of either)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,18 +120,48 @@ def applied_recipe(model: nn.Module, choice: RecipeChoice) -> Recipe:
 
 def quantized_model(ck: Checkpoint, recipe: RecipeChoice | Recipe | str,
                     calib: Path | None = None, progress=None,
-                    max_seq_len: int = 2048) -> tuple[LlamaModel, QuantReport]:
+                    max_seq_len: int = 2048, cache: bool = False,
+                    log=None) -> tuple[LlamaModel, QuantReport]:
     """A LlamaModel of `ck` quantized with `recipe` (the fake-quant reference, computing in fp32).
 
     A recipe's model shares the checkpoint's tensors (quantize never writes them) and holds
     nothing but integers once quantized: peak memory is about the checkpoint plus its quantized
     bytes. `auto` rewrites weights in place while it measures, so it works on fp32 copies.
-    The report's `applied` is the recipe as applied (applied_recipe)."""
+    The report's `applied` is the recipe as applied (applied_recipe); its `cache` says whether
+    the quantization came from the cache (export/quant_cache.py; used when `cache` is true)."""
+    from . import quant_cache
+
     if isinstance(recipe, str):
         recipe = parse_recipe(recipe)
     choice = recipe if isinstance(recipe, RecipeChoice) else RecipeChoice(recipe.name, recipe)
     if not choice.quantized:
         raise EdgeError("quantized_model needs a recipe other than 'none'")
+    if choice.is_auto:
+        target = choice.target_bpw(ck.config.num_parameters())
+        calib_ids = [calibration_ids(ck.tokenizer, calib, AUTO_MEASURE_WINDOWS, 512),
+                     calibration_ids(ck.tokenizer, calib, 16, 512)]
+        recipe_key = {"auto": target}
+    else:
+        r = choice.recipe
+        calib_ids = [calibration_ids(ck.tokenizer, calib, r.calib_windows, r.calib_seq_len)] \
+            if r.needs_calibration() else []
+        recipe_key = r.to_dict()
+    key = None
+    if cache and quant_cache.cache_root() is not None:
+        key = quant_cache.cache_key(ck.tensors, ck.config.to_hf_dict(), recipe_key, calib_ids,
+                                    max_seq_len)
+        model = LlamaModel.from_state_dict(ck.config, ck.tensors, None, max_seq_len=max_seq_len)
+        t0 = time.perf_counter()
+        cached = quant_cache.load(key, model, log)
+        if cached is not None:
+            rep = QuantReport(cached["recipe"], cached["modules"], time.perf_counter() - t0,
+                              cached["notes"])
+            rep.cache = {"hit": True, "key": key, "quantize_seconds": cached["seconds"]}
+            if "auto" in cached:
+                rep.auto = cached["auto"]
+            rep.applied = applied_recipe(model, choice)
+            return model, rep
+    t0 = time.perf_counter()
     if choice.is_auto:
         from quant.auto import auto_quantize
 
@@ -140,21 +171,23 @@ def quantized_model(ck: Checkpoint, recipe: RecipeChoice | Recipe | str,
                 max_seq_len=max_seq_len)
             return m, m.model.layers
 
-        target = choice.target_bpw(ck.config.num_parameters())
-        measure = calibration_ids(ck.tokenizer, calib, AUTO_MEASURE_WINDOWS, 512)
-        algo = calibration_ids(ck.tokenizer, calib, 16, 512)
-        model, auto_report, rep = auto_quantize(factory, measure, algo, target,
+        model, auto_report, rep = auto_quantize(factory, calib_ids[0], calib_ids[1], target,
                                                 LLAMA_AWQ_MAP, progress=progress)
         rep.recipe = f"auto:{target:g}"
         rep.notes.append(f"auto: {auto_report}")
         rep.auto = auto_report
+        rep.seconds = time.perf_counter() - t0  # the measurement included
     else:
-        r = choice.recipe
         model = LlamaModel.from_state_dict(ck.config, ck.tensors, None, max_seq_len=max_seq_len)
-        ids = None
-        if r.needs_calibration():
-            ids = calibration_ids(ck.tokenizer, calib, r.calib_windows, r.calib_seq_len)
-        rep = quantize(model, r, ids, blocks=model.model.layers, awq_map=LLAMA_AWQ_MAP,
-                       progress=progress)
+        rep = quantize(model, r, calib_ids[0] if calib_ids else None, blocks=model.model.layers,
+                       awq_map=LLAMA_AWQ_MAP, progress=progress)
     rep.applied = applied_recipe(model, choice)
+    rep.cache = {"hit": False}
+    if key is not None:
+        saved = {"recipe": rep.recipe, "modules": rep.modules, "seconds": rep.seconds,
+                 "notes": rep.notes}
+        if getattr(rep, "auto", None) is not None:
+            saved["auto"] = rep.auto
+        where = quant_cache.store(key, model, ck.tensors, saved, log)
+        rep.cache = {"hit": False, "key": key, "stored": where is not None}
     return model, rep

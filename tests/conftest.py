@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# Exports in tests quantize for real: none reads another's (or the user's) quantization cache.
+# The cache's own tests point LLAMA_EDGE_CACHE at a directory of theirs.
+os.environ["LLAMA_EDGE_CACHE"] = "off"
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..quantize import NO_RECIPE, RecipeChoice
 
@@ -26,6 +27,7 @@ class ExportConfig:
     keep_model: bool = False  # keep the quantized torch model on the returned state (its
     # memory stays in use through the quality stage)
     memory_check: bool = True  # refuse early when the estimated peak exceeds available memory
+    cache: bool = True  # read / write the quantization cache (export/quant_cache.py)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class ExportState:
     artifacts: dict[str, Path] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     deferred_errors: list[str] = field(default_factory=list)
+    log: Callable[[str], None] = print  # one-line messages to the person running the export
 
     @property
     def recipe_record(self) -> dict | str:

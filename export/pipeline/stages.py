@@ -62,12 +62,16 @@ def stage_quantize(st: ExportState) -> ExportState:
         bar.refresh()
 
     try:
-        model, rep = quantized_model(ck, st.recipe, st.cfg.calib, progress=progress)
+        model, rep = quantized_model(ck, st.recipe, st.cfg.calib, progress=progress,
+                                     cache=st.cfg.cache, log=st.log)
     finally:
         bar.close()
     st.model, st.applied = model, rep.applied
+    if rep.cache.get("hit"):
+        st.log(f"quantization read from the cache ({rep.cache['key'][:16]}..., computed in "
+               f"{rep.cache['quantize_seconds']:.1f} s; --no-cache to quantize again)")
     st.report["quantization"] = {"recipe": rep.recipe, "seconds": round(rep.seconds, 2),
-                                 **rep.totals(), "notes": rep.notes}
+                                 **rep.totals(), "notes": rep.notes, "cache": rep.cache}
     release_source(st)
     return st
 
@@ -125,6 +129,7 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportS
     from edge.atomic import atomic_dir
 
     st, stages = build_stages(cfg)  # validate the request before any work
+    st.log = log
     check_memory(cfg, source_weight_bytes(cfg.checkpoint), None)  # and again once loaded
     inputs = (cfg.checkpoint,) if Path(cfg.checkpoint).exists() else ()
     with atomic_dir(cfg.out, cfg.force, inputs=inputs) as tmp:
