@@ -109,7 +109,7 @@ def _runtime():
     return Runtime.get(), Verification
 
 
-def _runtime_call(fn, path: Path, message: str, errors=(RuntimeError,)):
+def _runtime_call(fn, path: Path, message: str, errors=(RuntimeError, MemoryError)):
     """fn() with the runtime's log lines held back; a failure becomes a one-line ArtifactError:
     message, the runtime's error and its last log lines (filled once the hold ends)."""
     with native_log_held() as log:
@@ -125,7 +125,9 @@ def _load_program(path: Path):
     rt, verification = _runtime()
     return _runtime_call(
         lambda: rt.load_program(path, verification=verification.InternalConsistency), path,
-        "ExecuTorch could not load the program ({err})", (RuntimeError, ValueError))
+        "ExecuTorch could not load the program ({err})",
+        # MemoryError: a size inside the program larger than memory (the runtime's bad_alloc)
+        (RuntimeError, ValueError, MemoryError))
 
 
 def program_metadata(program, path: Path) -> dict:
