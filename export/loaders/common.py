@@ -42,6 +42,14 @@ class Checkpoint:
 def check_shapes(path, cfg: LlamaConfig, shapes: dict[str, tuple], dtypes: dict[str, str]
                  | None = None, ignore=("rotary_emb.inv_freq",)) -> None:
     """Compare tensor names/shapes (from headers, before loading data) with the config."""
+    if cfg.num_layers > len(shapes):  # a layer count no file of these tensors can hold: said
+        # before the expected names (9 per layer) are listed
+        have = {int(n.split(".")[2]) for n in shapes
+                if n.startswith("model.layers.") and n.split(".")[2].isdigit()}
+        first = next(i for i in range(len(have) + 1) if i not in have)
+        raise CheckpointError(path, f"tensor 'model.layers.{first}.input_layernorm.weight' is "
+                              f"missing: the config says {cfg.num_layers} layers, the file has "
+                              f"{len(shapes)} tensors")
     expected = cfg.expected_shapes()
     names = {n for n in shapes if not any(n.endswith(s) for s in ignore)}
     if cfg.tie_word_embeddings and "lm_head.weight" in names:
