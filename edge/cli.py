@@ -273,36 +273,88 @@ def rewrite(files, style, **kw):
     _run_task(kw, "rewrite", files, style)
 
 
+def _int_list(ctx, param, value) -> tuple[int, ...]:
+    """'128,512' (or the option given several times) -> (128, 512)."""
+    out = []
+    for v in value:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit():
+                raise click.BadParameter(f"{part!r} is not a whole number >= 0")
+            out.append(int(part))
+    return tuple(dict.fromkeys(out))
+
+
 @main.command()
 @click.option("-m", "--model", "model", required=True, help="Edge artifact or checkpoint.")
-@click.option("--threads", type=int, default=None, help="Compute threads (default: all cores).")
+@click.option("--threads", "-t", type=int, default=None,
+              help="Compute threads (default: the CPUs this process may use).")
 @click.option("--ctx", type=int, default=None, help="Context to allocate (default: 2048 or the "
               "artifact's maximum, whichever is smaller).")
-@click.option("--repeat", type=int, default=3, show_default=True, help="Runs per figure "
-              "(median reported).")
+@click.option("-p", "--n-prompt", "n_prompt", multiple=True, callback=_int_list,
+              default=("128,512",), show_default=True, help="Prompt lengths (pp tests), comma "
+              "separated; 0 for none.")
+@click.option("-n", "--n-gen", "n_gen", multiple=True, callback=_int_list, default=("128",),
+              show_default=True, help="Decode steps (tg tests), comma separated; 0 for none.")
+@click.option("-d", "--n-depth", "depths", multiple=True, callback=_int_list, default=("0",),
+              show_default=True, help="Tokens already in the cache before each test (a depth "
+              "sweep: -d 0,256,1024).")
+@click.option("--repeat", "-r", type=int, default=3, show_default=True,
+              help="Timed runs per test.")
+@click.option("--warmup", type=int, default=1, show_default=True,
+              help="Untimed runs before each test's timed ones.")
+@click.option("--delay", type=float, default=0.0, show_default=True,
+              help="Seconds of pause between runs (lets a board cool down).")
+@click.option("--cpu-mask", "-C", default=None, help="Hex mask of the CPUs to run on (0x3: CPUs "
+              "0 and 1; pick the big or the LITTLE cores of a big.LITTLE board); the default "
+              "thread count follows it.")
+@click.option("--board", default=None, help="Name recorded in the rows (default: host name).")
 @click.option("--kv-cache", "kv", type=click.Choice(["f32", "int8"]), default="f32",
               show_default=True)
 @click.option("--no-verify", is_flag=True, help="Skip the artifact's file digests at load.")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help=ENGINE_HELP)
 @WEIGHTS_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "md", "csv", "json", "jsonl",
+                                                          "pytorch"]), default="text",
+              show_default=True, help="text: a summary; md / csv / json / jsonl: one record per "
+              "test with llama-bench's field names; pytorch: PyTorch benchmark database records.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the summary and "
+              "its records under 'rows'.")
 @_errors
-def bench(model, threads, ctx, repeat, kv, no_verify, engine, weight_memory, as_json):
-    """Prompt and decode speed, time to first token, load time and peak memory of MODEL."""
-    from .bench import run_bench
+def bench(model, threads, ctx, n_prompt, n_gen, depths, repeat, warmup, delay, cpu_mask, board,
+          kv, no_verify, engine, weight_memory, fmt, as_json):
+    """Prompt and decode speed (at depths), time to first token, load time and peak memory of
+    MODEL, as llama-bench records."""
+    from .bench import format_rows, run_bench
 
     if repeat < 1:
         raise EdgeError("--repeat must be at least 1")
+    if warmup < 0 or delay < 0:
+        raise EdgeError("--warmup and --delay must be >= 0")
+    if not any(n_prompt) and not any(n_gen):
+        raise EdgeError("nothing to measure: give -p or -n a length above 0")
     r = run_bench(model, threads=threads, ctx=ctx, repeat=repeat, kv=kv, verify=not no_verify,
-                  engine=engine, weight_memory=weight_memory)
+                  engine=engine, weight_memory=weight_memory, n_prompt=n_prompt, n_gen=n_gen,
+                  depths=depths, warmup=warmup, delay=delay, cpu_mask=cpu_mask, board=board)
     if as_json:
         click.echo(json.dumps(r))
         return
-    for key in ("engine", "isa", "threads", "weight_memory", "pp128_tok_s", "pp512_tok_s",
-                "tg128_tok_s", "ttft64_s", "load_s", "peak_rss_mb", "file_mb", "cpu"):
+    if fmt != "text":
+        click.echo(format_rows(r["rows"], fmt), nl=False)
+        return
+    keys = ["engine", "isa", "threads", "weight_memory"] + sorted(
+        k for k in r if k.endswith("_tok_s")) + ["ttft64_s", "load_s", "peak_rss_mb", "file_mb",
+                                                  "cpu"]
+    for key in keys:
         if r.get(key) is not None:
             click.echo(f"{key:14} {r[key]}")
+    for row in r["rows"]:
+        if row["status"] != "ok":
+            click.echo(f"{'failed':14} n_prompt={row['n_prompt']} n_gen={row['n_gen']} "
+                       f"n_depth={row['n_depth']}: {row['error']}")
 
 
 @main.command()
