@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,8 +122,42 @@ def _runtime_call(fn, path: Path, message: str, errors=(RuntimeError, MemoryErro
     raise ArtifactError(path, message.format(err=err) + said)
 
 
+def _survives(fn) -> int | None:
+    """Run fn() in a forked child; the signal that ended it, or None if it returned or raised.
+    ExecuTorch's Python bindings abort the process (not raise) on some programs that pass the
+    runtime's own flatbuffer verification (e.g. an execution plan without its buffer sizes):
+    probing in a child turns that into an error instead of the end of the session."""
+    if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
+        return None
+    pid = os.fork()
+    if pid == 0:  # the child: silent, and never returns into the caller's code
+        try:
+            import faulthandler
+
+            faulthandler.disable()  # its report of the abort would reach the caller's stderr
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            fn()
+        except BaseException:  # noqa: BLE001 (the parent repeats the call and reports it)
+            pass
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+
+
 def _load_program(path: Path):
     rt, verification = _runtime()
+
+    def probe():
+        program_metadata(rt.load_program(path, verification=verification.InternalConsistency),
+                         path)
+
+    sig = _survives(probe)
+    if sig is not None:
+        raise ArtifactError(path, f"ExecuTorch stopped (signal {sig}) while reading the program: "
+                            "it is damaged or from an incompatible exporter; re-export it with "
+                            "llama-export --target xnnpack")
     return _runtime_call(
         lambda: rt.load_program(path, verification=verification.InternalConsistency), path,
         "ExecuTorch could not load the program ({err})",
