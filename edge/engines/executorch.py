@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from ..artifact import sha256_file
 from ..errors import ArtifactError, EdgeError, require
+from ..memory import available_memory_bytes
 from ..nativelog import native_log_held, quiet_imports
 from ..sampling import GREEDY
 from .base import check_kv, resolve_context, resolve_threads
@@ -74,6 +75,69 @@ def check_pte_file(path: Path) -> None:
     if base and base + data_size > size:
         raise ArtifactError(path, f"is truncated: its weight segments end at byte "
                             f"{base + data_size}, the file has {size}")
+    with open(path, "rb") as f:
+        check_plans(path, f.read(program_size or size))
+
+
+# Fields of the program schema's tables this check reads (their index in each table's vtable)
+_PROGRAM_PLANS = 1
+_PLAN_FIELDS = {"name": 0, "values": 2, "inputs": 3, "outputs": 4, "non_const_buffer_sizes": 8}
+
+
+def check_plans(path: Path, fb: bytes) -> None:
+    """Each method (execution plan) of the program's flatbuffer names itself and carries its
+    values, inputs, outputs and memory plan, and its planned buffers fit in memory. ExecuTorch's
+    Python bindings abort the process (rather than raise) on a plan without its buffer sizes, and
+    allocate every planned buffer as they load: both are refused here with a one-line error."""
+    def bad(what):
+        raise ArtifactError(path, f"has a damaged program table ({what}); re-export it with "
+                            "llama-export --target xnnpack")
+
+    def u32(o):
+        if not 0 <= o <= len(fb) - 4:
+            bad(f"offset {o} outside the {len(fb)}-byte program")
+        return struct.unpack_from("<I", fb, o)[0]
+
+    def field(table, idx):
+        vt = table - struct.unpack_from("<i", fb, table)[0] if 0 <= table <= len(fb) - 4 \
+            else bad(f"table at {table} outside the program")
+        if not 0 <= vt <= len(fb) - 4:
+            bad(f"vtable at {vt} outside the program")
+        vsize = struct.unpack_from("<H", fb, vt)[0]
+        if 4 + 2 * idx + 2 > vsize or vt + 4 + 2 * idx + 2 > len(fb):
+            return None
+        off = struct.unpack_from("<H", fb, vt + 4 + 2 * idx)[0]
+        return table + off if off else None
+
+    def vector(at):
+        start = at + u32(at)
+        n = u32(start)
+        return start + 4, n
+
+    plans_at = field(u32(0), _PROGRAM_PLANS)
+    if plans_at is None:
+        bad("no execution plans")
+    first, n = vector(plans_at)
+    largest = 0
+    for k in range(n):
+        e = first + 4 * k
+        plan = e + u32(e)
+        at = {name: field(plan, idx) for name, idx in _PLAN_FIELDS.items()}
+        missing = [name for name, a in at.items() if a is None]
+        if missing:
+            bad(f"method {k} lacks its {', '.join(missing)}")
+        sizes_at, m = vector(at["non_const_buffer_sizes"])
+        if sizes_at + 8 * m > len(fb):
+            bad(f"method {k}'s buffer sizes run past the program")
+        sizes = struct.unpack_from(f"<{m}q", fb, sizes_at)
+        if any(x < 0 for x in sizes):
+            bad(f"method {k} has a negative buffer size")
+        largest = max(largest, sum(sizes))
+    avail = available_memory_bytes()
+    if avail is not None and largest > avail:
+        raise ArtifactError(path, f"plans {largest / 2**20:.0f} MB of buffers for one method, "
+                            f"more than the {avail / 2**20:.0f} MB of memory available; export it "
+                            "with a shorter --max-context or free memory")
 
 
 def read_sidecar(path: Path) -> dict | None:
@@ -122,42 +186,8 @@ def _runtime_call(fn, path: Path, message: str, errors=(RuntimeError, MemoryErro
     raise ArtifactError(path, message.format(err=err) + said)
 
 
-def _survives(fn) -> int | None:
-    """Run fn() in a forked child; the signal that ended it, or None if it returned or raised.
-    ExecuTorch's Python bindings abort the process (not raise) on some programs that pass the
-    runtime's own flatbuffer verification (e.g. an execution plan without its buffer sizes):
-    probing in a child turns that into an error instead of the end of the session."""
-    if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
-        return None
-    pid = os.fork()
-    if pid == 0:  # the child: silent, and never returns into the caller's code
-        try:
-            import faulthandler
-
-            faulthandler.disable()  # its report of the abort would reach the caller's stderr
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.dup2(null, 2)
-            fn()
-        except BaseException:  # noqa: BLE001 (the parent repeats the call and reports it)
-            pass
-        os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    return os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-
-
 def _load_program(path: Path):
     rt, verification = _runtime()
-
-    def probe():
-        program_metadata(rt.load_program(path, verification=verification.InternalConsistency),
-                         path)
-
-    sig = _survives(probe)
-    if sig is not None:
-        raise ArtifactError(path, f"ExecuTorch stopped (signal {sig}) while reading the program: "
-                            "it is damaged or from an incompatible exporter; re-export it with "
-                            "llama-export --target xnnpack")
     return _runtime_call(
         lambda: rt.load_program(path, verification=verification.InternalConsistency), path,
         "ExecuTorch could not load the program ({err})",

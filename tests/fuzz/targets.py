@@ -41,6 +41,8 @@ FIXTURES = HERE / "fixtures"  # fixed files a target puts its input beside
 # execution stays in the millisecond range.
 MAX_LEN = {"gguf": 1 << 16, "weights": 1 << 17, "pte": 1 << 18, "onnx": 1 << 16}
 DEFAULT_MAX_LEN = 1 << 14
+# Memory a program may plan for its buffers under the fuzzer (see Pte.setup)
+FUZZ_MEMORY_BYTES = 1 << 30
 
 
 def _scratch() -> Path:
@@ -211,6 +213,12 @@ class Pte(Target):
         from edge.engines.executorch import _runtime
 
         _runtime()  # the runtime's first load takes seconds: once here, not in the first input
+        # Planned buffers are allowed up to the memory available; here that is the fuzzer's
+        # budget (libFuzzer stops at 4 GB of RSS), so a program planning more is refused as it
+        # would be on a machine with 1 GB free.
+        import edge.engines.executorch as et
+
+        et.available_memory_bytes = lambda: FUZZ_MEMORY_BYTES
 
     def run(self, data):
         from edge.engines.executorch import _load_program, check_pte_file, program_metadata
