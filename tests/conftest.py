@@ -195,3 +195,17 @@ def smollm2_edge_int8(smollm2_ck, tmp_path_factory) -> Path:
     st = ExportState(cfg, recipe=parse_recipe("int8"), applied=rep.applied, workdir=work,
                      checkpoint=smollm2_ck, model=model)
     return targets.get("edge").stage(st).artifacts["edge"]
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """The tiny random Llama (tests/support/tiny.py) as an fp32 GGUF checkpoint, as a user would
+    export it (read only: tests that change a checkpoint copy it)."""
+    import torch
+
+    from export.targets.gguf import write_gguf
+    from support.tiny import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.gguf"
+    write_gguf(tiny_model(), tiny_tokenizer(), path, torch.float32)
+    return path

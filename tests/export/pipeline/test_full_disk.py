@@ -17,12 +17,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from export.cli import main as export_cli
-from export.targets.gguf import write_gguf
-from support.tiny import tiny_model, tiny_tokenizer
 
 # Free space left for the second export, as fractions of the first one's size on disk.
 FREE_FRACTIONS = (0.0, 0.35, 0.9)
@@ -31,13 +28,6 @@ FREE_FRACTIONS_XNNPACK = (0.0, 0.6)
 FS_BYTES = 64 << 20
 CTX = "256"
 MOBILE_RTN = Path(__file__).resolve().parents[3] / "benchmarks" / "recipes" / "mobile-rtn.json"
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.gguf"
-    write_gguf(tiny_model(), tiny_tokenizer(), path, torch.float32)
-    return path
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from edge.config import PRESETS
@@ -18,21 +17,12 @@ import dataclasses
 from export.pipeline import memory, stages, verify
 from export.targets import edge as edge_target
 from export.cli import main
-from export.targets.gguf import write_gguf
 from export.pipeline import ExportConfig, run_export
 
-from support.tiny import tiny_model, tiny_tokenizer
 
 # The tiny checkpoint's estimated peak is PEAK_FIXED_BYTES plus a little: this much available
 # memory is too little for it, and far more than the test process needs.
 TOO_LITTLE = 10 * 2**20
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.gguf"
-    write_gguf(tiny_model(), tiny_tokenizer(), path, torch.float32)
-    return path
 
 
 @pytest.fixture(autouse=True)

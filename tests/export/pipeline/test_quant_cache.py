@@ -9,23 +9,13 @@ import hashlib
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from export import quant_cache
 from export.cli import main
 from export.pipeline import ExportConfig, run_export, verify
-from export.targets.gguf import write_gguf
-from support.tiny import tiny_model, tiny_tokenizer
 
 RECIPE = "8da4w"  # AWQ + GPTQ: calibrated, and AWQ changes the norms' float weights too
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.gguf"
-    write_gguf(tiny_model(), tiny_tokenizer(), path, torch.float32)
-    return path
 
 
 @pytest.fixture(autouse=True)
