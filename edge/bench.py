@@ -176,8 +176,8 @@ def prompt_ids(n: int, vocab: int, seed: int = BENCH_SEED) -> list[int]:
 
 
 def _samples(fn, warmup: int, repeat: int, delay: float) -> list[int]:
-    """Nanoseconds of `repeat` timed calls of fn after `warmup` untimed ones; fn(timer) starts
-    and stops the timer itself (set-up before its start is not timed)."""
+    """The last `repeat` of `warmup + repeat` calls of fn, which returns the nanoseconds of its
+    own timed part (its set-up is not timed)."""
     out = []
     for i in range(warmup + repeat):
         if delay and i:
@@ -219,6 +219,13 @@ def run_test(session, vocab: int, n_prompt: int, n_gen: int, depth: int, warmup:
     if n_prompt and depth and not hasattr(session, "extend"):
         raise EdgeError("this engine cannot continue a prompt at a depth (pp at -d > 0)")
     return _samples(pp if n_prompt else tg, warmup, repeat, delay)
+
+
+def first_token_s(session, vocab: int, warmup: int, repeat: int, delay: float = 0.0) -> float:
+    """Median seconds from a 64-token prompt (empty cache) to its first greedy token."""
+    ids = prompt_ids(min(64, session.max_context), vocab)
+    return statistics.median(_samples(lambda: _timed(lambda: int(np.argmax(
+        session.prefill(ids)))), warmup, repeat, delay)) / 1e9
 
 
 def _stats(samples_ns: list[int], n: int) -> dict:
@@ -267,9 +274,7 @@ def run_bench(model: str, threads: int | None = None, ctx: int | None = None, re
     params = eng.config.num_parameters() if hasattr(eng.config, "num_parameters") else None
     recipe = info.get("recipe")
     size = model_bytes(model)
-    ids64 = prompt_ids(min(64, session.max_context), vocab)
-    ttft = statistics.median(_samples(lambda: _timed(lambda: int(np.argmax(
-        session.prefill(ids64)))), warmup, repeat, delay)) / 1e9
+    ttft = first_token_s(session, vocab, warmup, repeat, delay)
     base = {"model_filename": str(model),
             "model_type": f"{getattr(eng.config, 'name', 'llama')} {recipe or eng.name}",
             "model_size": size, "model_n_params": params, "n_threads": eng.threads,
@@ -320,9 +325,7 @@ def bench_session(session, vocab: int, repeat: int = 3, pp=(128, 512), tg: int =
     if tg + 1 <= session.max_context:
         ns = run_test(session, vocab, 0, tg, 0, 1, repeat)
         out[f"tg{tg}_tok_s"] = round(tg * 1e9 / statistics.median(ns), 2)
-    ids64 = prompt_ids(64, vocab)
-    out["ttft64_s"] = round(statistics.median(_samples(lambda: _timed(
-        lambda: int(np.argmax(session.prefill(ids64)))), 1, repeat, 0.0)) / 1e9, 5)
+    out["ttft64_s"] = round(first_token_s(session, vocab, 1, repeat), 5)
     return out
 
 

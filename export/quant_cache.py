@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -158,7 +157,7 @@ def load(key: str, model: nn.Module, log=None) -> dict | None:
     """Put the cached quantization of `key` into `model` (a LlamaModel built from the same
     checkpoint, still float) and return the cached report; None on a miss. A damaged entry is
     removed and counts as a miss."""
-    from quant.apply import QuantEmbedding, QuantLinear, _set_module
+    from quant.apply import QuantEmbedding, QuantLinear
     from quant.recipes import QuantConfig
     from quant.schemes import QuantizedTensor
 
@@ -198,10 +197,10 @@ def load(key: str, model: nn.Module, log=None) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as e:
         if log:
             log(f"quantization cache entry {d} cannot be read ({e}); quantizing again")
-        shutil.rmtree(d, ignore_errors=True)
+        remove(d)
         return None
     for name, m in new.items():
-        _set_module(model, name, m)
+        model.set_submodule(name, m)
     model.float()
     own = dict(model.named_parameters())
     for n, t in params.items():

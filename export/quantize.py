@@ -146,7 +146,7 @@ def quantized_model(ck: Checkpoint, recipe: RecipeChoice | Recipe | str,
         calib_ids = [calibration_ids(ck.tokenizer, calib, r.calib_windows, r.calib_seq_len)] \
             if r.needs_calibration() else []
         recipe_key = r.to_dict()
-    key = None
+    key = model = None
     if cache and quant_cache.cache_root() is not None:
         key = quant_cache.cache_key(ck.tensors, ck.config.to_hf_dict(), recipe_key, calib_ids,
                                     max_seq_len)
@@ -155,10 +155,8 @@ def quantized_model(ck: Checkpoint, recipe: RecipeChoice | Recipe | str,
         cached = quant_cache.load(key, model, log)
         if cached is not None:
             rep = QuantReport(cached["recipe"], cached["modules"], time.perf_counter() - t0,
-                              cached["notes"])
-            rep.cache = {"hit": True, "key": key, "quantize_seconds": cached["seconds"]}
-            if "auto" in cached:
-                rep.auto = cached["auto"]
+                              cached["notes"], cached.get("auto"),
+                              {"hit": True, "key": key, "quantize_seconds": cached["seconds"]})
             rep.applied = applied_recipe(model, choice)
             return model, rep
     t0 = time.perf_counter()
@@ -178,16 +176,16 @@ def quantized_model(ck: Checkpoint, recipe: RecipeChoice | Recipe | str,
         rep.auto = auto_report
         rep.seconds = time.perf_counter() - t0  # the measurement included
     else:
-        model = LlamaModel.from_state_dict(ck.config, ck.tensors, None, max_seq_len=max_seq_len)
+        if model is None:  # (a cache miss left the float model it was looked up for)
+            model = LlamaModel.from_state_dict(ck.config, ck.tensors, None,
+                                               max_seq_len=max_seq_len)
         rep = quantize(model, r, calib_ids[0] if calib_ids else None, blocks=model.model.layers,
                        awq_map=LLAMA_AWQ_MAP, progress=progress)
     rep.applied = applied_recipe(model, choice)
     rep.cache = {"hit": False}
     if key is not None:
         saved = {"recipe": rep.recipe, "modules": rep.modules, "seconds": rep.seconds,
-                 "notes": rep.notes}
-        if getattr(rep, "auto", None) is not None:
-            saved["auto"] = rep.auto
+                 "notes": rep.notes, "auto": rep.auto}
         where = quant_cache.store(key, model, ck.tensors, saved, log)
         rep.cache = {"hit": False, "key": key, "stored": where is not None}
     return model, rep

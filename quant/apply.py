@@ -106,6 +106,8 @@ class QuantReport:
     modules: dict = field(default_factory=dict)  # name -> {scheme, bytes, bpw, algorithm, ...}
     seconds: float = 0.0
     notes: list = field(default_factory=list)
+    auto: dict | None = None  # `auto`'s choices (export/quantize.py)
+    cache: dict = field(default_factory=dict)  # from the quantization cache or not (export)
 
     def totals(self, float_bytes_per_param: float = 2.0, params: dict | None = None) -> dict:
         by_scheme: dict[str, int] = {}

@@ -99,8 +99,8 @@ def check_plans(path: Path, fb: bytes) -> None:
         return struct.unpack_from("<I", fb, o)[0]
 
     def field(table, idx):
-        vt = table - struct.unpack_from("<i", fb, table)[0] if 0 <= table <= len(fb) - 4 \
-            else bad(f"table at {table} outside the program")
+        u32(table)  # in bounds; its signed offset leads to the vtable
+        vt = table - struct.unpack_from("<i", fb, table)[0]
         if not 0 <= vt <= len(fb) - 4:
             bad(f"vtable at {vt} outside the program")
         vsize = struct.unpack_from("<H", fb, vt)[0]
