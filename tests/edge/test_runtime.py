@@ -15,6 +15,8 @@ import pytest
 from edge.errors import EdgeError, GenerationError
 from edge.generate import Generation
 from edge.sampling import SamplingParams
+from support.spread import (ACT_KLD_FACTOR, ACT_KLD_FLOOR, ACT_TOP1_MARGIN, ACT_TOP1_SIGMAS,
+                            kld_top1, reference_spread)
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +32,7 @@ LOGIT_ATOL_WEIGHT_ONLY = 1e-3
 # one part in 10^7 moves its logits by ~0.4 and changes ~4 % of its top-1 tokens. The edge
 # kernels are held to the same spread, teacher-forced over the reference's own continuation:
 # their mean KLD to the reference may be at most this multiple of the perturbed reference's,
-# plus a floor, and their top-1 agreement at most this much lower.
-ACT_KLD_FACTOR, ACT_KLD_FLOOR = 3.0, 2e-3
-ACT_TOP1_MARGIN = 0.03
-ACT_TOP1_SIGMAS = 3.0
+# plus a floor, and their top-1 agreement at most this much lower (the constants: support/spread.py).
 # int8 KV cache (one scale per position and head) against the f32 cache of the same artifact,
 # over a 47-token chat prompt: mean KLD and same-top-token rate (measured on SmolLM2 with float
 # activations: KLD 0.0016). With int8 activations the cache's rounding is one more perturbation
@@ -128,33 +127,6 @@ def test_greedy_tokens_and_logits_match_reference(pair):
     assert len(set(tokens)) > 5  # a real continuation, not one token repeated
 
 
-def _kld_top1(p_logits, q_logits):
-    import torch
-
-    lp = torch.log_softmax(torch.as_tensor(p_logits).double(), -1)
-    lq = torch.log_softmax(torch.as_tensor(q_logits).double(), -1)
-    kld = float((lp.exp() * (lp - lq)).sum(-1).mean())
-    return kld, float((lp.argmax(-1) == lq.argmax(-1)).double().mean())
-
-
-def _reference_spread(model, ids):
-    """The reference's logits of ids, and the same with its embedding perturbed by one part
-    in 10^7 (how far rounding noise alone moves this model)."""
-    import torch
-
-    emb = model.model.embed_tokens.weight
-    orig = emb.detach().clone()
-    with torch.inference_mode():
-        r = model(torch.tensor([ids]))[0].numpy()
-        gen = torch.Generator().manual_seed(0)
-        emb.copy_(orig * (1 + 1e-7 * torch.randn(orig.shape, generator=gen)))
-        try:
-            perturbed = model(torch.tensor([ids]))[0].numpy()
-        finally:
-            emb.copy_(orig)
-    return r, perturbed
-
-
 @pytest.mark.parametrize("pair", ACT_QUANTIZED, indirect=True)
 def test_act_quantized_matches_reference_within_its_own_sensitivity(pair):
     """Artifacts with int8 activations (weight-only: token for token above)."""
@@ -173,9 +145,9 @@ def test_act_quantized_matches_reference_within_its_own_sensitivity(pair):
         seqs.append(ids)
     ours, spread = [], []
     for ids in seqs:
-        r, perturbed = _reference_spread(model, ids)
-        ours.append(_kld_top1(r, edge.session().logits_all(ids)))
-        spread.append(_kld_top1(r, perturbed))
+        r, perturbed = reference_spread(model, ids)
+        ours.append(kld_top1(r, edge.session().logits_all(ids)))
+        spread.append(kld_top1(r, perturbed))
     kld, top1 = np.mean([o[0] for o in ours]), np.mean([o[1] for o in ours])
     kld_ref, top1_ref = np.mean([o[0] for o in spread]), np.mean([o[1] for o in spread])
     assert kld <= ACT_KLD_FACTOR * kld_ref + ACT_KLD_FLOOR, (name, kld, kld_ref)
@@ -197,7 +169,7 @@ def test_logits_all_equals_stepwise(pair):
         if _weight_only(name):
             assert np.abs(full[-1] - step[-1]).max() < LOGIT_ATOL_WEIGHT_ONLY
         else:
-            spread.append(_reference_spread(ref.model, ids))
+            spread.append(reference_spread(ref.model, ids))
     if _weight_only(name):
         return
     # rounding-sensitive (see ACT_KLD_FACTOR): each path within the model's own spread of the
@@ -205,12 +177,12 @@ def test_logits_all_equals_stepwise(pair):
     # these ~110 positions the top-1 rate is a binomial count: held to the reference's own
     # flip rate within ACT_TOP1_SIGMAS standard errors.
     positions = sum(len(r) for r, _ in spread)
-    kld_ref = np.mean([_kld_top1(r, p)[0] for r, p in spread])
-    top1_ref = np.mean([_kld_top1(r, p)[1] for r, p in spread])
+    kld_ref = np.mean([kld_top1(r, p)[0] for r, p in spread])
+    top1_ref = np.mean([kld_top1(r, p)[1] for r, p in spread])
     margin = ACT_TOP1_SIGMAS * np.sqrt(top1_ref * (1 - top1_ref) / positions)
     for path, logits in (("prompt", full), ("stepwise", step)):
-        kld = np.mean([_kld_top1(r, lg)[0] for (r, _), lg in zip(spread, logits)])
-        top1 = np.mean([_kld_top1(r, lg)[1] for (r, _), lg in zip(spread, logits)])
+        kld = np.mean([kld_top1(r, lg)[0] for (r, _), lg in zip(spread, logits)])
+        top1 = np.mean([kld_top1(r, lg)[1] for (r, _), lg in zip(spread, logits)])
         assert kld <= ACT_KLD_FACTOR * kld_ref + ACT_KLD_FLOOR, (name, path, kld, kld_ref)
         assert top1 >= top1_ref - margin, (name, path, top1, top1_ref, margin)
 
@@ -287,11 +259,11 @@ def test_int8_kv_cache_close_to_f32(pair, smollm2_ck):
     e8 = EdgeEngine(edge.artifact, max_context=512, kv="int8")
     ids = _prompt(edge.tokenizer)
     a, b = edge.session().logits_all(ids), e8.session().logits_all(ids)
-    kld, top1 = _kld_top1(a, b)
+    kld, top1 = kld_top1(a, b)
     if _weight_only(name):
         assert kld <= KV_INT8_MAX_KLD and top1 >= KV_INT8_MIN_TOP1, (kld, top1)
     else:  # held to the model's own rounding sensitivity, as the parity test
-        spread_kld, spread_top1 = _kld_top1(*_reference_spread(ref.model, ids))
+        spread_kld, spread_top1 = kld_top1(*reference_spread(ref.model, ids))
         assert kld <= KV_ACT_KLD_FACTOR * spread_kld + ACT_KLD_FLOOR, (name, kld, spread_kld)
         assert top1 >= spread_top1 - KV_ACT_TOP1_MARGIN, (name, top1, spread_top1)
     assert e8.session().kv_bytes < edge.session().kv_bytes / 3
