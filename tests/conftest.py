@@ -209,3 +209,22 @@ def tiny_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.gguf"
     write_gguf(tiny_model(), tiny_tokenizer(), path, torch.float32)
     return path
+
+
+ARM64_SETUP_TIMEOUT = 1200  # seconds: downloads the arm64 packages and wheels the first time
+
+
+@pytest.fixture(scope="session")
+def arm64() -> Path:
+    """build/arm64/bin: the arm64 python and llama-edge launchers of scripts/setup_arm64.sh (the
+    runtime cross-built for aarch64, run under qemu-user; QEMU_CPU picks the CPU model)."""
+    import subprocess
+
+    r = subprocess.run(["bash", str(REPO / "scripts" / "setup_arm64.sh")], capture_output=True,
+                       text=True, timeout=ARM64_SETUP_TIMEOUT)
+    if r.returncode:
+        msg = f"scripts/setup_arm64.sh failed:\n{r.stderr[-3000:]}"
+        if _ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return REPO / "build" / "arm64" / "bin"

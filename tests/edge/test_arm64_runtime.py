@@ -27,9 +27,7 @@ from support.spread import ACT_KLD_FACTOR, ACT_KLD_FLOOR, ACT_TOP1_SIGMAS, kld_t
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SETUP = REPO / "scripts" / "setup_arm64.sh"
 PROBE = REPO / "tests" / "support" / "arm_probe.py"
-SETUP_TIMEOUT = 1200  # seconds: downloads the arm64 packages and wheels the first time
 RUN_TIMEOUT = 600
 # emulated CPU -> the kernel set the dispatcher must choose on it
 CPUS = {"cortex-a53": "neon", "cortex-a76": "neon-dotprod", "max": "neon-dotprod"}
@@ -53,19 +51,6 @@ RECIPE_8DA4W = {"name": "8da4w-rtn", "rules": [
     {"pattern": "*", "config": {
         "weight": {"type": "int", "bits": 4, "group_size": 32, "symmetric": True},
         "act": {"symmetric": True, "group_size": 32}}}]}
-
-
-@pytest.fixture(scope="module")
-def arm64() -> Path:
-    """build/arm64/bin (the arm64 python and llama-edge launchers)."""
-    r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True,
-                       timeout=SETUP_TIMEOUT)
-    if r.returncode:
-        msg = f"scripts/setup_arm64.sh failed:\n{r.stderr[-3000:]}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return REPO / "build" / "arm64" / "bin"
 
 
 @pytest.fixture(scope="module")

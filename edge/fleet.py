@@ -1,0 +1,443 @@
+"""The same benchmark on a fleet of boards, as one table.
+
+Boards are listed in a TOML file (see README "Benchmarks on boards"):
+
+    [defaults]                      # any board field, for every board
+    workdir = "/tmp/llama-edge"     # where artifacts are pushed on the board
+    command = "llama-edge"          # the runtime on the board (argv, split like a shell)
+
+    [[board]]
+    name = "rock5b"
+    transport = "ssh"               # ssh | local
+    host = "10.0.0.21"
+    user = "bench"
+    key = "~/.ssh/id_ed25519"
+    known_hosts = "~/.ssh/known_hosts"   # "none": accept any host key (closed lab networks)
+    cpu_mask = "0xf0"               # the big cores
+    threads = 4
+    env = { QEMU_CPU = "cortex-a76" }
+
+Every board runs in parallel, one job at a time on each board. An artifact is pushed once per
+board into workdir/<sha256 prefix>/ (written beside, then renamed; skipped when the board already
+holds that digest). The benchmark runs in rounds: each round runs every model once (`bench -r 1`
+on the board, a fresh process), models alternating, so slow drift (heat, other load) spreads
+over all of them; a model's samples of all rounds make its record. A board that cannot be
+reached, drops the connection or fails a run gives failure rows (status "failed", the reason in
+"error") for its tests; the other boards finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import statistics
+import tomllib
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bench import _stats, artifact_digest
+from .errors import EdgeError
+
+TRANSPORTS = ("ssh", "local")
+DEFAULT_WORKDIR = "/tmp/llama-edge"
+DEFAULT_COMMAND = "llama-edge"
+DEFAULT_TIMEOUT = 3600.0  # seconds per run on a board
+CONNECT_TIMEOUT = 30.0
+MARKER = ".llama-edge-sha256"  # written last into a pushed artifact's folder
+
+
+@dataclass
+class Board:
+    name: str
+    transport: str = "ssh"
+    host: str | None = None
+    port: int = 22
+    user: str | None = None
+    key: str | None = None
+    known_hosts: str | None = None  # None: the user's ~/.ssh/known_hosts; "none": not checked
+    command: str = DEFAULT_COMMAND
+    workdir: str = DEFAULT_WORKDIR
+    env: dict = field(default_factory=dict)
+    threads: int | None = None
+    cpu_mask: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.command)
+
+
+_FIELD_TYPES = {"name": str, "transport": str, "host": str, "port": int, "user": str, "key": str,
+                "known_hosts": str, "command": str, "workdir": str, "env": dict, "threads": int,
+                "cpu_mask": str, "timeout": (int, float)}
+
+
+def load_boards(path) -> list[Board]:
+    """The boards of a boards.toml; a bad file names the board and field at fault."""
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise EdgeError(f"{p}: cannot read the boards file ({e.strerror or e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise EdgeError(f"{p}: not valid TOML ({e})") from None
+    unknown = set(doc) - {"defaults", "board"}
+    if unknown:
+        raise EdgeError(f"{p}: unknown table(s) {sorted(unknown)}: use [defaults] and "
+                        "[[board]]")
+    defaults = doc.get("defaults", {})
+    entries = doc.get("board", [])
+    if not isinstance(defaults, dict) or not isinstance(entries, list):
+        raise EdgeError(f"{p}: [defaults] must be a table and [[board]] an array of tables")
+    if not entries:
+        raise EdgeError(f"{p}: no [[board]] listed")
+    boards, names = [], set()
+    for i, entry in enumerate(entries):
+        where = f"{p}: board {i + 1}" + (f" ({entry.get('name')!r})" if isinstance(entry, dict)
+                                         and "name" in entry else "")
+        if not isinstance(entry, dict):
+            raise EdgeError(f"{where}: must be a table")
+        merged = {**defaults, **entry}
+        for key, value in merged.items():
+            want = _FIELD_TYPES.get(key)
+            if want is None:
+                raise EdgeError(f"{where}: unknown field {key!r} (fields: "
+                                f"{', '.join(_FIELD_TYPES)})")
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise EdgeError(f"{where}: field {key!r} has {type(value).__name__} "
+                                f"{value!r}, expected {getattr(want, '__name__', 'a number')}")
+        if "name" not in merged or not merged["name"]:
+            raise EdgeError(f"{where}: needs a name")
+        if merged["name"] in names:
+            raise EdgeError(f"{where}: the name {merged['name']!r} is used twice")
+        names.add(merged["name"])
+        b = Board(**merged)
+        if b.transport not in TRANSPORTS:
+            raise EdgeError(f"{where}: transport {b.transport!r}: choose one of "
+                            f"{', '.join(TRANSPORTS)}")
+        if b.transport == "ssh" and not b.host:
+            raise EdgeError(f"{where}: an ssh board needs a host")
+        if not b.argv:
+            raise EdgeError(f"{where}: command is empty")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in b.env.items()):
+            raise EdgeError(f"{where}: env values must be strings")
+        if b.threads is not None and b.threads < 1:
+            raise EdgeError(f"{where}: threads must be >= 1")
+        if b.timeout <= 0:
+            raise EdgeError(f"{where}: timeout must be > 0 seconds")
+        boards.append(b)
+    return boards
+
+
+# ------------------------------------------------------------------------------- transports
+class BoardError(Exception):
+    """A board failed (unreachable, disconnected, a run that failed): its rows say why."""
+
+
+class LocalTransport:
+    """This machine as a board (files copied into workdir, runs as subprocesses)."""
+
+    name = "local"
+
+    def __init__(self, board: Board):
+        self.board = board
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    async def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        env = {**os.environ, **self.board.env}
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise BoardError(f"no answer within {timeout:g} s: {shlex.join(argv)}") from None
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def read_text(self, path: str) -> str | None:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return None
+
+    async def put(self, local: Path, remote: str) -> None:
+        dest = Path(remote)
+        if local.is_dir():
+            shutil.copytree(local, dest)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(local, dest)
+
+    async def write_text(self, path: str, text: str) -> None:
+        Path(path).write_text(text)
+
+
+class SshTransport:
+    """A board reached over SSH (asyncssh): commands in the board's shell, files over SFTP."""
+
+    name = "ssh"
+
+    def __init__(self, board: Board):
+        self.board = board
+        self.conn = None
+        self.sftp = None
+
+    async def __aenter__(self):
+        with warnings.catch_warnings():  # the library's import warns about DSA keys
+            warnings.simplefilter("ignore")
+            import asyncssh
+        b = self.board
+        kwargs = {"port": b.port, "username": b.user,
+                  "connect_timeout": CONNECT_TIMEOUT}
+        if b.key:
+            kwargs["client_keys"] = [os.path.expanduser(b.key)]
+        if b.known_hosts == "none":
+            kwargs["known_hosts"] = None
+        elif b.known_hosts:
+            kwargs["known_hosts"] = os.path.expanduser(b.known_hosts)
+        try:
+            self.conn = await asyncssh.connect(b.host, **kwargs)
+            self.sftp = await self.conn.start_sftp_client()
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+            raise BoardError(f"cannot connect to {b.user + '@' if b.user else ''}{b.host}:"
+                             f"{b.port} ({type(e).__name__}: {e})") from None
+        return self
+
+    async def __aexit__(self, *exc):
+        if self.conn is not None:
+            self.conn.close()
+            with contextlib.suppress(Exception):
+                await self.conn.wait_closed()
+        return False
+
+    def _command(self, argv: list[str]) -> str:
+        env = [f"{k}={v}" for k, v in self.board.env.items()]
+        return shlex.join((["env", *env] if env else []) + argv)
+
+    async def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        import asyncssh
+
+        try:
+            r = await asyncio.wait_for(self.conn.run(self._command(argv), check=False), timeout)
+        except asyncio.TimeoutError:
+            raise BoardError(f"no answer within {timeout:g} s: {shlex.join(argv)}") from None
+        except (OSError, asyncssh.Error) as e:
+            raise BoardError(f"connection lost ({type(e).__name__}: {e})") from None
+        if r.exit_status is None:  # killed by a signal, or the connection closed under it
+            raise BoardError(f"{shlex.join(argv)} ended without an exit status "
+                             f"(signal {r.exit_signal[0] if r.exit_signal else 'unknown'})")
+        return r.exit_status, str(r.stdout or ""), str(r.stderr or "")
+
+    async def read_text(self, path: str) -> str | None:
+        import asyncssh
+
+        try:
+            async with self.sftp.open(path, "r") as f:
+                return await f.read()
+        except asyncssh.SFTPNoSuchFile:
+            return None
+        except (OSError, asyncssh.Error) as e:
+            raise BoardError(f"reading {path}: {type(e).__name__}: {e}") from None
+
+    async def put(self, local: Path, remote: str) -> None:
+        import asyncssh
+
+        try:
+            await self.sftp.put(str(local), remote, recurse=local.is_dir(), preserve=False)
+        except (OSError, asyncssh.Error) as e:
+            raise BoardError(f"pushing {local} to {remote}: {type(e).__name__}: {e}") from None
+
+    async def write_text(self, path: str, text: str) -> None:
+        import asyncssh
+
+        try:
+            async with self.sftp.open(path, "w") as f:
+                await f.write(text)
+        except (OSError, asyncssh.Error) as e:
+            raise BoardError(f"writing {path}: {type(e).__name__}: {e}") from None
+
+
+def open_transport(board: Board):
+    return {"ssh": SshTransport, "local": LocalTransport}[board.transport](board)
+
+
+async def _sh(t, board: Board, script: str, *args: str) -> None:
+    """A POSIX shell snippet on the board; BoardError when it fails."""
+    rc, out, err = await t.run(["sh", "-c", script, "sh", *args], CONNECT_TIMEOUT * 4)
+    if rc:
+        raise BoardError(f"`{script}` failed ({rc}): {(err or out).strip()[-300:]}")
+
+
+async def push(t, board: Board, model: Path, digest: str) -> tuple[str, bool]:
+    """The model's path on the board, and whether it was sent (False: the board held it)."""
+    home = f"{board.workdir.rstrip('/')}/{digest[:16]}"
+    remote = f"{home}/{model.name}"
+    if (await t.read_text(f"{home}/{MARKER}") or "").strip() == digest:
+        return remote, False
+    partial = f"{home}.partial-{uuid.uuid4().hex[:8]}"
+    await _sh(t, board, 'mkdir -p "$1"', partial)
+    await t.put(model, f"{partial}/{model.name}")
+    await t.write_text(f"{partial}/{MARKER}", digest + "\n")
+    await _sh(t, board, 'rm -rf "$1" && mv "$2" "$1"', home, partial)
+    return remote, True
+
+
+# ------------------------------------------------------------------------------------ rounds
+@dataclass
+class Spec:
+    """What runs on every board (bench's options)."""
+
+    n_prompt: tuple = (128, 512)
+    n_gen: tuple = (128,)
+    depths: tuple = (0,)
+    repeat: int = 3  # rounds; each runs every model once
+    warmup: int = 1
+    delay: float = 0.0
+    ctx: int | None = None
+    kv: str = "f32"
+
+    def tests(self) -> list[tuple[int, int, int]]:
+        return [(p, 0, d) for d in self.depths for p in self.n_prompt if p > 0] + \
+            [(0, g, d) for d in self.depths for g in self.n_gen if g > 0]
+
+    def argv(self, board: Board, remote: str) -> list[str]:
+        a = [*board.argv, "bench", "-m", remote,
+             "-p", ",".join(map(str, self.n_prompt)), "-n", ",".join(map(str, self.n_gen)),
+             "-d", ",".join(map(str, self.depths)), "-r", "1", "--warmup", str(self.warmup),
+             "--delay", str(self.delay), "--kv-cache", self.kv, "--board", board.name,
+             "-o", "jsonl"]
+        if self.ctx:
+            a += ["--ctx", str(self.ctx)]
+        if board.threads:
+            a += ["-t", str(board.threads)]
+        if board.cpu_mask:
+            a += ["-C", board.cpu_mask]
+        return a
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One record from the same test's records of several rounds: all samples, their mean and
+    deviation; the medians of ttft and load time; the highest peak RSS; the last sensors."""
+    row = dict(rounds[-1])
+    ok = [r for r in rounds if r["status"] == "ok"]
+    if len(ok) < len(rounds):
+        bad = next(r for r in rounds if r["status"] != "ok")
+        row.update(status="failed", error=bad.get("error", "failed"))
+        return row
+    n = row["n_prompt"] or row["n_gen"]
+    samples = [s for r in rounds for s in r["samples_ns"]]
+    row.update(_stats(samples, n))
+    row["ttft_s"] = round(statistics.median(r["ttft_s"] for r in rounds), 5)
+    row["load_s"] = round(statistics.median(r["load_s"] for r in rounds), 4)
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    row["rounds"] = len(rounds)
+    return row
+
+
+def failure_row(board: Board, model: Path, digest: str | None, test: tuple[int, int, int],
+                error: str) -> dict:
+    """A record saying a board did not produce this test: every field of the schema, the
+    measured ones empty."""
+    from .bench import RECORD_FIELDS
+    from .engines import model_bytes
+
+    p, g, d = test
+    row = dict.fromkeys(RECORD_FIELDS)
+    row.update(model_filename=str(model), model_type=model.name, model_size=model_bytes(str(model)),
+               n_threads=board.threads, cpu_mask=board.cpu_mask or "0x0", n_prompt=p, n_gen=g,
+               n_depth=d, board=board.name, transport=board.transport, artifact_sha256=digest,
+               status="failed", error=error, cpu_features=[], samples_ns=[], samples_ts=[])
+    return row
+
+
+async def _board_job(board: Board, models: list[Path], digests: dict, spec: Spec,
+                     say) -> list[dict]:
+    tests = spec.tests()
+    got: dict[tuple, list[dict]] = {}
+    pushed: dict[Path, bool] = {}
+    done_rounds = 0
+    try:
+        async with open_transport(board) as t:
+            remote = {}
+            for m in models:
+                remote[m], pushed[m] = await push(t, board, m, digests[m])
+                say(f"{board.name}: {m.name} {'pushed' if pushed[m] else 'already there'}")
+            for rnd in range(spec.repeat):
+                for m in models:
+                    argv = spec.argv(board, remote[m])
+                    rc, out, err = await t.run(argv, board.timeout)
+                    if rc:
+                        raise BoardError(f"bench exited with {rc}: "
+                                         f"{(err or out).strip().splitlines()[-1:] or ['']}"[:400])
+                    rows = _parse_rows(out, board, m, digests[m])
+                    for r in rows:
+                        got.setdefault((m, r["n_prompt"], r["n_gen"], r["n_depth"]), []).append(r)
+                done_rounds += 1
+                say(f"{board.name}: round {rnd + 1}/{spec.repeat} done")
+    except BoardError as e:
+        msg = f"board {board.name}: {e} (after {done_rounds} of {spec.repeat} rounds)"
+        say(msg)
+        return [failure_row(board, m, digests[m], test, msg) for m in models for test in tests]
+    out = []
+    for m in models:
+        for p, g, d in tests:
+            rounds = got.get((m, p, g, d))
+            if not rounds:
+                out.append(failure_row(board, m, digests[m], (p, g, d),
+                                       f"board {board.name}: no record for this test"))
+                continue
+            row = merge_rounds(rounds)
+            row.update(model_filename=str(m), artifact_pushed=pushed[m])
+            out.append(row)
+    return out
+
+
+def _parse_rows(out: str, board: Board, model: Path, digest: str) -> list[dict]:
+    import json
+
+    rows = []
+    for line in out.splitlines():
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise BoardError(f"bench printed a malformed record: {line[:200]}") from None
+    if not rows:
+        raise BoardError(f"bench printed no record: {out.strip()[-300:]}")
+    for r in rows:
+        if r.get("artifact_sha256") != digest:
+            raise BoardError(f"the board ran {r.get('artifact_sha256')}, not {model.name} "
+                             f"({digest})")
+        r["transport"] = board.transport
+    return rows
+
+
+def run_fleet(boards: list[Board], models: list[str], spec: Spec, say=lambda s: None) -> list[dict]:
+    """Every model on every board (in parallel across boards); the merged records, boards in
+    file order, models in the order given."""
+    paths = [Path(m) for m in models]
+    digests = {}
+    for p in paths:
+        if not p.exists():
+            raise EdgeError(f"{p}: no such artifact to push to the boards")
+        digests[p] = artifact_digest(str(p))
+        if digests[p] is None:
+            raise EdgeError(f"{p}: not an artifact (no manifest.json to name it by)")
+    if spec.repeat < 1:
+        raise EdgeError("repeat (rounds) must be at least 1")
+
+    async def main():
+        return await asyncio.gather(*(_board_job(b, paths, digests, spec, say) for b in boards))
+
+    return [r for rows in asyncio.run(main()) for r in rows]
