@@ -26,7 +26,7 @@ def _pyplot():
 
 
 def _label(r: dict) -> str:
-    return f"{r['board']} · {Path(r['model_filename']).name}"
+    return f"{r['board']} · {r['model_type']}"
 
 
 def _save(fig, path: Path) -> Path:

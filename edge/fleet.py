@@ -8,7 +8,7 @@ Boards are listed in a TOML file (see README "Benchmarks on boards"):
 
     [[board]]
     name = "rock5b"
-    transport = "ssh"               # ssh | local
+    transport = "ssh"               # ssh | adb | local
     host = "10.0.0.21"
     user = "bench"
     key = "~/.ssh/id_ed25519"
@@ -16,6 +16,15 @@ Boards are listed in a TOML file (see README "Benchmarks on boards"):
     cpu_mask = "0xf0"               # the big cores
     threads = 4
     env = { QEMU_CPU = "cortex-a76" }
+
+    [[board]]
+    name = "phone"
+    transport = "adb"               # adbd over TCP (`adb tcpip 5555` once over USB)
+    host = "10.0.0.40"
+    port = 5555
+    key = "~/.android/adbkey"       # the host's adb key the phone has authorized
+    workdir = "/data/local/tmp/llama-edge"
+    command = "/data/local/tmp/llama-edge/bin/llama-edge"
 
 Every board runs in parallel, one job at a time on each board. An artifact is pushed once per
 board into workdir/<sha256 prefix>/ (written beside, then renamed; skipped when the board already
@@ -43,7 +52,8 @@ from pathlib import Path
 from .bench import _stats, artifact_digest
 from .errors import EdgeError
 
-TRANSPORTS = ("ssh", "local")
+TRANSPORTS = ("ssh", "adb", "local")
+DEFAULT_PORTS = {"ssh": 22, "adb": 5555}
 DEFAULT_WORKDIR = "/tmp/llama-edge"
 DEFAULT_COMMAND = "llama-edge"
 DEFAULT_TIMEOUT = 3600.0  # seconds per run on a board
@@ -56,7 +66,7 @@ class Board:
     name: str
     transport: str = "ssh"
     host: str | None = None
-    port: int = 22
+    port: int | None = None  # the transport's usual port when not given
     user: str | None = None
     key: str | None = None
     known_hosts: str | None = None  # None: the user's ~/.ssh/known_hosts; "none": not checked
@@ -120,8 +130,10 @@ def load_boards(path) -> list[Board]:
         if b.transport not in TRANSPORTS:
             raise EdgeError(f"{where}: transport {b.transport!r}: choose one of "
                             f"{', '.join(TRANSPORTS)}")
-        if b.transport == "ssh" and not b.host:
-            raise EdgeError(f"{where}: an ssh board needs a host")
+        if b.transport in DEFAULT_PORTS and not b.host:
+            raise EdgeError(f"{where}: an {b.transport} board needs a host")
+        if b.port is None:
+            b.port = DEFAULT_PORTS.get(b.transport)
         if not b.argv:
             raise EdgeError(f"{where}: command is empty")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in b.env.items()):
@@ -198,7 +210,7 @@ class SshTransport:
             warnings.simplefilter("ignore")
             import asyncssh
         b = self.board
-        kwargs = {"port": b.port, "username": b.user,
+        kwargs = {"port": b.port or DEFAULT_PORTS["ssh"], "username": b.user,
                   "connect_timeout": CONNECT_TIMEOUT}
         if b.key:
             kwargs["client_keys"] = [os.path.expanduser(b.key)]
@@ -268,8 +280,84 @@ class SshTransport:
             raise BoardError(f"writing {path}: {type(e).__name__}: {e}") from None
 
 
+RC_MARK = "__llama_edge_rc="
+
+
+class AdbTransport:
+    """A device reached over ADB (adb-shell, adbd over TCP): commands through `shell:` (whose
+    legacy protocol merges stdout and stderr and carries no exit status: the command echoes
+    its status on a last line), files through the sync service. The library is synchronous:
+    its calls run in a worker thread."""
+
+    name = "adb"
+
+    def __init__(self, board: Board):
+        self.board = board
+        self.dev = None
+
+    async def __aenter__(self):
+        from adb_shell.adb_device import AdbDeviceTcp
+        from adb_shell.auth.sign_pythonrsa import PythonRSASigner
+
+        b = self.board
+        try:
+            keys = [PythonRSASigner.FromRSAKeyPath(os.path.expanduser(b.key))] if b.key else None
+            self.dev = AdbDeviceTcp(b.host, b.port or DEFAULT_PORTS["adb"],
+                                    default_transport_timeout_s=CONNECT_TIMEOUT)
+            await asyncio.to_thread(self.dev.connect, rsa_keys=keys,
+                                    auth_timeout_s=CONNECT_TIMEOUT)
+        except Exception as e:  # the library raises its own classes and OSError subclasses
+            raise BoardError(f"cannot connect to adb device {b.host}:{b.port} "
+                             f"({type(e).__name__}: {e})") from None
+        return self
+
+    async def __aexit__(self, *exc):
+        if self.dev is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.dev.close)
+        return False
+
+    async def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except Exception as e:
+            raise BoardError(f"{what}: {type(e).__name__}: {e}") from None
+
+    async def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        env = [f"{k}={v}" for k, v in self.board.env.items()]
+        cmd = shlex.join((["env", *env] if env else []) + argv) + f"; echo {RC_MARK}$?"
+        out = await self._call(f"running {shlex.join(argv)}", self.dev.shell, cmd,
+                               timeout_s=timeout, read_timeout_s=timeout)
+        lines = out.rstrip("\n").split("\n")
+        if not lines or not lines[-1].startswith(RC_MARK):
+            raise BoardError(f"{shlex.join(argv)} ended without an exit status")
+        return int(lines[-1][len(RC_MARK):]), "\n".join(lines[:-1]) + "\n", ""
+
+    async def read_text(self, path: str) -> str | None:
+        rc, out, _ = await self.run(["cat", path], CONNECT_TIMEOUT)
+        return out if rc == 0 else None
+
+    async def put(self, local: Path, remote: str) -> None:
+        """A file, or a folder file by file (its folders made first)."""
+        files = [(local, remote)] if local.is_file() else [
+            (f, f"{remote}/{f.relative_to(local).as_posix()}")
+            for f in sorted(local.rglob("*")) if f.is_file()]
+        if local.is_dir():
+            folders = sorted({remote} | {d.rsplit("/", 1)[0] for _, d in files})
+            await _sh(self, self.board, 'mkdir -p "$@"', *folders)
+        for src, dest in files:
+            await self._call(f"pushing {src} to {dest}", self.dev.push, str(src), dest,
+                             read_timeout_s=self.board.timeout)
+
+    async def write_text(self, path: str, text: str) -> None:
+        import io
+
+        await self._call(f"writing {path}", self.dev.push, io.BytesIO(text.encode()), path)
+
+
 def open_transport(board: Board):
-    return {"ssh": SshTransport, "local": LocalTransport}[board.transport](board)
+    return {"ssh": SshTransport, "adb": AdbTransport, "local": LocalTransport}[board.transport](
+        board)
 
 
 async def _sh(t, board: Board, script: str, *args: str) -> None:
@@ -289,7 +377,10 @@ async def push(t, board: Board, model: Path, digest: str) -> tuple[str, bool]:
     await _sh(t, board, 'mkdir -p "$1"', partial)
     await t.put(model, f"{partial}/{model.name}")
     await t.write_text(f"{partial}/{MARKER}", digest + "\n")
-    await _sh(t, board, 'rm -rf "$1" && mv "$2" "$1"', home, partial)
+    # another board sharing this folder may have published the same digest meanwhile: keep its
+    # copy (it may be running from it)
+    await _sh(t, board, 'if [ "$(cat "$1/$4" 2>/dev/null)" = "$3" ]; then rm -rf "$2"; '
+              'else rm -rf "$1" && mv "$2" "$1"; fi', home, partial, digest, MARKER)
     return remote, True
 
 

@@ -243,6 +243,49 @@ def test_md_and_pytorch_outputs_of_merged_rows(fleet_run):
     assert {rec["runners"][0]["name"] for rec in recs} == {"x86-a", "qemu-a76"}
 
 
+# ------------------------------------------------------------------------------ over ADB
+@pytest.fixture
+def adbd():
+    from support.fake_adbd import FakeAdbd
+
+    d = FakeAdbd()
+    yield d
+    d.stop()
+
+
+def test_adb_board_pushes_runs_and_skips_the_second_push(adbd, models, tmp_path):
+    board = Board(name="phone", transport="adb", host="127.0.0.1", port=adbd.port,
+                  command=f"{sys.executable} -m edge.cli", workdir=str(tmp_path / "dev"),
+                  env={"EDGE_BOARD_TEST": "1"}, threads=1)
+    spec = Spec(n_prompt=(4,), n_gen=(2,), repeat=2, warmup=0, ctx=32)
+    rows = run_fleet([board], [str(m) for m in models], spec)
+    assert len(rows) == 4
+    for r in rows:
+        assert r["status"] == "ok" and r["transport"] == "adb" and r["board"] == "phone", r
+        assert r["rounds"] == 2 and r["artifact_pushed"] is True and not record_problems(r)
+    runs = [c for c in adbd.commands if " bench " in c]
+    assert len(runs) == 4 and all(c.startswith("env EDGE_BOARD_TEST=1 ") for c in runs)
+    # models alternate within each round
+    assert ["tiny-a" in c for c in runs] == [True, False, True, False]
+    digest = rows[0]["artifact_sha256"]
+    held = tmp_path / "dev" / digest[:16]
+    assert (held / ".llama-edge-sha256").read_text().strip() == digest
+    assert sorted(p.name for p in (held / "tiny-a").iterdir()) == sorted(
+        p.name for p in models[0].iterdir())
+    again = run_fleet([board], [str(models[0])], Spec(n_prompt=(4,), n_gen=(0,), repeat=1,
+                                                      warmup=0, ctx=32))
+    assert again[0]["status"] == "ok" and again[0]["artifact_pushed"] is False
+
+
+def test_adb_device_gone_gives_failure_rows(adbd, models, tmp_path):
+    adbd.stop()
+    board = Board(name="phone", transport="adb", host="127.0.0.1", port=adbd.port,
+                  workdir=str(tmp_path))
+    rows = run_fleet([board], [str(models[0])], Spec(n_prompt=(4,), n_gen=(0,), repeat=1))
+    assert rows[0]["status"] == "failed" and "cannot connect to adb device" in rows[0]["error"]
+    assert not record_problems(rows[0])
+
+
 # ------------------------------------------------------------------ without boards (no sshd)
 def test_unreachable_board_gives_failure_rows(models, tmp_path):
     board = Board(name="gone", host="127.0.0.1", port=_free_port(), user="nobody",
