@@ -24,7 +24,13 @@ Boards are listed in a TOML file (see README "Benchmarks on boards"):
     port = 5555
     key = "~/.android/adbkey"       # the host's adb key the phone has authorized
     workdir = "/data/local/tmp/llama-edge"
-    command = "/data/local/tmp/llama-edge/bin/llama-edge"
+    runtime = "static"              # no Python on the phone: the standalone bench program,
+    binary = "build/arm64/bin/llama-edge-bench"   # pushed from here (scripts/setup_arm64.sh)
+
+A board's runtime is `llama-edge` (runtime = "python", the default: `command` runs it) or the
+standalone program llama-edge-bench (runtime = "static": pushed from `binary`, fed bench bundles
+made here from the artifacts (edge.bench_bundle); `command`, if any, prefixes it, e.g.
+"taskset f0"). Both run the same kernels and write the same records.
 
 Every board runs in parallel, one job at a time on each board. An artifact is pushed once per
 board into workdir/<sha256 prefix>/ (written beside, then renamed; skipped when the board already
@@ -43,6 +49,7 @@ import os
 import shlex
 import shutil
 import statistics
+import tempfile
 import tomllib
 import uuid
 import warnings
@@ -70,21 +77,24 @@ class Board:
     user: str | None = None
     key: str | None = None
     known_hosts: str | None = None  # None: the user's ~/.ssh/known_hosts; "none": not checked
-    command: str = DEFAULT_COMMAND
+    command: str | None = None  # python: the runtime (default llama-edge); static: a prefix
     workdir: str = DEFAULT_WORKDIR
     env: dict = field(default_factory=dict)
     threads: int | None = None
     cpu_mask: str | None = None
     timeout: float = DEFAULT_TIMEOUT
+    runtime: str = "python"  # or "static": llama-edge-bench, pushed from `binary`
+    binary: str | None = None
 
     @property
     def argv(self) -> list[str]:
-        return shlex.split(self.command)
+        return shlex.split(self.command or "")
 
 
 _FIELD_TYPES = {"name": str, "transport": str, "host": str, "port": int, "user": str, "key": str,
                 "known_hosts": str, "command": str, "workdir": str, "env": dict, "threads": int,
-                "cpu_mask": str, "timeout": (int, float)}
+                "cpu_mask": str, "timeout": (int, float), "runtime": str, "binary": str}
+RUNTIMES = ("python", "static")
 
 
 def load_boards(path) -> list[Board]:
@@ -134,8 +144,21 @@ def load_boards(path) -> list[Board]:
             raise EdgeError(f"{where}: an {b.transport} board needs a host")
         if b.port is None:
             b.port = DEFAULT_PORTS.get(b.transport)
-        if not b.argv:
-            raise EdgeError(f"{where}: command is empty")
+        if b.runtime not in RUNTIMES:
+            raise EdgeError(f"{where}: runtime {b.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        if b.runtime == "python":
+            if b.command is None:
+                b.command = DEFAULT_COMMAND
+            if not b.argv:
+                raise EdgeError(f"{where}: command is empty")
+        else:
+            if not b.binary:
+                raise EdgeError(f"{where}: a static board needs `binary`, the llama-edge-bench "
+                                "program to push (scripts/setup_arm64.sh builds it)")
+            b.binary = str(Path(b.binary).expanduser())
+            if not Path(b.binary).is_file():
+                raise EdgeError(f"{where}: binary {b.binary} not found (scripts/setup_arm64.sh "
+                                "builds build/arm64/bin/llama-edge-bench)")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in b.env.items()):
             raise EdgeError(f"{where}: env values must be strings")
         if b.threads is not None and b.threads < 1:
@@ -402,8 +425,11 @@ class Spec:
         return [(p, 0, d) for d in self.depths for p in self.n_prompt if p > 0] + \
             [(0, g, d) for d in self.depths for g in self.n_gen if g > 0]
 
-    def argv(self, board: Board, remote: str) -> list[str]:
-        a = [*board.argv, "bench", "-m", remote,
+    def argv(self, board: Board, remote: str, program: str | None = None) -> list[str]:
+        """The command a round runs on the board (program: the static bench program's path
+        there)."""
+        head = [*board.argv, program] if board.runtime == "static" else [*board.argv, "bench"]
+        a = [*head, "-m", remote,
              "-p", ",".join(map(str, self.n_prompt)), "-n", ",".join(map(str, self.n_gen)),
              "-d", ",".join(map(str, self.depths)), "-r", "1", "--warmup", str(self.warmup),
              "--delay", str(self.delay), "--kv-cache", self.kv, "--board", board.name,
@@ -452,21 +478,28 @@ def failure_row(board: Board, model: Path, digest: str | None, test: tuple[int, 
     return row
 
 
-async def _board_job(board: Board, models: list[Path], digests: dict, spec: Spec,
-                     say) -> list[dict]:
+async def _board_job(board: Board, models: list[Path], digests: dict, bundles: dict,
+                     spec: Spec, say) -> list[dict]:
+    """bundles: model -> (bench bundle, its digest), for static boards."""
     tests = spec.tests()
     got: dict[tuple, list[dict]] = {}
     pushed: dict[Path, bool] = {}
     done_rounds = 0
     try:
         async with open_transport(board) as t:
-            remote = {}
+            remote, program = {}, None
+            if board.runtime == "static":
+                binary = Path(board.binary)
+                program, sent = await push(t, board, binary, _sha256(binary))
+                await _sh(t, board, 'chmod +x "$1"', program)
+                say(f"{board.name}: {binary.name} {'pushed' if sent else 'already there'}")
             for m in models:
-                remote[m], pushed[m] = await push(t, board, m, digests[m])
-                say(f"{board.name}: {m.name} {'pushed' if pushed[m] else 'already there'}")
+                src, digest = bundles[m] if board.runtime == "static" else (m, digests[m])
+                remote[m], pushed[m] = await push(t, board, src, digest)
+                say(f"{board.name}: {src.name} {'pushed' if pushed[m] else 'already there'}")
             for rnd in range(spec.repeat):
                 for m in models:
-                    argv = spec.argv(board, remote[m])
+                    argv = spec.argv(board, remote[m], program)
                     rc, out, err = await t.run(argv, board.timeout)
                     if rc:
                         raise BoardError(f"bench exited with {rc}: "
@@ -527,8 +560,25 @@ def run_fleet(boards: list[Board], models: list[str], spec: Spec, say=lambda s: 
             raise EdgeError(f"{p}: not an artifact (no manifest.json to name it by)")
     if spec.repeat < 1:
         raise EdgeError("repeat (rounds) must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="llama-edge-bundles-") as tmp:
+        bundles = {}
+        if any(b.runtime == "static" for b in boards):
+            from .bench_bundle import write_bundle
 
-    async def main():
-        return await asyncio.gather(*(_board_job(b, paths, digests, spec, say) for b in boards))
+            for i, p in enumerate(paths):
+                say(f"bench bundle of {p}")
+                (Path(tmp) / str(i)).mkdir()
+                out = write_bundle(p, Path(tmp) / str(i) / f"{p.name}.lebench")
+                bundles[p] = (out, _sha256(out))
 
-    return [r for rows in asyncio.run(main()) for r in rows]
+        async def main():
+            return await asyncio.gather(*(_board_job(b, paths, digests, bundles, spec, say)
+                                          for b in boards))
+
+        return [r for rows in asyncio.run(main()) for r in rows]
+
+
+def _sha256(path: Path) -> str:
+    from .artifact import sha256_file
+
+    return sha256_file(path)

@@ -8,7 +8,9 @@
 #                      aarch64-linux-gnu-g++ from the sources CMakeLists.txt lists, and the
 #                      aarch64 wheels of its dependencies, at the versions of .venv's
 #   build/arm64/bin    python and llama-edge launchers running under qemu-aarch64; the
-#                      emulated CPU is $QEMU_CPU (cortex-a53, cortex-a76, max, ...)
+#                      emulated CPU is $QEMU_CPU (cortex-a53, cortex-a76, max, ...); and
+#                      llama-edge-bench, the standalone bench program (static, no Python:
+#                      for phones and minimal images; `llama-edge bench --boards` pushes it)
 #
 #   bash scripts/setup_arm64.sh            # then: QEMU_CPU=cortex-a76 build/arm64/bin/llama-edge run ...
 #
@@ -122,7 +124,21 @@ if [ ! -f "$SITE/edge/$KMOD" ] \
     mv "$SITE/edge/$KMOD.tmp" "$SITE/edge/$KMOD"
 fi
 
-# 5. Launchers. -P: the current directory does not shadow the site (a checkout's edge/ holds
+# 5. The standalone bench program, statically linked (runs on any aarch64 Linux or Android).
+BENCH=$OUT/bin/llama-edge-bench
+mkdir -p "$OUT/bin"
+if [ ! -f "$BENCH" ] \
+        || [ -n "$(find CMakeLists.txt edge/csrc -newer "$BENCH" -print -quit)" ]; then
+    echo "setup_arm64: compiling llama-edge-bench for aarch64 (static)" >&2
+    runtime=$(echo "$sources" | grep -v bindings.cpp)
+    # shellcheck disable=SC2086
+    aarch64-linux-gnu-g++ -std=c++20 -O3 -fno-math-errno -static -Wall -Wextra \
+        -Wno-unused-parameter -I edge/csrc edge/csrc/tools/bench_main.cpp $runtime \
+        -o "$BENCH.tmp" -lpthread || die "cross-compiling llama-edge-bench failed"
+    mv "$BENCH.tmp" "$BENCH"
+fi
+
+# 6. Launchers. -P: the current directory does not shadow the site (a checkout's edge/ holds
 #    no aarch64 kernels).
 mkdir -p "$OUT/bin"
 cat >"$OUT/bin/python" <<EOF

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.bench import RECORD_FIELDS, format_rows, record_problems
+from edge.bench import RECORD_FIELDS, artifact_digest, format_rows, record_problems
 from edge.errors import EdgeError
 from edge.fleet import Board, Spec, failure_row, load_boards, merge_rounds, run_fleet
 from support.artifacts import write
@@ -277,6 +277,24 @@ def test_adb_board_pushes_runs_and_skips_the_second_push(adbd, models, tmp_path)
     assert again[0]["status"] == "ok" and again[0]["artifact_pushed"] is False
 
 
+def test_adb_phone_without_python_runs_the_static_program(adbd, arm64, models, tmp_path):
+    """An Android-like device: no Python, the statically linked aarch64 bench program pushed
+    with bench bundles of the artifacts, run under qemu-user (Cortex-A76) by the device."""
+    board = Board(name="phone", transport="adb", host="127.0.0.1", port=adbd.port,
+                  command="qemu-aarch64 -cpu cortex-a76", runtime="static",
+                  binary=str(arm64 / "llama-edge-bench"), workdir=str(tmp_path / "dev"),
+                  threads=1)
+    rows = run_fleet([board], [str(m) for m in models],
+                     Spec(n_prompt=(4,), n_gen=(2,), repeat=2, warmup=0, ctx=32))
+    assert len(rows) == 4
+    for r, m in zip(rows, [models[0]] * 2 + [models[1]] * 2):
+        assert r["status"] == "ok" and not record_problems(r), r
+        assert r["isa"] == "neon-dotprod" and r["emulated"] is True and r["rounds"] == 2
+        assert r["artifact_sha256"] == artifact_digest(str(m))  # the bundle names its artifact
+    runs = [c for c in adbd.commands if "llama-edge-bench" in c and " -m " in c]
+    assert len(runs) == 4 and all(".lebench" in c and " bench " not in c for c in runs)
+
+
 def test_adb_device_gone_gives_failure_rows(adbd, models, tmp_path):
     adbd.stop()
     board = Board(name="phone", transport="adb", host="127.0.0.1", port=adbd.port,
@@ -333,6 +351,10 @@ def test_failure_row_has_every_field(models):
     ("[[board]]\nname = 'a'\ntransport = 'telnet'\n", "transport 'telnet'"),
     ("[[board]]\nname = 'a'\nhost = 'h'\nenv = { X = 1 }\n", "env values must be strings"),
     ("[[board]]\nname = 'a'\nhost = 'h'\ncommand = ''\n", "command is empty"),
+    ("[[board]]\nname = 'a'\nhost = 'h'\nruntime = 'java'\n", "runtime 'java'"),
+    ("[[board]]\nname = 'a'\nhost = 'h'\nruntime = 'static'\n", "needs `binary`"),
+    ("[[board]]\nname = 'a'\nhost = 'h'\nruntime = 'static'\nbinary = '/nonexistent/b'\n",
+     "binary /nonexistent/b not found"),
     ("[[boards]]\nname = 'a'\n", "unknown table"),
     ("[[board]\n", "not valid TOML"),
 ])
