@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("-n", default="8")
     ap.add_argument("-d", default="0,64")
     ap.add_argument("-r", type=int, default=3, help="rounds (models alternate in each)")
+    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--ctx", type=int, default=256)
     args = ap.parse_args()
     if bool(args.boards) == args.emulated:
@@ -110,7 +111,7 @@ def main() -> None:
     boards = load_boards(emulated_boards(out) if args.emulated else args.boards)
     ints = lambda s: tuple(int(x) for x in s.split(","))  # noqa: E731
     spec = Spec(n_prompt=ints(args.p), n_gen=ints(args.n), depths=ints(args.d), repeat=args.r,
-                warmup=1, ctx=args.ctx)
+                warmup=args.warmup, ctx=args.ctx)
     rows = run_fleet(boards, args.model, spec, say=lambda s: print(s, file=sys.stderr))
     for r in rows:  # paths as given, relative to the checkout where they are inside it
         p = Path(r["model_filename"]).resolve()

@@ -32,6 +32,10 @@ standalone program llama-edge-bench (runtime = "static": pushed from `binary`, f
 made here from the artifacts (edge.bench_bundle); `command`, if any, prefixes it, e.g.
 "taskset f0"). Both run the same kernels and write the same records.
 
+Boards shared through a lab tool are reserved around the job: `acquire` runs here before the
+board is reached and `release` after (also when the job failed), e.g. labgrid's
+`labgrid-client -p PLACE acquire` / `release`; a failed acquire gives failure rows.
+
 Every board runs in parallel, one job at a time on each board. An artifact is pushed once per
 board into workdir/<sha256 prefix>/ (written beside, then renamed; skipped when the board already
 holds that digest). The benchmark runs in rounds: each round runs every model once (`bench -r 1`
@@ -85,6 +89,8 @@ class Board:
     timeout: float = DEFAULT_TIMEOUT
     runtime: str = "python"  # or "static": llama-edge-bench, pushed from `binary`
     binary: str | None = None
+    acquire: str | None = None  # run here before the job (a lab tool's reservation)
+    release: str | None = None  # run here after it, whatever happened
 
     @property
     def argv(self) -> list[str]:
@@ -93,7 +99,8 @@ class Board:
 
 _FIELD_TYPES = {"name": str, "transport": str, "host": str, "port": int, "user": str, "key": str,
                 "known_hosts": str, "command": str, "workdir": str, "env": dict, "threads": int,
-                "cpu_mask": str, "timeout": (int, float), "runtime": str, "binary": str}
+                "cpu_mask": str, "timeout": (int, float), "runtime": str, "binary": str,
+                "acquire": str, "release": str}
 RUNTIMES = ("python", "static")
 
 
@@ -485,7 +492,12 @@ async def _board_job(board: Board, models: list[Path], digests: dict, bundles: d
     got: dict[tuple, list[dict]] = {}
     pushed: dict[Path, bool] = {}
     done_rounds = 0
+    acquired = False
     try:
+        if board.acquire:
+            await _local(board.acquire, "acquire")
+            say(f"{board.name}: acquired ({board.acquire})")
+        acquired = True
         async with open_transport(board) as t:
             remote, program = {}, None
             if board.runtime == "static":
@@ -513,6 +525,12 @@ async def _board_job(board: Board, models: list[Path], digests: dict, bundles: d
         msg = f"board {board.name}: {e} (after {done_rounds} of {spec.repeat} rounds)"
         say(msg)
         return [failure_row(board, m, digests[m], test, msg) for m in models for test in tests]
+    finally:
+        if board.release and acquired:
+            try:
+                await _local(board.release, "release")
+            except BoardError as e:
+                say(f"board {board.name}: {e}")
     out = []
     for m in models:
         for p, g, d in tests:
@@ -525,6 +543,23 @@ async def _board_job(board: Board, models: list[Path], digests: dict, bundles: d
             row.update(model_filename=str(m), artifact_pushed=pushed[m])
             out.append(row)
     return out
+
+
+async def _local(command: str, what: str) -> None:
+    """A lab tool's command, here (acquire / release a shared board)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *shlex.split(command), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), CONNECT_TIMEOUT * 10)
+    except asyncio.TimeoutError:
+        proc.kill()
+        raise BoardError(f"{what} `{command}` did not finish") from None
+    except OSError as e:
+        raise BoardError(f"{what} `{command}`: {e.strerror or e}") from None
+    if proc.returncode:
+        tail = out.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise BoardError(f"{what} `{command}` failed ({proc.returncode}): {tail[0][:300]}")
 
 
 def _parse_rows(out: str, board: Board, model: Path, digest: str) -> list[dict]:

@@ -322,6 +322,27 @@ def test_local_board_runs_and_merges(models, tmp_path):
     assert all(len(r["samples_ts"]) == 3 and not record_problems(r) for r in rows)
 
 
+def test_lab_tool_acquires_and_releases_the_board(models, tmp_path):
+    log = tmp_path / "lab.log"
+    tool = tmp_path / "lab-tool"
+    tool.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n[ \"$2\" != busy ]\n")
+    tool.chmod(0o755)
+    ok = Board(name="here", transport="local", command=f"{sys.executable} -m edge.cli",
+               workdir=str(tmp_path / "w"), threads=1, acquire=f"{tool} acquire free",
+               release=f"{tool} release free")
+    busy = Board(name="taken", transport="local", command=f"{sys.executable} -m edge.cli",
+                 workdir=str(tmp_path / "w"), acquire=f"{tool} acquire busy",
+                 release=f"{tool} release busy")
+    rows = run_fleet([ok, busy], [str(models[0])], Spec(n_prompt=(4,), n_gen=(0,), repeat=1,
+                                                        warmup=0, ctx=32))
+    assert rows[0]["status"] == "ok"
+    assert rows[1]["status"] == "failed" and "acquire" in rows[1]["error"]
+    lines = log.read_text().splitlines()
+    assert "acquire free" in lines and "release free" in lines and "acquire busy" in lines
+    assert "release busy" not in lines  # never acquired: nothing to release
+    assert lines.index("acquire free") < lines.index("release free")
+
+
 def test_merge_rounds_pools_samples():
     base = {"n_prompt": 0, "n_gen": 4, "status": "ok", "ttft_s": 0.1, "load_s": 1.0,
             "peak_rss_mb": 10.0}
