@@ -27,6 +27,7 @@ import numpy as np
 from .artifact import ACT_INT8, ACT_INT8_BLOCKS, load_artifact
 from .bench import BENCH_SEED, artifact_digest, prompt_ids
 from .engines import model_bytes
+from .errors import EdgeError
 from .packing import KINDS
 
 MAGIC = b"LEBENCH1"
@@ -118,6 +119,9 @@ def write_bundle(artifact, out) -> Path:
                 f.write(b"\0" * (off - f.tell()))
                 f.write(b.tobytes())
         os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise EdgeError(f"{out}: cannot write the bench bundle ({e.strerror or e})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

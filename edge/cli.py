@@ -376,6 +376,21 @@ def bench(models, boards_file, plots_dir, threads, ctx, n_prompt, n_gen, depths,
         _bench_summary(r, named=len(results) > 1)
 
 
+@main.command("bundle")
+@click.option("-m", "--model", "model", required=True, help="Edge artifact directory.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="The bench bundle to write (e.g. smollm2-int8.lebench).")
+@_errors
+def bundle_cmd(model, out):
+    """Write MODEL as a bench bundle: one file that llama-edge-bench, the standalone bench
+    program for boards without Python, maps and runs (for lab tools that copy files
+    themselves; `bench --boards` makes bundles on its own)."""
+    from .bench_bundle import write_bundle
+
+    path = write_bundle(model, out)
+    click.echo(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def _bench_plots(rows, plots_dir) -> None:
     if plots_dir:
         from .bench_plots import plot_records

@@ -120,6 +120,18 @@ def test_bad_option_is_refused(host_bench, bundle):
     assert r.returncode == 2 and "-p: 'x' is not a whole number" in r.stderr
 
 
+def test_bundle_command_writes_and_refuses(smollm2_edge_int8, bundle, tmp_path):
+    import sys
+
+    cli = [sys.executable, "-m", "edge.cli", "bundle", "-m", str(smollm2_edge_int8), "-o"]
+    r = subprocess.run([*cli, str(tmp_path / "b.lebench")], capture_output=True, text=True)
+    assert r.returncode == 0 and (tmp_path / "b.lebench").read_bytes() == bundle.read_bytes()
+    r = subprocess.run([*cli, str(tmp_path / "no" / "dir" / "b.lebench")], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "cannot write the bench bundle" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.rglob("*.partial-*"))
+
+
 def test_tied_weights_are_stored_once(bundle, smollm2_edge_int8):
     header = bundle.read_bytes()[16:16 + 100_000].decode(errors="replace")
     emb = re.search(r"^tensor model\.embed_tokens \S+ \S+ \S+ \S+ \S+ (\S+)", header, re.M)
