@@ -31,11 +31,13 @@ EMULATED_CPUS = ("cortex-a53", "cortex-a76", "max")
 
 
 def emulated_boards(out: Path) -> Path:
-    """A boards.toml of local boards: this host, and the aarch64 build on each CPU model."""
+    """A boards.toml (written into out) of local boards: this host, and the aarch64 build on
+    each CPU model."""
     arm = REPO / "build" / "arm64" / "bin" / "llama-edge"
     if not arm.exists():
         raise SystemExit(f"{arm} missing: run scripts/setup_arm64.sh first")
-    text = (f'[defaults]\ntransport = "local"\nworkdir = "{out}/work"\n\n'
+    work = REPO / "build" / "boards-work"  # the "boards'" copies of the artifacts
+    text = (f'[defaults]\ntransport = "local"\nworkdir = "{work}"\n\n'
             f'[[board]]\nname = "host-x86"\ncommand = "{sys.executable} -m edge.cli"\n')
     for cpu in EMULATED_CPUS:
         text += (f'\n[[board]]\nname = "qemu-{cpu}"\ncommand = "{arm}"\n'
@@ -108,7 +110,7 @@ def main() -> None:
 
     out = RESULTS / f"boards_{args.name}"
     out.mkdir(parents=True, exist_ok=True)
-    boards = load_boards(emulated_boards(out) if args.emulated else args.boards)
+    boards = load_boards(emulated_boards(REPO / "build") if args.emulated else args.boards)
     ints = lambda s: tuple(int(x) for x in s.split(","))  # noqa: E731
     spec = Spec(n_prompt=ints(args.p), n_gen=ints(args.n), depths=ints(args.d), repeat=args.r,
                 warmup=args.warmup, ctx=args.ctx)

@@ -36,6 +36,22 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _lines(plt, series: dict[str, dict[int, float]], xlabel: str, ylabel: str, title: str,
+           path: Path) -> Path:
+    """One line per label through its (x, y) points."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for lab, pts in series.items():
+        xs = sorted(pts)
+        ax.plot(xs, [pts[x] for x in xs], marker="o", label=lab)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def plot_records(rows: list[dict], out_dir) -> list[Path]:
     """The plots the records allow, written into out_dir; their paths."""
     plt = _pyplot()
@@ -54,34 +70,17 @@ def plot_records(rows: list[dict], out_dir) -> list[Path]:
     lines = [(lab, g, pts) for lab, by_gen in series.items() for g, pts in by_gen.items()
              if len(pts) > 1]
     if lines:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for lab, g, pts in lines:
-            depths = sorted(pts)
-            ax.plot(depths, [pts[d] for d in depths], marker="o", label=f"{lab} (tg{g})")
-        ax.set(xlabel="tokens in the cache (depth)", ylabel="decode tokens/s",
-               title="Decode speed against context depth")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(_save(fig, out / "depth.png"))
-        plt.close(fig)
+        written.append(_lines(plt, {f"{lab} (tg{g})": pts for lab, g, pts in lines},
+                              "tokens in the cache (depth)", "decode tokens/s",
+                              "Decode speed against context depth", out / "depth.png"))
 
     prompt: dict[str, dict[int, float]] = {}
     for r in ok:
         if r["n_prompt"] and r["n_depth"] == 0:
             prompt.setdefault(_label(r), {})[r["n_prompt"]] = r["avg_ns"] / 1e9
     if any(len(v) > 1 for v in prompt.values()):
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for lab, pts in prompt.items():
-            n = sorted(pts)
-            ax.plot(n, [pts[k] for k in n], marker="o", label=lab)
-        ax.set(xlabel="prompt tokens", ylabel="seconds to process the prompt",
-               title="Time to first token against prompt length")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(_save(fig, out / "prompt.png"))
-        plt.close(fig)
+        written.append(_lines(plt, prompt, "prompt tokens", "seconds to process the prompt",
+                              "Time to first token against prompt length", out / "prompt.png"))
 
     flat = [r for r in ok if r["n_depth"] == 0]
     labels = list(dict.fromkeys(_label(r) for r in flat))

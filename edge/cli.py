@@ -350,9 +350,12 @@ def bench(models, boards_file, plots_dir, threads, ctx, n_prompt, n_gen, depths,
         for name, given in (("--threads", threads), ("--cpu-mask", cpu_mask), ("--board", board)):
             if given is not None:
                 raise EdgeError(f"{name} is set per board in {boards_file} with --boards")
+        if engine != "auto" or weight_memory != "auto":
+            raise EdgeError("--engine and --weights do not apply with --boards: boards run edge "
+                            "artifacts on the edge kernels")
         boards = load_boards(boards_file)
         spec = Spec(n_prompt=n_prompt, n_gen=n_gen, depths=depths, repeat=repeat, warmup=warmup,
-                    delay=delay, ctx=ctx, kv=kv)
+                    delay=delay, ctx=ctx, kv=kv, verify=not no_verify)
         rows = run_fleet(boards, list(models), spec, say=lambda m: click.echo(m, err=True))
         _bench_plots(rows, plots_dir)
         click.echo(json.dumps({"rows": rows}) if as_json

@@ -25,7 +25,8 @@ Boards are listed in a TOML file (see README "Benchmarks on boards"):
     key = "~/.android/adbkey"       # the host's adb key the phone has authorized
     workdir = "/data/local/tmp/llama-edge"
     runtime = "static"              # no Python on the phone: the standalone bench program,
-    binary = "build/arm64/bin/llama-edge-bench"   # pushed from here (scripts/setup_arm64.sh)
+    binary = "build/arm64/bin/llama-edge-bench"   # pushed from here (relative to this file;
+                                                  # scripts/setup_arm64.sh builds it)
 
 A board's runtime is `llama-edge` (runtime = "python", the default: `command` runs it) or the
 standalone program llama-edge-bench (runtime = "static": pushed from `binary`, fed bench bundles
@@ -162,7 +163,8 @@ def load_boards(path) -> list[Board]:
             if not b.binary:
                 raise EdgeError(f"{where}: a static board needs `binary`, the llama-edge-bench "
                                 "program to push (scripts/setup_arm64.sh builds it)")
-            b.binary = str(Path(b.binary).expanduser())
+            # a relative path is relative to the boards file
+            b.binary = str(p.parent / Path(b.binary).expanduser())
             if not Path(b.binary).is_file():
                 raise EdgeError(f"{where}: binary {b.binary} not found (scripts/setup_arm64.sh "
                                 "builds build/arm64/bin/llama-edge-bench)")
@@ -427,6 +429,7 @@ class Spec:
     delay: float = 0.0
     ctx: int | None = None
     kv: str = "f32"
+    verify: bool = True  # python boards check the artifact's file digests at load
 
     def tests(self) -> list[tuple[int, int, int]]:
         return [(p, 0, d) for d in self.depths for p in self.n_prompt if p > 0] + \
@@ -443,6 +446,8 @@ class Spec:
              "-o", "jsonl"]
         if self.ctx:
             a += ["--ctx", str(self.ctx)]
+        if not self.verify and board.runtime == "python":
+            a += ["--no-verify"]
         if board.threads:
             a += ["-t", str(board.threads)]
         if board.cpu_mask:

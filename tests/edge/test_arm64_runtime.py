@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support.generation import chat_ids, greedy
 from support.spread import ACT_KLD_FACTOR, ACT_KLD_FLOOR, ACT_TOP1_SIGMAS, kld_top1, reference_spread
 
 pytestmark = pytest.mark.slow
@@ -31,7 +32,7 @@ PROBE = REPO / "tests" / "support" / "arm_probe.py"
 RUN_TIMEOUT = 600
 # emulated CPU -> the kernel set the dispatcher must choose on it
 CPUS = {"cortex-a53": "neon", "cortex-a76": "neon-dotprod", "max": "neon-dotprod"}
-GREEDY_TOKENS = 4
+GREEDY_TOKENS = 3
 PROMPT = "The old railway line between the two towns"
 # 8da4w: teacher-forced over a chat prompt and this many tokens of the reference's own greedy
 # continuation (over the prompt alone the perturbed reference does not move: no spread to
@@ -77,18 +78,12 @@ def edge_8da4w(smollm2_ck, tmp_path_factory):
 def spread_ids(edge_8da4w, smollm2_ck):
     """The chat prompt and the reference's greedy continuation, and the reference's logits of
     them with and without a rounding-sized perturbation."""
-    from edge.chat import detect_chat_format, encode_chat
     from export.model.reference import TorchEngine
 
     _, model = edge_8da4w
-    tok = smollm2_ck.tokenizer
-    ids = list(encode_chat(tok, [{"role": "user", "content": CHAT_PROMPT}],
-                           detect_chat_format(tok)))
-    session = TorchEngine(smollm2_ck, max_context=512, model=model).session()
-    logits = session.prefill(ids)
-    for _ in range(CONTINUATION):
-        ids.append(int(np.argmax(logits)))
-        logits = session.decode(ids[-1])
+    ids = list(chat_ids(smollm2_ck.tokenizer, CHAT_PROMPT))
+    ids += greedy(TorchEngine(smollm2_ck, max_context=512, model=model).session(), ids,
+                  CONTINUATION)
     return ids, reference_spread(model, ids)
 
 
@@ -170,7 +165,7 @@ def test_cli_summarize_equals_x86(arm64, smollm2_edge_int8, tmp_path):
 def test_cli_bench_identifies_the_emulated_cpu(arm64, smollm2_edge_int8):
     cpu = "cortex-a76"
     out = _run([str(arm64 / "llama-edge"), "bench", "-m", str(smollm2_edge_int8), "-p", "4",
-                "-n", "2", "-r", "1", "--warmup", "0", "--ctx", "80", "-o", "jsonl",
+                "-n", "2", "-r", "1", "--warmup", "0", "--ctx", "24", "-o", "jsonl",
                 "--board", f"qemu-{cpu}"], cpu)
     recs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [(r["n_prompt"], r["n_gen"]) for r in recs] == [(4, 0), (0, 2)]

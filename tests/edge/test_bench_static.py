@@ -11,11 +11,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edge.bench import artifact_digest, prompt_ids, record_problems
 from edge.bench_bundle import write_bundle
+from support.generation import greedy
 
 REPO = Path(__file__).resolve().parents[2]
 GREEDY = 6
@@ -57,14 +57,7 @@ def python_greedy(smollm2_edge_int8) -> list[int]:
     from edge.engines.native import EdgeEngine
 
     eng = EdgeEngine(smollm2_edge_int8, max_context=64)
-    ids = prompt_ids(PROMPT, eng.config.vocab_size)
-    s = eng.session()
-    logits = s.prefill(ids)
-    out = []
-    for _ in range(GREEDY):
-        out.append(int(np.argmax(logits)))
-        logits = s.decode(out[-1])
-    return out
+    return greedy(eng.session(), prompt_ids(PROMPT, eng.config.vocab_size), GREEDY)
 
 
 def test_greedy_tokens_equal_the_python_runtime(host_bench, bundle, python_greedy):

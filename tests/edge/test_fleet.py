@@ -393,3 +393,5 @@ def test_cli_refuses_per_board_options_with_boards(tmp_path, models):
     r = _cli(["bench", "--boards", str(p), "-m", str(models[0]), "-t", "2"])
     assert r.returncode != 0 and "--threads is set per board" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    r = _cli(["bench", "--boards", str(p), "-m", str(models[0]), "--engine", "torch"])
+    assert r.returncode != 0 and "do not apply with --boards" in r.stderr
