@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .errors import EdgeError
 
+WIDE = 20.0
+
 
 def _pyplot():
     try:
@@ -26,7 +28,7 @@ def _pyplot():
 
 
 def _label(r: dict) -> str:
-    return f"{r['board']} · {r['model_type']}"
+    return f"{r['board']} · {r.get('recipe') or r['model_type']}"
 
 
 def _save(fig, path: Path) -> Path:
@@ -34,6 +36,14 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(tmp, format="png", dpi=110)
     tmp.replace(path)
     return path
+
+
+def _log_if_wide(ax, values) -> None:
+    """A log scale when the values span more than WIDE times (emulated and real boards side by
+    side), so the slow ones stay readable."""
+    pos = [v for v in values if v > 0]
+    if pos and max(pos) / min(pos) > WIDE:
+        ax.set_yscale("log")
 
 
 def _lines(plt, series: dict[str, dict[int, float]], xlabel: str, ylabel: str, title: str,
@@ -44,6 +54,7 @@ def _lines(plt, series: dict[str, dict[int, float]], xlabel: str, ylabel: str, t
         xs = sorted(pts)
         ax.plot(xs, [pts[x] for x in xs], marker="o", label=lab)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    _log_if_wide(ax, [y for pts in series.values() for y in pts.values()])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -95,6 +106,7 @@ def plot_records(rows: list[dict], out_dir) -> list[Path]:
             ax.bar(range(len(labels)), ys, yerr=err, capsize=3, color="tab:blue")
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
             ax.set(title=f"pp{p}" if p else f"tg{g}", ylabel="tokens/s")
+            _log_if_wide(ax, ys)
             ax.grid(axis="y", alpha=0.3)
         fig.suptitle("Boards side by side")
         fig.tight_layout()
