@@ -5,8 +5,9 @@ product; max: dot product, i8mm, SVE), end to end on SmolLM2 artifacts.
 - A weight-only (int8) artifact decodes the same greedy tokens as on this x86 host.
 - An 8da4w artifact (int8 activations) stays within the model's own rounding spread of its
   torch reference, the bound the x86 kernels are held to (tests/edge/test_runtime.py).
-- `llama-edge run`, `bench` and `summarize` work there; bench identifies the emulated CPU from
-  the auxiliary vector (under qemu-user /proc/cpuinfo describes the host).
+- `llama-edge run` (the same text as on x86), `bench` and `summarize` work there; bench
+  identifies the emulated CPU from the auxiliary vector (under qemu-user /proc/cpuinfo describes
+  the host).
 
 Emulated kernels are slow (a few tokens per second at best): prompts are short and only a few
 tokens are generated. Nothing here measures speed."""
@@ -33,7 +34,7 @@ RUN_TIMEOUT = 600
 # emulated CPU -> the kernel set the dispatcher must choose on it
 CPUS = {"cortex-a53": "neon", "cortex-a76": "neon-dotprod", "max": "neon-dotprod"}
 GREEDY_TOKENS = 3
-PROMPT = "The old railway line between the two towns"
+PROMPT = "The old railway line"
 # 8da4w: teacher-forced over a chat prompt and this many tokens of the reference's own greedy
 # continuation (over the prompt alone the perturbed reference does not move: no spread to
 # compare with; with 8 or more generated tokens it does, as over test_runtime's 48)
@@ -152,19 +153,24 @@ def test_cli_run_equals_x86(arm64, smollm2_edge_int8):
     assert arm["text"] == host["text"] and arm["generated_tokens"] == GREEDY_TOKENS
 
 
-def test_cli_summarize_equals_x86(arm64, smollm2_edge_int8, tmp_path):
+def test_cli_summarize(arm64, edge_8da4w, tmp_path):
+    """On the 8da4w artifact (its integer kernels are the fast ones under emulation): the task
+    builds the same prompt as on x86 and generates; its text is held to nothing more, int8
+    activations may round differently on another instruction set (see the spread test)."""
     doc = tmp_path / "doc.txt"
     doc.write_text(DOCUMENT)
-    cmd = ["summarize", "-m", str(smollm2_edge_int8), str(doc), "--max-new-tokens",
-           "2", "--json"]
+    cmd = ["summarize", "-m", str(edge_8da4w[0]), str(doc), "--max-new-tokens", "2", "--json"]
     host = _cli_json([str(Path(sys.executable).parent / "llama-edge"), *cmd])
     arm = _cli_json([str(arm64 / "llama-edge"), *cmd], "max")
-    assert arm["text"] == host["text"] and arm["text"].strip()
+    assert arm["isa"] == "neon-dotprod" and arm["n_pieces"] == 1
+    assert (arm["input_tokens"], arm["prompt_tokens"]) == (host["input_tokens"],
+                                                           host["prompt_tokens"])
+    assert arm["generated_tokens"] == 2 and arm["text"].strip()
 
 
-def test_cli_bench_identifies_the_emulated_cpu(arm64, smollm2_edge_int8):
+def test_cli_bench_identifies_the_emulated_cpu(arm64, edge_8da4w):
     cpu = "cortex-a76"
-    out = _run([str(arm64 / "llama-edge"), "bench", "-m", str(smollm2_edge_int8), "-p", "4",
+    out = _run([str(arm64 / "llama-edge"), "bench", "-m", str(edge_8da4w[0]), "-p", "4",
                 "-n", "2", "-r", "1", "--warmup", "0", "--ctx", "24", "-o", "jsonl",
                 "--board", f"qemu-{cpu}"], cpu)
     recs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]

@@ -19,6 +19,7 @@ from support.generation import greedy
 
 REPO = Path(__file__).resolve().parents[2]
 GREEDY = 6
+ARM_GREEDY = 3  # emulated: fewer steps
 PROMPT = 8
 RUN_TIMEOUT = 600
 
@@ -139,7 +140,7 @@ def test_aarch64_static_program_equals_python(arm64, bundle, python_greedy):
     """The statically linked aarch64 program (scripts/setup_arm64.sh) under qemu-user, on a
     Cortex-A53 (no dot product instructions)."""
     r = _run(["qemu-aarch64", "-cpu", "cortex-a53", arm64 / "llama-edge-bench", "-m", bundle,
-              "--greedy", GREEDY, "-p", PROMPT, "--ctx", 64, "-t", 2])
+              "--greedy", ARM_GREEDY, "-p", PROMPT, "--ctx", 64, "-t", 2])
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
-    assert got["isa"] == "neon" and got["tokens"] == python_greedy
+    assert got["isa"] == "neon" and got["tokens"] == python_greedy[:ARM_GREEDY]
