@@ -10,7 +10,8 @@ safetensors or tokenizer reading on the board.
                                model_size, n_params, bench_seed
         "tensor" lines         tensor NAME KIND N K GROUP ACT then four OFFSET:BYTES pairs (data,
                                scale, zero points, row sums; 0:0 when absent)
-    the arrays, each at a 64-byte aligned offset from the start of the file
+    the data section, from the first 64-byte boundary after the header: the arrays, each at a
+    64-byte aligned OFFSET from the section's start
 
 Tensors: model.embed_tokens, lm_head, model.norm, rope.cos / rope.sin (rope_ctx x head_dim/2, the
 Python engine's tables), model.layers.I.{input_layernorm, post_attention_layernorm} and the seven
@@ -46,19 +47,22 @@ def write_bundle(artifact, out) -> Path:
     rope_ctx = art.max_context
     cos, sin = rope_tables(c, rope_ctx)
     w, acts = art.weights, art.acts
-    blobs: list[np.ndarray] = []
-    seen: dict[tuple[int, int], int] = {}  # (address, bytes) -> blob: a tied weight is stored once
+    blobs: list[tuple[int, np.ndarray]] = []  # (offset in the data section, array)
+    seen: dict[tuple[int, int], str] = {}  # (address, bytes) -> place: a tied weight is stored once
+    end = 0
     lines: list[str] = []
 
     def blob(a) -> str:
+        nonlocal end
         if a is None:
             return "0:0"
         a = np.ascontiguousarray(a)
         key = (a.__array_interface__["data"][0], a.nbytes)
         if key not in seen:
-            seen[key] = len(blobs)
-            blobs.append(a)
-        return f"@{seen[key]}"
+            seen[key] = f"{end}:{a.nbytes}"
+            blobs.append((end, a))
+            end = _align(end + a.nbytes)
+        return seen[key]
 
     def packed(name: str, act=None) -> None:
         p = w[name]
@@ -92,32 +96,17 @@ def write_bundle(artifact, out) -> Path:
             "model_type": f"{c.name} {art.recipe_name}", "recipe": art.recipe_name,
             "model_size": model_bytes(str(artifact)),
             "n_params": c.num_parameters(), "bench_seed": BENCH_SEED}
-    # offsets: header size depends on the offsets' digits; two passes settle it
-    header = ""
-    for _ in range(3):
-        start = _align(len(MAGIC) + 8 + len(header.encode()))
-        offsets, pos = [], start
-        for b in blobs:
-            offsets.append(pos)
-            pos = _align(pos + b.nbytes)
-        text = "".join(f"{k}={v}\n" for k, v in meta.items())
-        for line in lines:
-            parts = line.split()
-            parts = [f"{offsets[int(x[1:])]}:{blobs[int(x[1:])].nbytes}" if x.startswith("@")
-                     else x for x in parts]
-            text += " ".join(parts) + "\n"
-        if text == header:
-            break
-        header = text
-    raw = header.encode()
+    raw = ("".join(f"{k}={v}\n" for k, v in meta.items())
+           + "".join(line + "\n" for line in lines)).encode()
+    data = _align(len(MAGIC) + 8 + len(raw))
     out = Path(out)
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             f.write(MAGIC + len(raw).to_bytes(8, "little") + raw)
-            for b, off in zip(blobs, offsets):
-                f.write(b"\0" * (off - f.tell()))
-                f.write(b.tobytes())
+            for off, a in blobs:
+                f.write(b"\0" * (data + off - f.tell()))
+                f.write(a.tobytes())
         os.replace(tmp, out)
     except OSError as e:
         tmp.unlink(missing_ok=True)

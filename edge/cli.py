@@ -358,22 +358,23 @@ def bench(models, boards_file, plots_dir, threads, ctx, n_prompt, n_gen, depths,
                     delay=delay, ctx=ctx, kv=kv, verify=not no_verify)
         rows = run_fleet(boards, list(models), spec, say=lambda m: click.echo(m, err=True))
         _bench_plots(rows, plots_dir)
-        click.echo(json.dumps({"rows": rows}) if as_json
-                   else format_rows(rows, "md" if fmt == "text" else fmt), nl=False)
         if as_json:
-            click.echo()
+            click.echo(json.dumps({"rows": rows}))
+        else:
+            click.echo(format_rows(rows, "md" if fmt == "text" else fmt), nl=False)
         return
     results = [run_bench(m, threads=threads, ctx=ctx, repeat=repeat, kv=kv, verify=not no_verify,
                          engine=engine, weight_memory=weight_memory, n_prompt=n_prompt,
                          n_gen=n_gen, depths=depths, warmup=warmup, delay=delay,
                          cpu_mask=cpu_mask, board=board) for m in models]
-    _bench_plots([row for r in results for row in r["rows"]], plots_dir)
+    rows = [row for r in results for row in r["rows"]]
+    _bench_plots(rows, plots_dir)
     if as_json:
         for r in results:
             click.echo(json.dumps(r))
         return
     if fmt != "text":
-        click.echo(format_rows([row for r in results for row in r["rows"]], fmt), nl=False)
+        click.echo(format_rows(rows, fmt), nl=False)
         return
     for r in results:
         _bench_summary(r, named=len(results) > 1)

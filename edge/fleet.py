@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -61,7 +62,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench import _stats, artifact_digest
+from .artifact import sha256_file
+from .bench import RECORD_FIELDS, _stats, artifact_digest
 from .errors import EdgeError
 
 TRANSPORTS = ("ssh", "adb", "local")
@@ -93,9 +95,18 @@ class Board:
     acquire: str | None = None  # run here before the job (a lab tool's reservation)
     release: str | None = None  # run here after it, whatever happened
 
+    def __post_init__(self):
+        if self.port is None:
+            self.port = DEFAULT_PORTS.get(self.transport)
+
     @property
     def argv(self) -> list[str]:
         return shlex.split(self.command or "")
+
+    def remote_command(self, argv: list[str]) -> str:
+        """argv as one shell command on the board, with the board's environment."""
+        env = [f"{k}={v}" for k, v in self.env.items()]
+        return shlex.join((["env", *env] if env else []) + argv)
 
 
 _FIELD_TYPES = {"name": str, "transport": str, "host": str, "port": int, "user": str, "key": str,
@@ -150,8 +161,6 @@ def load_boards(path) -> list[Board]:
                             f"{', '.join(TRANSPORTS)}")
         if b.transport in DEFAULT_PORTS and not b.host:
             raise EdgeError(f"{where}: an {b.transport} board needs a host")
-        if b.port is None:
-            b.port = DEFAULT_PORTS.get(b.transport)
         if b.runtime not in RUNTIMES:
             raise EdgeError(f"{where}: runtime {b.runtime!r}: choose one of {', '.join(RUNTIMES)}")
         if b.runtime == "python":
@@ -198,16 +207,7 @@ class LocalTransport:
         return False
 
     async def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
-        env = {**os.environ, **self.board.env}
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise BoardError(f"no answer within {timeout:g} s: {shlex.join(argv)}") from None
-        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        return await _subprocess(argv, timeout, {**os.environ, **self.board.env})
 
     async def read_text(self, path: str) -> str | None:
         try:
@@ -242,7 +242,7 @@ class SshTransport:
             warnings.simplefilter("ignore")
             import asyncssh
         b = self.board
-        kwargs = {"port": b.port or DEFAULT_PORTS["ssh"], "username": b.user,
+        kwargs = {"port": b.port, "username": b.user,
                   "connect_timeout": CONNECT_TIMEOUT}
         if b.key:
             kwargs["client_keys"] = [os.path.expanduser(b.key)]
@@ -265,15 +265,11 @@ class SshTransport:
                 await self.conn.wait_closed()
         return False
 
-    def _command(self, argv: list[str]) -> str:
-        env = [f"{k}={v}" for k, v in self.board.env.items()]
-        return shlex.join((["env", *env] if env else []) + argv)
-
     async def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
         import asyncssh
 
         try:
-            r = await asyncio.wait_for(self.conn.run(self._command(argv), check=False), timeout)
+            r = await asyncio.wait_for(self.conn.run(self.board.remote_command(argv), check=False), timeout)
         except asyncio.TimeoutError:
             raise BoardError(f"no answer within {timeout:g} s: {shlex.join(argv)}") from None
         except (OSError, asyncssh.Error) as e:
@@ -334,7 +330,7 @@ class AdbTransport:
         b = self.board
         try:
             keys = [PythonRSASigner.FromRSAKeyPath(os.path.expanduser(b.key))] if b.key else None
-            self.dev = AdbDeviceTcp(b.host, b.port or DEFAULT_PORTS["adb"],
+            self.dev = AdbDeviceTcp(b.host, b.port,
                                     default_transport_timeout_s=CONNECT_TIMEOUT)
             await asyncio.to_thread(self.dev.connect, rsa_keys=keys,
                                     auth_timeout_s=CONNECT_TIMEOUT)
@@ -356,8 +352,7 @@ class AdbTransport:
             raise BoardError(f"{what}: {type(e).__name__}: {e}") from None
 
     async def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
-        env = [f"{k}={v}" for k, v in self.board.env.items()]
-        cmd = shlex.join((["env", *env] if env else []) + argv) + f"; echo {RC_MARK}$?"
+        cmd = self.board.remote_command(argv) + f"; echo {RC_MARK}$?"
         out = await self._call(f"running {shlex.join(argv)}", self.dev.shell, cmd,
                                timeout_s=timeout, read_timeout_s=timeout)
         lines = out.rstrip("\n").split("\n")
@@ -396,7 +391,7 @@ async def _sh(t, board: Board, script: str, *args: str) -> None:
     """A POSIX shell snippet on the board; BoardError when it fails."""
     rc, out, err = await t.run(["sh", "-c", script, "sh", *args], CONNECT_TIMEOUT * 4)
     if rc:
-        raise BoardError(f"`{script}` failed ({rc}): {(err or out).strip()[-300:]}")
+        raise BoardError(f"`{script}` failed ({rc}): {_last_line(err, out)}")
 
 
 async def push(t, board: Board, model: Path, digest: str) -> tuple[str, bool]:
@@ -478,7 +473,6 @@ def failure_row(board: Board, model: Path, digest: str | None, test: tuple[int, 
                 error: str) -> dict:
     """A record saying a board did not produce this test: every field of the schema, the
     measured ones empty."""
-    from .bench import RECORD_FIELDS
     from .engines import model_bytes
 
     p, g, d = test
@@ -507,7 +501,7 @@ async def _board_job(board: Board, models: list[Path], digests: dict, bundles: d
             remote, program = {}, None
             if board.runtime == "static":
                 binary = Path(board.binary)
-                program, sent = await push(t, board, binary, _sha256(binary))
+                program, sent = await push(t, board, binary, sha256_file(binary))
                 await _sh(t, board, 'chmod +x "$1"', program)
                 say(f"{board.name}: {binary.name} {'pushed' if sent else 'already there'}")
             for m in models:
@@ -519,8 +513,7 @@ async def _board_job(board: Board, models: list[Path], digests: dict, bundles: d
                     argv = spec.argv(board, remote[m], program)
                     rc, out, err = await t.run(argv, board.timeout)
                     if rc:
-                        raise BoardError(f"bench exited with {rc}: "
-                                         f"{(err or out).strip().splitlines()[-1:] or ['']}"[:400])
+                        raise BoardError(f"bench exited with {rc}: {_last_line(err, out)}")
                     rows = _parse_rows(out, board, m, digests[m])
                     for r in rows:
                         got.setdefault((m, r["n_prompt"], r["n_gen"], r["n_depth"]), []).append(r)
@@ -550,26 +543,39 @@ async def _board_job(board: Board, models: list[Path], digests: dict, bundles: d
     return out
 
 
-async def _local(command: str, what: str) -> None:
-    """A lab tool's command, here (acquire / release a shared board)."""
+async def _subprocess(argv: list[str], timeout: float, env=None) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a program run here; BoardError when it cannot start or
+    does not finish in time."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            *shlex.split(command), stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
-        out, _ = await asyncio.wait_for(proc.communicate(), CONNECT_TIMEOUT * 10)
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    except OSError as e:
+        raise BoardError(f"cannot run {shlex.join(argv)}: {e.strerror or e}") from None
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
         proc.kill()
-        raise BoardError(f"{what} `{command}` did not finish") from None
-    except OSError as e:
-        raise BoardError(f"{what} `{command}`: {e.strerror or e}") from None
-    if proc.returncode:
-        tail = out.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise BoardError(f"{what} `{command}` failed ({proc.returncode}): {tail[0][:300]}")
+        await proc.wait()
+        raise BoardError(f"no answer within {timeout:g} s: {shlex.join(argv)}") from None
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def _last_line(*texts: str) -> str:
+    """The last non-empty line of the first non-empty text (a failed command's reason)."""
+    for t in texts:
+        if t.strip():
+            return t.strip().splitlines()[-1][:300]
+    return ""
+
+
+async def _local(command: str, what: str) -> None:
+    """A lab tool's command, here (acquire / release a shared board)."""
+    rc, out, err = await _subprocess(shlex.split(command), CONNECT_TIMEOUT * 10)
+    if rc:
+        raise BoardError(f"{what} `{command}` failed ({rc}): {_last_line(err, out)}")
 
 
 def _parse_rows(out: str, board: Board, model: Path, digest: str) -> list[dict]:
-    import json
-
     rows = []
     for line in out.splitlines():
         if line.startswith("{"):
@@ -609,7 +615,7 @@ def run_fleet(boards: list[Board], models: list[str], spec: Spec, say=lambda s: 
                 say(f"bench bundle of {p}")
                 (Path(tmp) / str(i)).mkdir()
                 out = write_bundle(p, Path(tmp) / str(i) / f"{p.name}.lebench")
-                bundles[p] = (out, _sha256(out))
+                bundles[p] = (out, sha256_file(out))
 
         async def main():
             return await asyncio.gather(*(_board_job(b, paths, digests, bundles, spec, say)
@@ -617,8 +623,3 @@ def run_fleet(boards: list[Board], models: list[str], spec: Spec, say=lambda s: 
 
         return [r for rows in asyncio.run(main()) for r in rows]
 
-
-def _sha256(path: Path) -> str:
-    from .artifact import sha256_file
-
-    return sha256_file(path)

@@ -313,6 +313,13 @@ def test_unreachable_board_gives_failure_rows(models, tmp_path):
     assert all("cannot connect" in r["error"] and not record_problems(r) for r in rows)
 
 
+def test_board_whose_runtime_is_missing_gives_failure_rows(models, tmp_path):
+    board = Board(name="bare", transport="local", command="/nonexistent/llama-edge",
+                  workdir=str(tmp_path / "w"))
+    rows = run_fleet([board], [str(models[0])], Spec(n_prompt=(4,), n_gen=(0,), repeat=1))
+    assert rows[0]["status"] == "failed" and "cannot run /nonexistent/llama-edge" in rows[0]["error"]
+
+
 def test_local_board_runs_and_merges(models, tmp_path):
     board = Board(name="here", transport="local", command=f"{sys.executable} -m edge.cli",
                   workdir=str(tmp_path / "w"), threads=1)

@@ -70,6 +70,7 @@ struct Bundle {
   std::string path;
   const uint8_t* base = nullptr;
   size_t size = 0;
+  uint64_t data = 0;  // start of the data section: the first 64-byte boundary after the header
   std::map<std::string, std::string> meta;
   std::map<std::string, Tensor> tensors;
 
@@ -93,6 +94,7 @@ struct Bundle {
     uint64_t hlen = 0;
     memcpy(&hlen, base + 8, 8);
     if (hlen > size - 16) throw Fail(p + ": header length past the end of the file");
+    data = std::min<uint64_t>((16 + hlen + 63) / 64 * 64, size);
     std::istringstream in(std::string(reinterpret_cast<const char*>(base + 16), hlen));
     std::string line;
     while (std::getline(in, line)) {
@@ -108,7 +110,7 @@ struct Bundle {
           if (c == std::string::npos) throw Fail(p + ": tensor " + name + ": bad offset " + b[i]);
           dst[i]->off = std::stoll(b[i].substr(0, c));
           dst[i]->bytes = std::stoll(b[i].substr(c + 1));
-          if (dst[i]->off < 0 || dst[i]->bytes < 0 || (uint64_t)(dst[i]->off + dst[i]->bytes) > size)
+          if (dst[i]->off < 0 || dst[i]->bytes < 0 || (uint64_t)(dst[i]->off + dst[i]->bytes) > size - data)
             throw Fail(p + ": tensor " + name + ": data past the end of the file (truncated?)");
         }
         tensors[name] = t;
@@ -137,7 +139,7 @@ struct Bundle {
     if (it == tensors.end()) throw Fail(path + ": missing tensor " + name);
     return it->second;
   }
-  const void* at(const Blob& b) const { return b.bytes ? base + b.off : nullptr; }
+  const void* at(const Blob& b) const { return b.bytes ? base + data + b.off : nullptr; }
   const float* floats(const std::string& name, int64_t count) const {
     const Tensor& t = tensor(name);
     if (t.data.bytes < count * 4) throw Fail(path + ": tensor " + name + " is too small");
