@@ -344,6 +344,28 @@ def _gptq_groups(mine, stats) -> list[list[str]]:
     return groups
 
 
+# Column blocks of gram(): about this many columns each.
+GRAM_BLOCK = 384
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """x^T x, computed block row by block row on and above the diagonal and mirrored below it:
+    about (nb + 1) / 2nb of the full product's work for nb blocks, each entry still the same dot
+    product over the rows of x."""
+    n = x.shape[1]
+    nb = max(1, round(n / GRAM_BLOCK))
+    if nb == 1:
+        return x.t() @ x
+    b = -(-n // nb)
+    h = torch.empty(n, n, dtype=x.dtype)
+    for i0 in range(0, n, b):
+        i1 = min(n, i0 + b)
+        blk = x[:, i0:i1].t() @ x[:, i0:]
+        h[i0:i1, i0:] = blk
+        h[i1:, i0:i1] = blk[:, i1 - i0:].t()
+    return h
+
+
 # Activations kept per linear for AWQ's search (a random subset of calibration tokens).
 AWQ_SAMPLE_TOKENS = 2048
 
@@ -367,7 +389,8 @@ def _collect(block, mine, xs, rest):
             seen.append((n, args[0]))
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
             st = acc[n]
-            st["h"] = x.t() @ x if st["h"] is None else st["h"] + x.t() @ x
+            xtx = gram(x)
+            st["h"] = xtx if st["h"] is None else st["h"] + xtx
             st["rows"].append(x[:: max(1, x.shape[0] // 256)].float())
 
         hooks.append(mod.register_forward_pre_hook(hook))

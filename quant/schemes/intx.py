@@ -61,8 +61,16 @@ class IntWeight:
             # 4-bit: the group's largest-magnitude value lands exactly on a grid end: on -8
             # when it is negative (all 16 levels used, as Q4_0 does), on 7 otherwise, so
             # nothing is clipped and no scale is negative.
-            idx = g.abs().argmax(-1, keepdim=True)
-            extreme = torch.gather(g, -1, idx).squeeze(-1)
+            # The extreme is the largest value or the smallest, whichever has the larger
+            # magnitude; only when both magnitudes are equal does the first one in the group
+            # decide (those few groups are looked up).
+            hi, lo = g.amax(-1), g.amin(-1)
+            extreme = torch.where(hi >= -lo, hi, lo)
+            tie = hi == -lo
+            if bool(tie.any()):
+                tg = g[tie]
+                idx = tg.abs().argmax(-1, keepdim=True)
+                extreme[tie] = torch.gather(tg, -1, idx).squeeze(-1)
             div = torch.where(extreme < 0, float(-qmin), float(qmax))
             return rounded(extreme.abs() / div), None
         lo = g.amin(-1).clamp(max=0.0)

@@ -130,6 +130,32 @@ def test_awq_search_never_worse_than_no_scaling():
     assert e1 <= e0 and s.shape == (64,) and bool((s > 0).all())
 
 
+def test_awq_grid_search_finds_the_minimum_of_single_minimum_curves_in_10_steps():
+    from quant.algorithms.awq import GRID, _grid_search
+
+    for best in range(GRID + 1):
+        for shape in (lambda i: (i - best) ** 2, lambda i: abs(i - best) ** 0.5,
+                      lambda i: abs(i - best) * (3 if i < best else 1)):
+            calls = []
+            found = _grid_search(lambda i: calls.append(i) or shape(i))
+            assert found == best and len(calls) == len(set(calls)) <= 10, (best, calls)
+    flat = [5.0] * (GRID + 1)  # ties: the smallest index, as a full scan's first minimum
+    assert _grid_search(lambda i: flat[i]) == 0
+    assert _grid_search(lambda i: flat[i], coarse=1) == 0
+    jagged = [3.0, 1.0, 3.0] + [2.0] * (GRID - 2)  # coarse=1 is the full scan
+    assert _grid_search(lambda i: jagged[i], coarse=1) == 1
+
+
+def test_awq_search_coarse_to_fine_equals_full_scan_on_smooth_errors():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(512, 64, generator=g) * torch.cat([torch.full((4,), 20.0), torch.ones(60)])
+    ws = [torch.randn(32, 64, generator=g), torch.randn(16, 64, generator=g)]
+    fq = lambda v: IntWeight(4, 32).quantize_tensor(v).dequantize()  # noqa: E731
+    full = search_scales(ws, x, fq, coarse=1)
+    fast = search_scales(ws, x, fq)
+    assert fast[1] == full[1] and torch.equal(fast[0], full[0]) and fast[3] == full[3]
+
+
 @torch.inference_mode()
 def test_eval_identity_has_zero_kld_and_matches_manual_ppl():
     m = tiny_model()
