@@ -20,8 +20,8 @@ scales our algorithms chose (never re-quantized):
                                    "bf16" in the recipe, as `mobile` has)
   int8 / int4 per channel       -> the same with block (1, in): XNNPACK's per-channel kinds
   dynamic int8 activations      -> choose_qparams / quantize / dequantize per token,
-                                   asymmetric (XNNPACK quantizes the input of every such
-                                   linear per token at run time)
+                                   asymmetric, once per input tensor (XNNPACK quantizes the
+                                   input of such linears per token at run time)
   int8 / int4 embedding         -> quantized_decomposed.embedding_byte / embedding_4bit
                                    (ExecuTorch's quantized kernels, outside the delegate)
   float weights                 -> fp32 linear in XNNPACK
@@ -109,9 +109,14 @@ def check_request(cfg, choice) -> None:
 
 # ----------------------------------------------------------------------------- modules
 def _quant_ops():
-    import torchao.quantization.quant_primitives as qp
+    """torchao's affine quantization ops as registered (torch.ops.torchao.*), the nodes
+    XNNPACK's partitioners match for block-wise weights. Called directly rather than through
+    their Python wrappers: those run under torch.no_grad(), and each such region becomes a
+    grad-mode node that torch.export splits out and inlines again, one whole-graph recompile
+    per region (a cost quadratic in the number of linears)."""
+    import torchao.quantization.quant_primitives  # noqa: F401 (registers the ops)
 
-    return qp
+    return torch.ops.torchao
 
 
 class PteLinear(nn.Module):
@@ -120,6 +125,7 @@ class PteLinear(nn.Module):
 
     def __init__(self, module: nn.Module, name: str):
         super().__init__()
+        self.shared: dict = {}  # id(input) -> (input, its quantized form), for one forward call
         if not isinstance(module, QuantLinear):
             self.register_buffer("weight", module.weight.detach().float().contiguous())
             self.qt = None
@@ -149,16 +155,22 @@ class PteLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qt is None:
             return F.linear(x, self.weight)
-        qp = _quant_ops()
-        block = [1] * (x.dim() - 1) + [x.shape[-1]]
-        s, z = qp.choose_qparams_affine(x, qp.MappingType.ASYMMETRIC, block, torch.int8,
-                                        -128, 127, torch.finfo(torch.float32).eps,
-                                        scale_dtype=torch.float32, zero_point_dtype=torch.int8)
-        xq = qp.quantize_affine(x, block, s, z, torch.int8, -128, 127)
-        x = qp.dequantize_affine(xq, block, s, z, torch.int8, -128, 127,
-                                 output_dtype=torch.float32)
-        w = qp.dequantize_affine(self.qdata, self.block, self.scale, self.zero, torch.int8,
-                                 self.qmin, self.qmax, output_dtype=torch.float32)
+        # The input's per-token quantization: quantized_decomposed's ops, which have shape
+        # functions (torchao's affine ops run their whole implementation on every trace of the
+        # graph, and a lowering traces each delegated subgraph some twenty times), once per
+        # input tensor: q, k and v (gate and up) share one, as XNNPACK then does at run time.
+        qd = torch.ops.quantized_decomposed
+        hit = self.shared.get(id(x))
+        if hit is not None and hit[0] is x:
+            x = hit[1]
+        else:
+            s, z = qd.choose_qparams_per_token_asymmetric(x, torch.int8)
+            xq = qd.quantize_per_token(x, s, z, -128, 127, torch.int8)
+            xd = qd.dequantize_per_token(xq, s, z, -128, 127, torch.int8, torch.float32)
+            self.shared[id(x)] = (x, xd)
+            x = xd
+        w = _quant_ops().dequantize_affine(self.qdata, self.block, self.scale, self.zero, torch.int8,
+                                  self.qmin, self.qmax, output_dtype=torch.float32)
         return F.linear(x, w)
 
 
@@ -233,12 +245,17 @@ class RunnerProgram(nn.Module):
             return None
 
         program = remodel(model, swap)
+        self.shared = {}  # the linears' quantized inputs, shared (see PteLinear.forward)
+        for m in program.modules():
+            if isinstance(m, PteLinear):
+                m.shared = self.shared
         self.model, self.lm_head = program.model, program.lm_head
         cos, sin = rope_tables(cfg, max_context)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_context, head_dim)
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        self.shared.clear()
         t = tokens.shape[1]
         pos = input_pos[0].item()
         torch._check(pos >= 0)
@@ -291,9 +308,92 @@ LOWERING_NOTICES = ((FutureWarning, ""), (UserWarning, "Mutation on a buffer"))
 LOWER_STEPS = ("torch.export", "partition (XNNPACK)", "to_executorch", "serialize")
 
 
-def _lower(model, tokenizer, max_context, path, max_seq_len, step) -> dict:
+def runner_partitioner():
+    """One XNNPACK partitioner that delegates what ExecuTorch's usual pair does (the dynamically
+    quantized linears first, each group on its own, then the float and other operators in
+    merged groups) in a single pass over the graph. Each partitioner given to
+    to_edge_transform_and_lower costs two more decompositions of the whole program, which are
+    most of a lowering's time."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
+    from executorch.exir.backend.canonical_partitioners.config_partitioner import (
+        format_target_name, is_constant_data)
+    from executorch.exir.backend.canonical_partitioners.pattern_op_partitioner import (
+        generate_grouped_partitions_from_list_of_nodes)
+
+    from executorch.exir.backend.compile_spec_schema import CompileSpec
+    from executorch.exir.backend.partitioner import DelegationSpec
+    LINEAR_SPEC = DelegationSpec("XnnpackBackend", [CompileSpec("dqlinear_partitioner", b"")])
+
+    class RunnerPartitioner(XnnpackPartitioner):
+        def __init__(self):
+            super().__init__()  # every config at every precision: the ops kept from decomposition
+            self.dynamic = XnnpackDynamicallyQuantizedPartitioner()
+
+        def ops_to_not_decompose(self, ep):
+            """The operators XNNPACK takes whole (linear, torchao's quantization ops), kept when
+            every use of them in the program is one it takes, and no per-node check: ExecuTorch
+            then decomposes the rest of the program once instead of twice."""
+            ops, supported = super().ops_to_not_decompose(ep)
+            if ep is None:
+                return ops, None
+            uses: dict = {}
+            for node in ep.graph_module.graph.nodes:
+                if node.op == "call_function" and node.target in ops:
+                    uses[node.target] = uses.get(node.target, True) and supported(node)
+            return [op for op in ops if uses.get(op, True)], None
+
+        def generate_partitions(self, ep):
+            first = self.dynamic.generate_partitions(ep)
+            taken = {n for p in first for n in p.nodes}
+            rest = generate_grouped_partitions_from_list_of_nodes(
+                ep.graph_module, self._groups(ep, taken))
+            for i, p in enumerate(first + rest):
+                p.id = i
+            self.linear_tags = {f"tag{p.id}" for p in first}
+            return first + rest
+
+        def partition(self, ep):
+            result = super().partition(ep)
+            for tag in self.linear_tags:
+                result.partition_tags[tag] = LINEAR_SPEC
+            return result
+
+        def _groups(self, ep, taken):
+            """Connected groups of the nodes the configs take (a node with the nodes it needs),
+            leaving out `taken`: the graph as the second partitioner of the pair sees it."""
+            parent: dict = {}
+
+            def root(n):
+                while parent[n] is not n:
+                    parent[n] = parent[parent[n]]
+                    n = parent[n]
+                return n
+
+            for node in ep.graph_module.graph.nodes:
+                if node.op != "call_function" or node in taken:
+                    continue
+                config = self.target_partitioner_configs.get(
+                    format_target_name(node.target.__name__))
+                if config is None or not config.check_constraints(node, ep):
+                    continue
+                group = [n for n in config.get_partition(node, ep)
+                         if not (is_constant_data(ep, n) and n in parent)]
+                if not group or taken.intersection(group):
+                    continue
+                for n in group:
+                    parent.setdefault(n, n)
+                for n in group[1:]:
+                    parent[root(n)] = root(group[0])
+            groups: dict = {}
+            for n in parent:
+                groups.setdefault(root(n), []).append(n)
+            return list(groups.values())
+
+    return RunnerPartitioner()
+
+
+def _lower(model, tokenizer, max_context, path, max_seq_len, step) -> dict:
     from executorch.exir import (EdgeCompileConfig, ExecutorchBackendConfig,
                                  to_edge_transform_and_lower)
     from executorch.exir.passes import MemoryPlanningPass
@@ -311,7 +411,7 @@ def _lower(model, tokenizer, max_context, path, max_seq_len, step) -> dict:
     del pte
     step(LOWER_STEPS[1])
     edge = to_edge_transform_and_lower(
-        ep, partitioner=[XnnpackDynamicallyQuantizedPartitioner(), XnnpackPartitioner()],
+        ep, partitioner=[runner_partitioner()],
         constant_methods=runner_metadata(model, tokenizer, max_context, max_seq_len),
         compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True))
     del ep
