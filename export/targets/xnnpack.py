@@ -169,8 +169,9 @@ class PteLinear(nn.Module):
             xd = qd.dequantize_per_token(xq, s, z, -128, 127, torch.int8, torch.float32)
             self.shared[id(x)] = (x, xd)
             x = xd
-        w = _quant_ops().dequantize_affine(self.qdata, self.block, self.scale, self.zero, torch.int8,
-                                  self.qmin, self.qmax, output_dtype=torch.float32)
+        w = _quant_ops().dequantize_affine(self.qdata, self.block, self.scale, self.zero,
+                                           torch.int8, self.qmin, self.qmax,
+                                           output_dtype=torch.float32)
         return F.linear(x, w)
 
 
@@ -317,13 +318,14 @@ def runner_partitioner():
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
     from executorch.exir.backend.canonical_partitioners.config_partitioner import (
-        format_target_name, is_constant_data)
+        DSJ, format_target_name, is_constant_data)
     from executorch.exir.backend.canonical_partitioners.pattern_op_partitioner import (
         generate_grouped_partitions_from_list_of_nodes)
-
     from executorch.exir.backend.compile_spec_schema import CompileSpec
     from executorch.exir.backend.partitioner import DelegationSpec
-    LINEAR_SPEC = DelegationSpec("XnnpackBackend", [CompileSpec("dqlinear_partitioner", b"")])
+
+    # XNNPACK preprocesses partitions with this spec with its linear pass only.
+    linear_spec = DelegationSpec("XnnpackBackend", [CompileSpec("dqlinear_partitioner", b"")])
 
     class RunnerPartitioner(XnnpackPartitioner):
         def __init__(self):
@@ -335,8 +337,6 @@ def runner_partitioner():
             every use of them in the program is one it takes, and no per-node check: ExecuTorch
             then decomposes the rest of the program once instead of twice."""
             ops, supported = super().ops_to_not_decompose(ep)
-            if ep is None:
-                return ops, None
             uses: dict = {}
             for node in ep.graph_module.graph.nodes:
                 if node.op == "call_function" and node.target in ops:
@@ -356,20 +356,13 @@ def runner_partitioner():
         def partition(self, ep):
             result = super().partition(ep)
             for tag in self.linear_tags:
-                result.partition_tags[tag] = LINEAR_SPEC
+                result.partition_tags[tag] = linear_spec
             return result
 
         def _groups(self, ep, taken):
             """Connected groups of the nodes the configs take (a node with the nodes it needs),
             leaving out `taken`: the graph as the second partitioner of the pair sees it."""
-            parent: dict = {}
-
-            def root(n):
-                while parent[n] is not n:
-                    parent[n] = parent[parent[n]]
-                    n = parent[n]
-                return n
-
+            dsj = DSJ()
             for node in ep.graph_module.graph.nodes:
                 if node.op != "call_function" or node in taken:
                     continue
@@ -378,17 +371,12 @@ def runner_partitioner():
                 if config is None or not config.check_constraints(node, ep):
                     continue
                 group = [n for n in config.get_partition(node, ep)
-                         if not (is_constant_data(ep, n) and n in parent)]
+                         if not (is_constant_data(ep, n) and dsj.contains(n))]
                 if not group or taken.intersection(group):
                     continue
                 for n in group:
-                    parent.setdefault(n, n)
-                for n in group[1:]:
-                    parent[root(n)] = root(group[0])
-            groups: dict = {}
-            for n in parent:
-                groups.setdefault(root(n), []).append(n)
-            return list(groups.values())
+                    dsj.union(n, group[0])
+            return dsj.gen_groups()
 
     return RunnerPartitioner()
 
