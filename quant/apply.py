@@ -10,6 +10,8 @@ quantized modules compute in float with dequantized weights (and fake-quantized 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -62,11 +64,36 @@ class QuantLinear(nn.Module):
 
     def forward(self, x):
         if self.act is not None:
-            x = self.act.fake_quantize(x)
+            x = _fake_quantized_act(self.act, x)
         x = x.float()
         if self.cached is not None:
             return F.linear(x, self.cached)
         return linear_by_rows(x, self.qt.dequantize, self.qt.shape[0], DEQUANT_CHUNK_ROWS)
+
+
+_act_memo = threading.local()
+
+
+@contextlib.contextmanager
+def shared_act_quant():
+    """Within the block, linears fed the same (unmodified) input tensor with the same activation
+    scheme, as q/k/v and gate/up are, quantize it once and share the result."""
+    _act_memo.on, _act_memo.entry = True, None
+    try:
+        yield
+    finally:
+        _act_memo.on, _act_memo.entry = False, None
+
+
+def _fake_quantized_act(act: DynamicInt8Act, x: torch.Tensor) -> torch.Tensor:
+    if not getattr(_act_memo, "on", False) or x.is_inference():  # (no version counter)
+        return act.fake_quantize(x)
+    e = _act_memo.entry
+    if e is not None and e[0] is x and e[1] == x._version and e[2] == act:
+        return e[3]
+    fq = act.fake_quantize(x)
+    _act_memo.entry = (x, x._version, act, fq)
+    return fq
 
 
 class QuantEmbedding(nn.Module):
@@ -322,7 +349,8 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
             _set_module(block, n, QuantLinear(qt, c.act, c))
         # the quantized block feeds the next one: its weights dequantized once for all windows
         materialize(block)
-        xs = [block(x, *a, **k) for x, (a, k) in zip(xs, rest)]
+        with shared_act_quant():
+            xs = [block(x, *a, **k) for x, (a, k) in zip(xs, rest)]
         materialize(block, on=False)
         if progress:
             progress(bi + 1, len(blocks))
@@ -377,27 +405,40 @@ def _collect(block, mine, xs, rest):
     acc = {n: {"h": None, "rows": []} for n in mine}
     owner: dict[str, str] = {}  # linear -> the linear whose accumulator it shares
     seen: list[tuple[str, torch.Tensor]] = []  # inputs of the current call, by identity
+    fired: set[str] = set()  # targets whose input the current call has reached
     hooks = []
+
+    def record(n, x):
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        st = acc[n]
+        xtx = gram(x)
+        st["h"] = xtx if st["h"] is None else st["h"] + xtx
+        st["rows"].append(x[:: max(1, x.shape[0] // 256)].float())
+
     for n in mine:
         mod = block.get_submodule(n)
 
         def hook(mod, args, n=n):
+            fired.add(n)
             for first, t in seen:
                 if t is args[0]:
                     owner[n] = first
-                    return
-            seen.append((n, args[0]))
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            st = acc[n]
-            xtx = gram(x)
-            st["h"] = xtx if st["h"] is None else st["h"] + xtx
-            st["rows"].append(x[:: max(1, x.shape[0] // 256)].float())
+                    break
+            else:
+                seen.append((n, args[0]))
+                record(n, args[0])
+            if len(fired) == len(mine):  # nothing the block computes after this is collected
+                raise _Stop
 
         hooks.append(mod.register_forward_pre_hook(hook))
     try:
         for x, (a, k) in zip(xs, rest):
             seen.clear()
-            block(x, *a, **k)
+            fired.clear()
+            try:
+                block(x, *a, **k)
+            except _Stop:
+                pass
     finally:
         seen.clear()
         for h in hooks:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from edge.errors import EdgeError
-from edge.memory import peak_rss_mb, reset_peak_rss, return_free_memory, rss_mb
+from edge.memory import (peak_rss_mb, reset_peak_rss, return_free_memory, reusing_heap,
+                         rss_mb)
 
 from .. import targets
 from ..loaders import load_checkpoint
@@ -62,8 +63,9 @@ def stage_quantize(st: ExportState) -> ExportState:
         bar.refresh()
 
     try:
-        model, rep = quantized_model(ck, st.recipe, st.cfg.calib, progress=progress,
-                                     cache=st.cfg.cache, log=st.log)
+        with reusing_heap():
+            model, rep = quantized_model(ck, st.recipe, st.cfg.calib, progress=progress,
+                                         cache=st.cfg.cache, log=st.log)
     finally:
         bar.close()
     st.model, st.applied = model, rep.applied

@@ -11,7 +11,12 @@ from __future__ import annotations
 import torch
 
 from ..schemes import FP8Weight, IntWeight, QuantizedTensor
-from ..schemes.base import QuantError
+from ..schemes.base import SCALE_BOUNDS, QuantError
+
+try:  # the column loop in C++ (quant/csrc/gptq.cpp), value for value the loop below
+    from .. import _native
+except ImportError:  # running from a source tree that was not built: the torch loop
+    _native = None
 
 # Dampening added to H's diagonal, as a fraction of its median (not its mean: a few massive
 # activation channels, common in small LLMs, would make a mean-based damp swamp every other
@@ -48,11 +53,12 @@ def inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weight,
                   name: str = "weight", act_order: bool = False,
-                  u: torch.Tensor | None = None) -> QuantizedTensor:
+                  u: torch.Tensor | None = None, use_native: bool = True) -> QuantizedTensor:
     """w (out, in) float, h (in, in) = sum of x x^T over calibration tokens. Rows are
     independent: linears that share an input (and so h) may be quantized as one stacked w.
-    u: inverse_cholesky(h) when the caller already has it (without act order)."""
-    w = w.float().clone()
+    u: inverse_cholesky(h) when the caller already has it (without act order).
+    use_native=False runs the column loop in torch (the reference the C++ loop equals)."""
+    w = w.detach().float().clone()
     out, n = w.shape
     g = scheme.group_for(n)
     if n % g:
@@ -72,6 +78,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weigh
     q_cols = torch.zeros_like(w)
     scales, zps = [], []
     scale = zp = None
+    native = use_native and _native is not None and perm is None and isinstance(scheme, IntWeight)
     for b0 in range(0, n, BLOCK):
         b1 = min(b0 + BLOCK, n)
         # the block's columns as contiguous rows: (cols, out); the arithmetic per element is the
@@ -79,6 +86,10 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weigh
         wt = w[:, b0:b1].t().contiguous()
         err = torch.zeros(out, b1 - b0, dtype=w.dtype)
         ub = u[b0:b1, b0:b1]
+        if native:
+            _native_block(scheme, w, wt, ub, b0, g, q_cols, err, scales, zps)
+            w[:, b1:] -= err @ u[b0:b1, b1:]
+            continue
         for j in range(b1 - b0):
             col = b0 + j
             orig = int(perm[col]) if perm is not None else col
@@ -118,6 +129,30 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weigh
         qdata = q_cols.to(torch.int8 if scheme.symmetric else torch.uint8)
     return QuantizedTensor(scheme.name, qdata, scale_t, zp_t, g, 8 if isinstance(
         scheme, FP8Weight) else scheme.bits)
+
+
+def _native_block(scheme: IntWeight, w, wt, ub, b0, g, q_cols, err, scales, zps):
+    """One block's column loop in C++: wt and err updated in place, the block's rounded
+    columns written to q_cols, the scales (and zero points) of groups starting in it appended."""
+    bw = wt.shape[0]
+    out = w.shape[0]
+    groups = len(range(-(-b0 // g) * g, b0 + bw, g))
+    q = torch.empty(bw, out)
+    s = torch.empty(groups, out)
+    z = None if scheme.symmetric else torch.empty(groups, out)
+    lo, hi = SCALE_BOUNDS[scheme.scale_dtype]
+    # a block starting inside a group (groups wider than the block) goes on with its scales
+    inside = b0 % g != 0
+    open_s = scales[-1].contiguous().numpy() if inside else None
+    open_z = zps[-1].float().numpy() if inside and z is not None else None
+    _native.gptq_block(wt.numpy(), ub.contiguous().numpy(), w.numpy(), b0, g, scheme.bits,
+                       scheme.symmetric, 0 if scheme.scale_dtype == "fp16" else 1, lo, hi,
+                       q.numpy(), err.numpy(), s.numpy(), None if z is None else z.numpy(),
+                       open_s, open_z, torch.get_num_threads())
+    q_cols[:, b0:b0 + bw] = q.t()
+    scales.extend(s.unbind(0))
+    if z is not None:
+        zps.extend(z.to(torch.uint8).unbind(0))
 
 
 def _quant_col(scheme, x, scale, zp):

@@ -71,12 +71,20 @@ def grouped(w: torch.Tensor, group_size: int, name: str, check: bool = True) -> 
     return w.float().reshape(out, n // group_size, group_size)
 
 
+# The range scales are clamped to before rounding, per scale dtype: fp16's normal range, and for
+# bf16 the part of it whose bf16 values are all fp16 values.
+SCALE_BOUNDS = {
+    "fp16": (torch.finfo(torch.float16).tiny, torch.finfo(torch.float16).max),
+    "bf16": (torch.finfo(torch.float16).tiny,
+             float(torch.tensor(torch.finfo(torch.float16).max).to(torch.bfloat16).float()) / 2),
+}
+
+
 def fp16_scale(scale: torch.Tensor) -> torch.Tensor:
     """Round scales to fp16 (what targets store) and keep them positive and finite: a zero
     scale (all-zero group) becomes the smallest normal fp16 so dequantization gives zeros,
     never NaN."""
-    tiny = torch.finfo(torch.float16).tiny
-    s = scale.clamp(min=tiny, max=torch.finfo(torch.float16).max)
+    s = scale.clamp(*SCALE_BOUNDS["fp16"])
     return s.to(torch.float16).float()
 
 
@@ -84,9 +92,7 @@ def bf16_scale(scale: torch.Tensor) -> torch.Tensor:
     """Round scales to bf16 within fp16's normal range: values every target stores exactly (bf16
     for XNNPACK's block-wise int4, fp16 for the rest: a bf16 value in fp16's normal range is an
     fp16 value)."""
-    tiny = torch.finfo(torch.float16).tiny
-    big = float(torch.tensor(torch.finfo(torch.float16).max).to(torch.bfloat16).float()) / 2
-    s = scale.clamp(min=tiny, max=big)
+    s = scale.clamp(*SCALE_BOUNDS["bf16"])
     return s.to(torch.bfloat16).float()
 
 

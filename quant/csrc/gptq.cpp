@@ -1,0 +1,225 @@
+// GPTQ's column loop over one block of columns (quant/algorithms/gptq.py), for integer weight
+// schemes: the per-column rounding, its error pushed onto the block's later columns, and the
+// scales (and zero points) of each group chosen when its first column is reached.
+//
+// Every value equals the one the torch loop in gptq.py computes: the same IEEE operations on
+// the same fp32 operands in the same order per element (this file is compiled without
+// floating-point contraction, so a * b - c is two roundings, as two torch ops are). Rows are
+// independent in GPTQ (they share H, not values), so threads take disjoint rows.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+// The arrays are worked on in place: they must be C-contiguous float32 already (never a
+// converted copy, which would drop the results).
+float* f32(py::array& a, int64_t size, const char* what) {
+  if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style) ||
+      !a.writeable())
+    throw py::type_error(std::string("gptq_block: ") + what +
+                         " must be a writeable C-contiguous float32 array");
+  if (a.size() != size) throw py::value_error(std::string("gptq_block: wrong size for ") + what);
+  return static_cast<float*>(a.mutable_data());
+}
+
+struct Scheme {
+  int qmin, qmax;
+  bool symmetric, eight_bit;
+  int scale_kind;          // 0: fp16, 1: bf16 (quant/schemes/base.py SCALE_ROUNDING)
+  float scale_lo, scale_hi;  // the clamp applied before rounding
+};
+
+inline float bits_f(uint32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
+inline uint32_t f_bits(float f) { uint32_t b; std::memcpy(&b, &f, 4); return b; }
+
+// Round a finite fp32 in the clamp range to fp16 (10 mantissa bits) or bf16 (7), nearest even.
+// Within fp16's normal range both are plain mantissa roundings of the fp32 value.
+inline float round_scale(float s, const Scheme& sc) {
+  s = std::min(std::max(s, sc.scale_lo), sc.scale_hi);
+  uint32_t b = f_bits(s);
+  const int drop = sc.scale_kind == 0 ? 13 : 16;
+  const uint32_t half = (1u << (drop - 1)) - 1 + ((b >> drop) & 1u);
+  b = (b + half) & ~((1u << drop) - 1);
+  return bits_f(b);
+}
+
+// IntWeight.choose_qparams for one row of one group: v[t] for t < g.
+template <class Get>
+inline void qparams(Get v, int64_t g, const Scheme& sc, float* scale, float* zp) {
+  float hi = v(0), lo = v(0);
+  for (int64_t t = 1; t < g; t++) {
+    float x = v(t);
+    hi = std::max(hi, x);
+    lo = std::min(lo, x);
+  }
+  if (sc.symmetric) {
+    if (sc.eight_bit) {
+      float amax = std::max(std::fabs(hi), std::fabs(lo));
+      *scale = round_scale(amax / (float)sc.qmax, sc);
+      *zp = 0.0f;
+      return;
+    }
+    float extreme = hi >= -lo ? hi : lo;
+    if (hi == -lo) {  // equal magnitudes: the first value of largest magnitude decides
+      for (int64_t t = 0; t < g; t++) {
+        if (std::fabs(v(t)) == hi) { extreme = v(t); break; }
+      }
+    }
+    float div = extreme < 0 ? (float)(-sc.qmin) : (float)sc.qmax;
+    *scale = round_scale(std::fabs(extreme) / div, sc);
+    *zp = 0.0f;
+    return;
+  }
+  lo = std::min(lo, 0.0f);
+  hi = std::max(hi, 0.0f);
+  float s = round_scale((hi - lo) / (float)(sc.qmax - sc.qmin), sc);
+  float z = std::nearbyint(-lo / s);
+  *scale = s;
+  *zp = std::min(std::max(z, (float)sc.qmin), (float)sc.qmax);
+}
+
+struct Block {
+  float* wt;          // (bw, out): the block's columns as rows, updated in place
+  const float* ub;    // (bw, bw) of U, upper triangular
+  const float* w;     // (out, n): the whole weight, for groups reaching past the block
+  int64_t n, out, bw, b0, b1, g;
+  float* q;           // (bw, out) rounded values (zero point added)
+  float* err;         // (out, bw) scaled errors
+  float* scales;      // (groups starting in the block, out)
+  float* zps;         // same, or nullptr (symmetric)
+  const float* open_scale;  // (out): the group in progress when b0 is inside one
+  const float* open_zp;     // same, or nullptr
+};
+
+void run_rows(const Block& B, const Scheme& sc, int64_t r0, int64_t r1) {
+  const int64_t out = B.out, bw = B.bw;
+  const float *cur_s = B.open_scale, *cur_z = B.open_zp;
+  int64_t gi = 0;
+  const float qmin = (float)sc.qmin, qmax = (float)sc.qmax;
+  std::vector<float> e(r1 - r0);
+  for (int64_t j = 0; j < bw; j++) {
+    const int64_t col = B.b0 + j;
+    if (col % B.g == 0) {
+      float* s = B.scales + gi * out;
+      float* zs = B.zps ? B.zps + gi * out : nullptr;
+      gi++;
+      for (int64_t r = r0; r < r1; r++) {
+        auto v = [&](int64_t t) {
+          return j + t < bw ? B.wt[(j + t) * out + r] : B.w[r * B.n + B.b1 + (j + t - bw)];
+        };
+        float z;
+        qparams(v, B.g, sc, &s[r], &z);
+        if (zs) zs[r] = z;
+      }
+      cur_s = s;
+      cur_z = zs;
+    }
+    const float d = B.ub[j * bw + j];
+    float* x = B.wt + j * out;
+    float* qj = B.q + j * out;
+    for (int64_t r = r0; r < r1; r++) {
+      const float s = cur_s[r];
+      float q = std::nearbyint(x[r] / s);
+      float deq;
+      if (cur_z) {
+        const float z = cur_z[r];
+        q = std::min(std::max(q + z, qmin), qmax);
+        deq = (q - z) * s;
+      } else {
+        q = std::min(std::max(q, qmin), qmax);
+        deq = q * s;
+      }
+      qj[r] = q;
+      const float ej = (x[r] - deq) / d;
+      e[r - r0] = ej;
+      B.err[r * bw + j] = ej;
+    }
+    for (int64_t c = j + 1; c < bw; c++) {
+      const float u = B.ub[j * bw + c];
+      float* wc = B.wt + c * out;
+      for (int64_t r = r0; r < r1; r++) {
+        const float p = u * e[r - r0];
+        wc[r] = wc[r] - p;
+      }
+    }
+  }
+}
+
+void gptq_block(py::array wt, py::array ub, py::array w, int64_t b0, int64_t g, int bits,
+                bool symmetric, int scale_kind, float scale_lo, float scale_hi, py::array q,
+                py::array err, py::array scales, py::object zps, py::object open_scale,
+                py::object open_zp, int threads) {
+  if (wt.ndim() != 2 || w.ndim() != 2) throw py::value_error("gptq_block: 2-D arrays expected");
+  Block B{};
+  B.bw = wt.shape(0);
+  B.out = wt.shape(1);
+  B.n = w.shape(1);
+  B.b0 = b0;
+  B.b1 = b0 + B.bw;
+  B.g = g;
+  if (w.shape(0) != B.out || B.b1 > B.n || g <= 0 || B.n % g || bits < 2 || bits > 8)
+    throw py::value_error("gptq_block: shapes or scheme do not agree");
+  const int64_t groups = (B.b1 - 1) / g - (b0 + g - 1) / g + 1;
+  B.wt = f32(wt, B.bw * B.out, "wt");
+  B.ub = f32(ub, B.bw * B.bw, "ub");
+  B.w = f32(w, B.out * B.n, "w");
+  B.q = f32(q, B.bw * B.out, "q");
+  B.err = f32(err, B.bw * B.out, "err");
+  B.scales = f32(scales, groups * B.out, "scales");
+  if (!zps.is_none()) {
+    py::array z = zps;
+    B.zps = f32(z, groups * B.out, "zps");
+  }
+  if (b0 % g) {  // the block starts inside a group: its scales come from an earlier block
+    if (open_scale.is_none() || (B.zps != nullptr) == open_zp.is_none())
+      throw py::value_error("gptq_block: the block starts inside a group; pass its scales");
+    py::array os = open_scale;
+    B.open_scale = f32(os, B.out, "open_scale");
+    if (!open_zp.is_none()) {
+      py::array oz = open_zp;
+      B.open_zp = f32(oz, B.out, "open_zp");
+    }
+  }
+  Scheme sc{};
+  sc.symmetric = symmetric;
+  sc.eight_bit = bits == 8;
+  sc.qmin = symmetric ? -(1 << (bits - 1)) : 0;
+  sc.qmax = symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
+  sc.scale_kind = scale_kind;
+  sc.scale_lo = scale_lo;
+  sc.scale_hi = scale_hi;
+  py::gil_scoped_release nogil;
+  int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, B.out / 64));
+  if (nt == 1) {
+    run_rows(B, sc, 0, B.out);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int64_t step = (B.out + nt - 1) / nt;
+  for (int t = 1; t < nt; t++) {
+    int64_t r0 = t * step, r1 = std::min(B.out, r0 + step);
+    if (r0 < r1) pool.emplace_back(run_rows, std::cref(B), std::cref(sc), r0, r1);
+  }
+  run_rows(B, sc, 0, std::min(B.out, step));
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, mod) {
+  mod.doc() = "llama-edge quantizer kernels";
+  mod.def("gptq_block", &gptq_block, py::arg("wt"), py::arg("ub"), py::arg("w"), py::arg("b0"),
+          py::arg("g"), py::arg("bits"), py::arg("symmetric"), py::arg("scale_kind"),
+          py::arg("scale_lo"), py::arg("scale_hi"), py::arg("q"), py::arg("err"),
+          py::arg("scales"), py::arg("zps"), py::arg("open_scale"), py::arg("open_zp"),
+          py::arg("threads"));
+}

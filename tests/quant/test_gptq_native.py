@@ -1,0 +1,63 @@
+"""GPTQ's column loop in C++ (quant/csrc/gptq.cpp) gives the torch loop's integers, scales and
+zero points exactly, for every integer scheme: symmetric and asymmetric, 4 and 8 bits, fp16 and
+bf16 scales, groups inside a column block and per-channel groups reaching past it, widths that
+are not a multiple of the block, groups whose extremes tie in magnitude, all-zero groups and
+dead input channels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quant.algorithms import gptq
+from quant.schemes import IntWeight
+
+pytestmark = pytest.mark.skipif(gptq._native is None, reason="quant._native is not built")
+
+SCHEMES = [IntWeight(4, 32), IntWeight(4, 64, symmetric=False), IntWeight(8, 32),
+           IntWeight(8, None), IntWeight(4, None), IntWeight(8, 128, symmetric=False),
+           IntWeight(4, 32, scale_dtype="bf16"), IntWeight(4, 128, scale_dtype="bf16")]
+
+
+def _problem(out: int, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4 * n, n, generator=g) @ (torch.eye(n) + 0.3 * torch.randn(n, n, generator=g))
+    x[:, 5] = 0.0  # a dead input channel (its H diagonal is zero)
+    w = torch.randn(out, n, generator=g) * torch.rand(1, n, generator=g).add(0.1)
+    w[3, :64] = 0.0  # all-zero groups
+    w[4, 0], w[4, 1] = 2.5, -2.5  # extremes of equal magnitude, the positive one first
+    w[5, 32], w[5, 40] = -3.0, 3.0  # and the negative one first
+    return w, (x.double().t() @ x.double())
+
+
+# (out, in): three whole column blocks, and two and a half (groups up to 64 divide it)
+CASES = [(s, 70, 384) for s in SCHEMES] + [(s, 9, 320) for s in SCHEMES
+                                           if s.group_size is None or 320 % s.group_size == 0]
+
+
+@pytest.mark.parametrize("scheme,out,n", CASES,
+                         ids=lambda v: f"{v.name}_{v.scale_dtype}" if isinstance(v, IntWeight)
+                         else str(v))
+def test_native_loop_equals_torch_loop(scheme, out, n):
+    w, h = _problem(out, n, seed=out + n)
+    a = gptq.gptq_quantize(w, h, scheme, use_native=True)
+    b = gptq.gptq_quantize(w, h, scheme, use_native=False)
+    assert torch.equal(a.qdata, b.qdata)
+    assert torch.equal(a.scale, b.scale)
+    assert (a.zero_point is None) == (b.zero_point is None)
+    if a.zero_point is not None:
+        assert a.zero_point.dtype == b.zero_point.dtype
+        assert torch.equal(a.zero_point, b.zero_point)
+    # the problem is not degenerate: GPTQ moved some values away from plain rounding
+    rtn = scheme.quantize_tensor(w)
+    assert not torch.equal(a.qdata, rtn.qdata)
+
+
+def test_native_loop_refuses_a_copy():
+    """The kernel writes in place: an array it would have to convert is refused, not copied."""
+    wt = torch.zeros(4, 8, dtype=torch.float64).numpy()
+    f = torch.zeros(4, 8).numpy()
+    with pytest.raises(TypeError, match="float32"):
+        gptq._native.gptq_block(wt, torch.eye(4).numpy(), torch.zeros(8, 4).numpy(), 0, 4, 4,
+                                True, 0, 1e-4, 1e4, f, torch.zeros(8, 4).numpy(),
+                                torch.zeros(1, 8).numpy(), None, None, None, 1)
