@@ -21,6 +21,7 @@ from torch import nn
 
 from .algorithms.awq import search_clip, search_scales
 from .algorithms.gptq import gptq_quantize
+from .native import fake_quantizer
 from .recipes import QuantConfig, Recipe
 from .schemes import DynamicInt8Act, IntWeight, QuantError, QuantizedTensor
 
@@ -296,7 +297,7 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
                 if not bool(torch.isfinite(w).all()):
                     raise QuantError(f"tensor '{prefix + c}': contains NaN/Inf values; "
                                      "refusing to quantize")
-            s, alpha, e0, e1 = search_scales(ws, sample, cfg.weight.fake_quantize, cfg.act)
+            s, alpha, e0, e1 = search_scales(ws, sample, fake_quantizer(cfg.weight), cfg.act)
             prod = block.get_submodule(producer)
             if isinstance(prod, nn.Linear):
                 prod.weight.div_(s.unsqueeze(1).to(prod.weight.dtype))

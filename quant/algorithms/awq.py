@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ..native import fake_quantizer
+
 GRID = 20  # alpha in {0, 1/20, ..., 1}
 # The search visits the grid coarse to fine: every COARSE-th point, then halving steps around
 # the best so far. The error summed over thousands of tokens and every output is smooth and
@@ -97,6 +99,7 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, scheme) -> torch.Tensor:
     w = w.float()
     out, n = w.shape
     g = scheme.group_for(n)
+    fq = fake_quantizer(scheme)  # clamp to the bound, then quantize-dequantize
     ng = n // g
     xs = x[:CLIP_TOKENS].double().reshape(-1, ng, g).transpose(0, 1)  # (groups, t, g)
     gram = xs.transpose(1, 2) @ xs  # (groups, g, g)
@@ -109,8 +112,7 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, scheme) -> torch.Tensor:
         for i in range(CLIP_GRID):
             r = 1.0 - i * (1.0 - CLIP_MIN) / CLIP_GRID
             bound = amax * r
-            wc = torch.maximum(torch.minimum(wb, bound), -bound)
-            deq = scheme.fake_quantize(wc.reshape(-1, n)).reshape(wb.shape)
+            deq = fq(wb.reshape(-1, n), bound.reshape(-1, ng)).reshape(wb.shape)
             d = (deq - wb).double().transpose(0, 1)  # (groups, rows, g)
             err = ((d @ gram) * d).sum(-1).t()  # (rows, groups)
             better = err < best_err

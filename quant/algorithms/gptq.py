@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from ..native import kernels as _native
+from ..native import scheme_args
 from ..schemes import FP8Weight, IntWeight, QuantizedTensor
-from ..schemes.base import SCALE_BOUNDS, QuantError
-
-try:  # the column loop in C++ (quant/csrc/gptq.cpp), value for value the loop below
-    from .. import _native
-except ImportError:  # running from a source tree that was not built: the torch loop
-    _native = None
+from ..schemes.base import QuantError
 
 # Dampening added to H's diagonal, as a fraction of its median (not its mean: a few massive
 # activation channels, common in small LLMs, would make a mean-based damp swamp every other
@@ -140,15 +137,14 @@ def _native_block(scheme: IntWeight, w, wt, ub, b0, g, q_cols, err, scales, zps)
     q = torch.empty(bw, out)
     s = torch.empty(groups, out)
     z = None if scheme.symmetric else torch.empty(groups, out)
-    lo, hi = SCALE_BOUNDS[scheme.scale_dtype]
     # a block starting inside a group (groups wider than the block) goes on with its scales
     inside = b0 % g != 0
     open_s = scales[-1].contiguous().numpy() if inside else None
     open_z = zps[-1].float().numpy() if inside and z is not None else None
-    _native.gptq_block(wt.numpy(), ub.contiguous().numpy(), w.numpy(), b0, g, scheme.bits,
-                       scheme.symmetric, 0 if scheme.scale_dtype == "fp16" else 1, lo, hi,
-                       q.numpy(), err.numpy(), s.numpy(), None if z is None else z.numpy(),
-                       open_s, open_z, torch.get_num_threads())
+    bits, sym, kind, lo, hi = scheme_args(scheme)
+    _native.gptq_block(wt.numpy(), ub.contiguous().numpy(), w.numpy(), b0, g, bits, sym, kind,
+                       lo, hi, q.numpy(), err.numpy(), s.numpy(),
+                       None if z is None else z.numpy(), open_s, open_z, torch.get_num_threads())
     q_cols[:, b0:b0 + bw] = q.t()
     scales.extend(s.unbind(0))
     if z is not None:

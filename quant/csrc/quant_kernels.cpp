@@ -1,11 +1,13 @@
-// GPTQ's column loop over one block of columns (quant/algorithms/gptq.py), for integer weight
-// schemes: the per-column rounding, its error pushed onto the block's later columns, and the
-// scales (and zero points) of each group chosen when its first column is reached.
+// The quantizer's inner loops for integer weight schemes, in C++: GPTQ's column loop over one
+// block of columns (quant/algorithms/gptq.py: the per-column rounding, its error pushed onto the
+// block's later columns, each group's scales and zero points chosen when its first column is
+// reached) and the fake quantization of the AWQ searches (IntWeight.fake_quantize in
+// quant/schemes/intx.py, optionally after clipping each group).
 //
-// Every value equals the one the torch loop in gptq.py computes: the same IEEE operations on
-// the same fp32 operands in the same order per element (this file is compiled without
-// floating-point contraction, so a * b - c is two roundings, as two torch ops are). Rows are
-// independent in GPTQ (they share H, not values), so threads take disjoint rows.
+// Every value equals the one the torch code computes: the same IEEE operations on the same fp32
+// operands in the same order per element (this file is compiled without floating-point
+// contraction, so a * b - c is two roundings, as two torch ops are). Rows are independent in
+// both (GPTQ's rows share H, not values), so threads take disjoint rows.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -154,6 +156,34 @@ void run_rows(const Block& B, const Scheme& sc, int64_t r0, int64_t r1) {
   }
 }
 
+Scheme scheme_of(int bits, bool symmetric, int scale_kind, float scale_lo, float scale_hi) {
+  if (bits < 2 || bits > 8) throw py::value_error("quant kernels: bits must be in 2..8");
+  Scheme sc{};
+  sc.symmetric = symmetric;
+  sc.eight_bit = bits == 8;
+  sc.qmin = symmetric ? -(1 << (bits - 1)) : 0;
+  sc.qmax = symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
+  sc.scale_kind = scale_kind;
+  sc.scale_lo = scale_lo;
+  sc.scale_hi = scale_hi;
+  return sc;
+}
+
+// fn(r0, r1) over disjoint row ranges, one per thread (at least 16 rows each).
+template <class F>
+void on_threads(int64_t rows, int threads, F fn) {
+  int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, rows / 16));
+  if (nt == 1) return fn(0, rows);
+  std::vector<std::thread> pool;
+  const int64_t step = (rows + nt - 1) / nt;
+  for (int t = 1; t < nt; t++) {
+    int64_t r0 = t * step, r1 = std::min(rows, r0 + step);
+    if (r0 < r1) pool.emplace_back(fn, r0, r1);
+  }
+  fn(0, std::min(rows, step));
+  for (auto& th : pool) th.join();
+}
+
 void gptq_block(py::array wt, py::array ub, py::array w, int64_t b0, int64_t g, int bits,
                 bool symmetric, int scale_kind, float scale_lo, float scale_hi, py::array q,
                 py::array err, py::array scales, py::object zps, py::object open_scale,
@@ -166,7 +196,7 @@ void gptq_block(py::array wt, py::array ub, py::array w, int64_t b0, int64_t g, 
   B.b0 = b0;
   B.b1 = b0 + B.bw;
   B.g = g;
-  if (w.shape(0) != B.out || B.b1 > B.n || g <= 0 || B.n % g || bits < 2 || bits > 8)
+  if (w.shape(0) != B.out || B.b1 > B.n || g <= 0 || B.n % g)
     throw py::value_error("gptq_block: shapes or scheme do not agree");
   const int64_t groups = (B.b1 - 1) / g - (b0 + g - 1) / g + 1;
   B.wt = f32(wt, B.bw * B.out, "wt");
@@ -189,28 +219,55 @@ void gptq_block(py::array wt, py::array ub, py::array w, int64_t b0, int64_t g, 
       B.open_zp = f32(oz, B.out, "open_zp");
     }
   }
-  Scheme sc{};
-  sc.symmetric = symmetric;
-  sc.eight_bit = bits == 8;
-  sc.qmin = symmetric ? -(1 << (bits - 1)) : 0;
-  sc.qmax = symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
-  sc.scale_kind = scale_kind;
-  sc.scale_lo = scale_lo;
-  sc.scale_hi = scale_hi;
+  const Scheme sc = scheme_of(bits, symmetric, scale_kind, scale_lo, scale_hi);
   py::gil_scoped_release nogil;
-  int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, B.out / 64));
-  if (nt == 1) {
-    run_rows(B, sc, 0, B.out);
-    return;
+  on_threads(B.out, threads, [&](int64_t r0, int64_t r1) { run_rows(B, sc, r0, r1); });
+}
+
+// IntWeight.fake_quantize of w (rows, n) into out, value for value; with `bound` (rows,
+// n / g), each group first clamped to +-bound (AWQ's clipping search).
+void fake_quantize(py::array w, int64_t g, int bits, bool symmetric, int scale_kind,
+                   float scale_lo, float scale_hi, py::object bound, py::array out,
+                   int threads) {
+  if (w.ndim() != 2) throw py::value_error("fake_quantize: a 2-D weight expected");
+  const int64_t rows = w.shape(0), n = w.shape(1);
+  if (g <= 0 || n % g) throw py::value_error("fake_quantize: the group does not divide the row");
+  const int64_t ng = n / g;
+  const float* src = f32(w, rows * n, "w");
+  float* dst = f32(out, rows * n, "out");
+  const float* bnd = nullptr;
+  if (!bound.is_none()) {
+    py::array b = bound;
+    bnd = f32(b, rows * ng, "bound");
   }
-  std::vector<std::thread> pool;
-  const int64_t step = (B.out + nt - 1) / nt;
-  for (int t = 1; t < nt; t++) {
-    int64_t r0 = t * step, r1 = std::min(B.out, r0 + step);
-    if (r0 < r1) pool.emplace_back(run_rows, std::cref(B), std::cref(sc), r0, r1);
-  }
-  run_rows(B, sc, 0, std::min(B.out, step));
-  for (auto& th : pool) th.join();
+  const Scheme sc = scheme_of(bits, symmetric, scale_kind, scale_lo, scale_hi);
+  const float qmin = (float)sc.qmin, qmax = (float)sc.qmax;
+  py::gil_scoped_release nogil;
+  on_threads(rows, threads, [&](int64_t r0, int64_t r1) {
+    std::vector<float> v(g);
+    for (int64_t r = r0; r < r1; r++) {
+      for (int64_t k = 0; k < ng; k++) {
+        const float* x = src + r * n + k * g;
+        float* y = dst + r * n + k * g;
+        if (bnd) {
+          const float b = bnd[r * ng + k];
+          for (int64_t t = 0; t < g; t++) v[t] = std::max(std::min(x[t], b), -b);
+        } else {
+          std::memcpy(v.data(), x, g * sizeof(float));
+        }
+        float s, z;
+        qparams([&](int64_t t) { return v[t]; }, g, sc, &s, &z);
+        for (int64_t t = 0; t < g; t++) {
+          float q = std::nearbyint(v[t] / s);
+          if (sc.symmetric) {
+            y[t] = std::min(std::max(q, qmin), qmax) * s;
+          } else {
+            y[t] = (std::min(std::max(q + z, qmin), qmax) - z) * s;
+          }
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -222,4 +279,7 @@ PYBIND11_MODULE(_native, mod) {
           py::arg("scale_lo"), py::arg("scale_hi"), py::arg("q"), py::arg("err"),
           py::arg("scales"), py::arg("zps"), py::arg("open_scale"), py::arg("open_zp"),
           py::arg("threads"));
+  mod.def("fake_quantize", &fake_quantize, py::arg("w"), py::arg("g"), py::arg("bits"),
+          py::arg("symmetric"), py::arg("scale_kind"), py::arg("scale_lo"),
+          py::arg("scale_hi"), py::arg("bound"), py::arg("out"), py::arg("threads"));
 }

@@ -1,18 +1,20 @@
-"""GPTQ's column loop in C++ (quant/csrc/gptq.cpp) gives the torch loop's integers, scales and
-zero points exactly, for every integer scheme: symmetric and asymmetric, 4 and 8 bits, fp16 and
-bf16 scales, groups inside a column block and per-channel groups reaching past it, widths that
-are not a multiple of the block, groups whose extremes tie in magnitude, all-zero groups and
-dead input channels."""
+"""The quantizer's C++ loops (quant/csrc/quant_kernels.cpp) give the torch code's values exactly,
+for every integer scheme (symmetric and asymmetric, 4 and 8 bits, fp16 and bf16 scales):
+GPTQ's column loop (integers, scales, zero points; groups inside a column block and
+per-channel groups reaching past it, widths that are not a multiple of the block, groups whose
+extremes tie in magnitude, all-zero groups, dead input channels) and the fake quantization of
+the AWQ searches, with and without clipping."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from quant import native
 from quant.algorithms import gptq
 from quant.schemes import IntWeight
 
-pytestmark = pytest.mark.skipif(gptq._native is None, reason="quant._native is not built")
+pytestmark = pytest.mark.skipif(native.kernels is None, reason="quant._native is not built")
 
 SCHEMES = [IntWeight(4, 32), IntWeight(4, 64, symmetric=False), IntWeight(8, 32),
            IntWeight(8, None), IntWeight(4, None), IntWeight(8, 128, symmetric=False),
@@ -61,3 +63,20 @@ def test_native_loop_refuses_a_copy():
         gptq._native.gptq_block(wt, torch.eye(4).numpy(), torch.zeros(8, 4).numpy(), 0, 4, 4,
                                 True, 0, 1e-4, 1e4, f, torch.zeros(8, 4).numpy(),
                                 torch.zeros(1, 8).numpy(), None, None, None, 1)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: f"{s.name}_{s.scale_dtype}")
+def test_native_fake_quantize_equals_reference(scheme):
+    w, _ = _problem(70, 384, seed=7)
+    g = scheme.group_for(384)
+    fast = native.fake_quantizer(scheme)
+    assert torch.equal(fast(w), scheme.fake_quantize(w))
+    # clipped to 0.6-1.0 of each group's max |w|: clipping makes both extremes of many groups
+    # equal in magnitude, the tie case of the 4-bit scales
+    grouped = w.reshape(70, 384 // g, g)
+    amax = grouped.abs().amax(-1)
+    bound = amax * torch.linspace(0.6, 1.0, amax.numel()).reshape(amax.shape)
+    clipped = torch.maximum(torch.minimum(grouped, bound.unsqueeze(-1)), -bound.unsqueeze(-1))
+    want = scheme.fake_quantize(clipped.reshape(70, 384))
+    assert torch.equal(fast(w, bound), want)
+    assert not torch.equal(want, scheme.fake_quantize(w))
