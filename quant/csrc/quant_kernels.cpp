@@ -43,6 +43,15 @@ struct Scheme {
 inline float bits_f(uint32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
 inline uint32_t f_bits(float f) { uint32_t b; std::memcpy(&b, &f, 4); return b; }
 
+// torch.round: to nearest, ties to even, the sign kept (-0.3 -> -0.0). Adding and subtracting
+// 1.5 * 2^23 rounds in the default mode without a libm call (std::nearbyint is one where the
+// baseline x86-64 has no rounding instruction); values of magnitude 2^22 and above are whole.
+inline float round_even(float x) {
+  const float magic = 0x1.8p23f;
+  const float r = std::copysign((x + magic) - magic, x);
+  return std::fabs(x) < 0x1p22f ? r : x;
+}
+
 // Round a finite fp32 in the clamp range to fp16 (10 mantissa bits) or bf16 (7), nearest even.
 // Within fp16's normal range both are plain mantissa roundings of the fp32 value.
 inline float round_scale(float s, const Scheme& sc) {
@@ -58,7 +67,23 @@ inline float round_scale(float s, const Scheme& sc) {
 template <class Get>
 inline void qparams(Get v, int64_t g, const Scheme& sc, float* scale, float* zp) {
   float hi = v(0), lo = v(0);
-  for (int64_t t = 1; t < g; t++) {
+  int64_t t = 1;
+  if (g % 8 == 0) {  // eight running extremes (element-wise, so the compiler vectorizes them)
+    float h8[8], l8[8];
+    for (int i = 0; i < 8; i++) h8[i] = l8[i] = v(i);
+    for (t = 8; t < g; t += 8) {
+      for (int i = 0; i < 8; i++) {
+        const float x = v(t + i);
+        h8[i] = x > h8[i] ? x : h8[i];
+        l8[i] = x < l8[i] ? x : l8[i];
+      }
+    }
+    for (int i = 0; i < 8; i++) {
+      hi = h8[i] > hi ? h8[i] : hi;
+      lo = l8[i] < lo ? l8[i] : lo;
+    }
+  }
+  for (; t < g; t++) {
     float x = v(t);
     hi = std::max(hi, x);
     lo = std::min(lo, x);
@@ -84,7 +109,7 @@ inline void qparams(Get v, int64_t g, const Scheme& sc, float* scale, float* zp)
   lo = std::min(lo, 0.0f);
   hi = std::max(hi, 0.0f);
   float s = round_scale((hi - lo) / (float)(sc.qmax - sc.qmin), sc);
-  float z = std::nearbyint(-lo / s);
+  float z = round_even(-lo / s);
   *scale = s;
   *zp = std::min(std::max(z, (float)sc.qmin), (float)sc.qmax);
 }
@@ -130,7 +155,7 @@ void run_rows(const Block& B, const Scheme& sc, int64_t r0, int64_t r1) {
     float* qj = B.q + j * out;
     for (int64_t r = r0; r < r1; r++) {
       const float s = cur_s[r];
-      float q = std::nearbyint(x[r] / s);
+      float q = round_even(x[r] / s);
       float deq;
       if (cur_z) {
         const float z = cur_z[r];
@@ -224,6 +249,51 @@ void gptq_block(py::array wt, py::array ub, py::array w, int64_t b0, int64_t g, 
   on_threads(B.out, threads, [&](int64_t r0, int64_t r1) { run_rows(B, sc, r0, r1); });
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// The same source compiled for AVX-512 and AVX2 too, chosen at load time: the divisions and
+// roundings vectorize, and the values stay the baseline's (no contraction in any clone).
+#define EDGE_QUANT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define EDGE_QUANT_CLONES
+#endif
+
+EDGE_QUANT_CLONES
+void fq_rows(const float* src, float* dst, const float* bnd, int64_t r0, int64_t r1, int64_t n,
+             int64_t g, const Scheme& sc) {
+  const int64_t ng = n / g;
+  const float qmin = (float)sc.qmin, qmax = (float)sc.qmax;
+  std::vector<float> buf(g);
+  float* v = buf.data();
+  for (int64_t r = r0; r < r1; r++) {
+    for (int64_t k = 0; k < ng; k++) {
+      const float* x = src + r * n + k * g;
+      float* y = dst + r * n + k * g;
+      if (bnd) {
+        const float b = bnd[r * ng + k], nb = -b;
+        for (int64_t t = 0; t < g; t++) {
+          const float c = x[t] < b ? x[t] : b;
+          v[t] = c > nb ? c : nb;
+        }
+      } else {
+        std::memcpy(v, x, g * sizeof(float));
+      }
+      float s, z;
+      qparams([&](int64_t t) { return v[t]; }, g, sc, &s, &z);
+      if (sc.symmetric) {
+        for (int64_t t = 0; t < g; t++) {
+          const float q = round_even(v[t] / s);
+          y[t] = std::min(std::max(q, qmin), qmax) * s;
+        }
+      } else {
+        for (int64_t t = 0; t < g; t++) {
+          const float q = round_even(v[t] / s);
+          y[t] = (std::min(std::max(q + z, qmin), qmax) - z) * s;
+        }
+      }
+    }
+  }
+}
+
 // IntWeight.fake_quantize of w (rows, n) into out, value for value; with `bound` (rows,
 // n / g), each group first clamped to +-bound (AWQ's clipping search).
 void fake_quantize(py::array w, int64_t g, int bits, bool symmetric, int scale_kind,
@@ -241,32 +311,9 @@ void fake_quantize(py::array w, int64_t g, int bits, bool symmetric, int scale_k
     bnd = f32(b, rows * ng, "bound");
   }
   const Scheme sc = scheme_of(bits, symmetric, scale_kind, scale_lo, scale_hi);
-  const float qmin = (float)sc.qmin, qmax = (float)sc.qmax;
   py::gil_scoped_release nogil;
   on_threads(rows, threads, [&](int64_t r0, int64_t r1) {
-    std::vector<float> v(g);
-    for (int64_t r = r0; r < r1; r++) {
-      for (int64_t k = 0; k < ng; k++) {
-        const float* x = src + r * n + k * g;
-        float* y = dst + r * n + k * g;
-        if (bnd) {
-          const float b = bnd[r * ng + k];
-          for (int64_t t = 0; t < g; t++) v[t] = std::max(std::min(x[t], b), -b);
-        } else {
-          std::memcpy(v.data(), x, g * sizeof(float));
-        }
-        float s, z;
-        qparams([&](int64_t t) { return v[t]; }, g, sc, &s, &z);
-        for (int64_t t = 0; t < g; t++) {
-          float q = std::nearbyint(v[t] / s);
-          if (sc.symmetric) {
-            y[t] = std::min(std::max(q, qmin), qmax) * s;
-          } else {
-            y[t] = (std::min(std::max(q + z, qmin), qmax) - z) * s;
-          }
-        }
-      }
-    }
+    fq_rows(src, dst, bnd, r0, r1, n, g, sc);
   });
 }
 
