@@ -3,7 +3,7 @@ calibration text (to another target, or after a failed lowering) skips quantizat
 
 An entry is keyed by the SHA-256 of everything quantization reads: the checkpoint's tensors
 (after pruning, as held in memory), its config, the calibration token windows, the recipe's
-rules (or `auto`'s size target), the quantizer's source code and the torch version. It holds
+rules (or `auto`'s size target), the quantizer's source code (Python and C++) and the torch version. It holds
 every quantized module's integers, scales and scheme, the float parameters quantization changed
 (AWQ folds its scales into the norms), and the quantization report.
 
@@ -56,7 +56,7 @@ def _code_digest() -> str:
         p = _REPO / src
         files = sorted(p.rglob("*")) if p.is_dir() else [p]
         for f in files:
-            if f.is_file() and f.suffix in (".py", ".json", ".txt"):
+            if f.is_file() and f.suffix in (".py", ".json", ".txt", ".cpp"):
                 h.update(str(f.relative_to(_REPO)).encode())
                 h.update(f.read_bytes())
     return h.hexdigest()
