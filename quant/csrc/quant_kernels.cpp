@@ -44,12 +44,13 @@ inline float bits_f(uint32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
 inline uint32_t f_bits(float f) { uint32_t b; std::memcpy(&b, &f, 4); return b; }
 
 // torch.round: to nearest, ties to even, the sign kept (-0.3 -> -0.0). Adding and subtracting
-// 1.5 * 2^23 rounds in the default mode without a libm call (std::nearbyint is one where the
-// baseline x86-64 has no rounding instruction); values of magnitude 2^22 and above are whole.
+// 2^23 (with x's sign) rounds in the default mode without a libm call (std::nearbyint is one
+// where the baseline x86-64 has no rounding instruction); magnitudes of 2^23 and above are
+// whole already.
 inline float round_even(float x) {
-  const float magic = 0x1.8p23f;
+  const float magic = std::copysign(0x1p23f, x);
   const float r = std::copysign((x + magic) - magic, x);
-  return std::fabs(x) < 0x1p22f ? r : x;
+  return std::fabs(x) < 0x1p23f ? r : x;
 }
 
 // Round a finite fp32 in the clamp range to fp16 (10 mantissa bits) or bf16 (7), nearest even.
