@@ -3,9 +3,9 @@ calibration text (to another target, or after a failed lowering) skips quantizat
 
 An entry is keyed by the SHA-256 of everything quantization reads: the checkpoint's tensors
 (after pruning, as held in memory), its config, the calibration token windows, the recipe's
-rules (or `auto`'s size target), the quantizer's source code (Python and C++) and the torch version. It holds
-every quantized module's integers, scales and scheme, the float parameters quantization changed
-(AWQ folds its scales into the norms), and the quantization report.
+rules (or `auto`'s size target), the quantizer's source code (Python and C++) and the torch
+version. It holds every quantized module's integers, scales and scheme, the float parameters
+quantization changed (AWQ folds its scales into the norms), and the quantization report.
 
 Location: $LLAMA_EDGE_CACHE (a directory, or `off`), else $XDG_CACHE_HOME/llama-edge/quant, else
 ~/.cache/llama-edge/quant. Size: at most $LLAMA_EDGE_CACHE_MB megabytes (default

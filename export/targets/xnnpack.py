@@ -32,7 +32,6 @@ that ask for them are refused before any work (use --recipe mobile).
 from __future__ import annotations
 
 import contextlib
-
 import warnings
 from pathlib import Path
 

@@ -27,9 +27,9 @@ namespace {
 float* f32(py::array& a, int64_t size, const char* what) {
   if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style) ||
       !a.writeable())
-    throw py::type_error(std::string("gptq_block: ") + what +
+    throw py::type_error(std::string("quant kernels: ") + what +
                          " must be a writeable C-contiguous float32 array");
-  if (a.size() != size) throw py::value_error(std::string("gptq_block: wrong size for ") + what);
+  if (a.size() != size) throw py::value_error(std::string("quant kernels: wrong size for ") + what);
   return static_cast<float*>(a.mutable_data());
 }
 
