@@ -201,7 +201,7 @@ def quantize(model: nn.Module, recipe: Recipe, calib: torch.Tensor | None = None
                              "and needs calibration text")
         block_names = _block_prefixes(model, blocks)
         _calibrated(model, blocks, block_names, targets, calib, awq_map or [], done, rep,
-                    progress)
+                    recipe.calib_inputs == "quantized", progress)
     for n, c in targets.items():
         if n in done or n in tied:
             continue
@@ -248,9 +248,11 @@ def _f32(a):
     return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
 
 
-def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, progress):
-    """Run calibration block by block; quantize each block's targets; feed the quantized block's
-    outputs to the next block."""
+def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, quantized_inputs,
+                progress):
+    """Run calibration block by block and quantize each block's targets. The next block's
+    inputs are the block's float outputs, computed in the pass that gathers its statistics, or
+    with quantized_inputs those of the quantized block (a second pass)."""
     # 1. capture the first block's inputs (args/kwargs are shared by all blocks)
     captured = []
 
@@ -284,7 +286,8 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
         if not mine:
             xs = [block(x, *a, **k) for x, (a, k) in zip(xs, rest)]
             continue
-        stats = _collect(block, mine, xs, rest)
+        outs = None if quantized_inputs else []
+        stats = _collect(block, mine, xs, rest, outs)
         # AWQ: scale, fold, and transform the collected Hessians accordingly
         for producer, consumers in awq_map:
             cs = [c for c in consumers if c in mine and "awq" in mine[c].algorithm]
@@ -348,11 +351,13 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
             done[full] = qt
             rep.modules.setdefault(full, {})["algorithm"] = c.algorithm
             _set_module(block, n, QuantLinear(qt, c.act, c))
-        # the quantized block feeds the next one: its weights dequantized once for all windows
-        materialize(block)
-        with shared_act_quant():
-            xs = [block(x, *a, **k) for x, (a, k) in zip(xs, rest)]
-        materialize(block, on=False)
+        if outs is not None:
+            xs = outs
+        else:  # the quantized block's outputs, its weights dequantized once for all windows
+            materialize(block)
+            with shared_act_quant():
+                xs = [block(x, *a, **k) for x, (a, k) in zip(xs, rest)]
+            materialize(block, on=False)
         if progress:
             progress(bi + 1, len(blocks))
 
@@ -395,26 +400,42 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     return h
 
 
-# Activations kept per linear for AWQ's search (a random subset of calibration tokens).
-AWQ_SAMPLE_TOKENS = 2048
+# Activations kept per linear for AWQ's search (a random subset of calibration tokens). 512
+# instead of 2048 made the 8da4w recipe's export of SmolLM2 22 s faster, and its mean KLD on three
+# held-out texts 1.5-3.8 % lower (with float calibration inputs, float32 Hessians).
+AWQ_SAMPLE_TOKENS = 512
+# Calibration windows stacked into one x^T x product (a longer inner dimension runs nearer the
+# machine's peak; the stack costs GRAM_WINDOWS windows of one linear's inputs).
+GRAM_WINDOWS = 4
 
 
-def _collect(block, mine, xs, rest):
-    """Per target linear: H = sum x x^T (float64) and a sample of its inputs. Linears fed the
-    same input tensor (q/k/v, gate/up) share one H: it is computed once, and their entries
-    hold the same tensor object."""
-    acc = {n: {"h": None, "rows": []} for n in mine}
+def _collect(block, mine, xs, rest, outs=None):
+    """Per target linear: H = sum x x^T (float32 sums, handed on in float64) and a sample of its
+    inputs. Linears fed the same input tensor (q/k/v, gate/up) share one H: it is computed
+    once, and their entries hold the same tensor object. outs: a list to append the block's
+    output per window to (the block then runs to its end)."""
+    acc = {n: {"h": None, "rows": [], "pending": []} for n in mine}
     owner: dict[str, str] = {}  # linear -> the linear whose accumulator it shares
     seen: list[tuple[str, torch.Tensor]] = []  # inputs of the current call, by identity
     fired: set[str] = set()  # targets whose input the current call has reached
     hooks = []
 
+    def flush(st):
+        if st["pending"]:
+            xtx = gram(torch.cat(st["pending"]))
+            st["pending"].clear()
+            if st["h"] is None:
+                st["h"] = xtx
+            else:
+                st["h"] += xtx
+
     def record(n, x):
-        x = x.detach().reshape(-1, x.shape[-1]).double()
+        x = x.detach().reshape(-1, x.shape[-1]).float()
         st = acc[n]
-        xtx = gram(x)
-        st["h"] = xtx if st["h"] is None else st["h"] + xtx
-        st["rows"].append(x[:: max(1, x.shape[0] // 256)].float())
+        st["pending"].append(x)
+        if len(st["pending"]) == GRAM_WINDOWS:
+            flush(st)
+        st["rows"].append(x[:: max(1, x.shape[0] // 256)])
 
     for n in mine:
         mod = block.get_submodule(n)
@@ -428,7 +449,7 @@ def _collect(block, mine, xs, rest):
             else:
                 seen.append((n, args[0]))
                 record(n, args[0])
-            if len(fired) == len(mine):  # nothing the block computes after this is collected
+            if outs is None and len(fired) == len(mine):  # nothing after this is collected
                 raise _Stop
 
         hooks.append(mod.register_forward_pre_hook(hook))
@@ -437,7 +458,9 @@ def _collect(block, mine, xs, rest):
             seen.clear()
             fired.clear()
             try:
-                block(x, *a, **k)
+                y = block(x, *a, **k)
+                if outs is not None:
+                    outs.append(y)
             except _Stop:
                 pass
     finally:
@@ -450,6 +473,8 @@ def _collect(block, mine, xs, rest):
         src = owner.get(n, n)
         if src not in all_rows:
             all_rows[src] = torch.cat(acc[src].pop("rows"))
+            flush(acc[src])
+            acc[src]["h"] = acc[src]["h"].double()
         rows = all_rows[src]
         if rows.shape[0] > AWQ_SAMPLE_TOKENS:
             rows = rows[torch.randperm(rows.shape[0], generator=g)[:AWQ_SAMPLE_TOKENS]]

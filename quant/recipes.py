@@ -71,6 +71,9 @@ class Rule:
     config: QuantConfig | None
 
 
+CALIB_INPUTS = ("float", "quantized")
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -80,6 +83,10 @@ class Recipe:
     # calibration for algorithms that need it: number of windows and their length in tokens
     calib_windows: int = 16
     calib_seq_len: int = 512
+    # what each block's statistics are gathered on: "float", the unquantized model's activations
+    # (one forward per block and window); "quantized", the outputs of the blocks quantized
+    # before it (a second forward per block, through the quantized block)
+    calib_inputs: str = "float"
     extra: dict = field(default_factory=dict, compare=False)
 
     def config_for(self, module: str) -> QuantConfig | None:
@@ -97,7 +104,8 @@ class Recipe:
                            "config": r.config.to_dict() if r.config else None}
                           for r in self.rules],
                 "kv_cache": "int8" if self.kv_cache else None,
-                "calibration": {"windows": self.calib_windows, "seq_len": self.calib_seq_len}}
+                "calibration": {"windows": self.calib_windows, "seq_len": self.calib_seq_len,
+                                "inputs": self.calib_inputs}}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "recipe") -> "Recipe":
@@ -114,11 +122,15 @@ class Recipe:
         if kv not in (None, "int8"):
             raise RecipeError(f"{where}: kv_cache must be null or \"int8\", got {kv!r}")
         cal = d.get("calibration") or {}
+        inputs = cal.get("inputs", "float")
+        if inputs not in CALIB_INPUTS:
+            raise RecipeError(f"{where}: calibration.inputs must be one of "
+                              f"{', '.join(CALIB_INPUTS)}, got {inputs!r}")
         return cls(name=str(d.get("name", where)), rules=tuple(rules),
                    kv_cache=KVCacheInt8() if kv == "int8" else None,
                    description=str(d.get("description", "")),
                    calib_windows=int(cal.get("windows", 16)),
-                   calib_seq_len=int(cal.get("seq_len", 512)))
+                   calib_seq_len=int(cal.get("seq_len", 512)), calib_inputs=inputs)
 
     def with_algorithm(self, algorithm: str) -> "Recipe":
         """The same recipe with every quantized rule using `algorithm`."""

@@ -42,6 +42,8 @@ class ExportState:
     report: dict = field(default_factory=dict)
     deferred_errors: list[str] = field(default_factory=list)
     log: Callable[[str], None] = print  # one-line messages to the person running the export
+    # quant.eval.SpilledLogits of the source on the quality text, when computed before lowering
+    reference_logits: object = None
 
     @property
     def recipe_record(self) -> dict | str:

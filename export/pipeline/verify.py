@@ -118,37 +118,89 @@ def stage_verify(st):
     return st
 
 
-@torch.inference_mode()
-def stage_quality(st):
-    """PPL, mean KLD and same-top-token rate of every artifact against the source."""
-    from quant.eval import SpilledLogits, compare, windows
+def _scored(st) -> dict:
+    """The artifacts the quality stage scores (their targets run them for logits)."""
+    return {n: p for n, p in st.artifacts.items()
+            if targets.get(n).artifact_logits is not None}
+
+
+def _quality_ids(st) -> list[int]:
+    return st.checkpoint.tokenizer.encode(read_text(QUALITY_TEXT))
+
+
+def _spill_reference(st, ids: list[int], ctx: int, progress=None):
+    """The unquantized source's logits on every window of the quality text, in a temporary
+    file (quant.eval.SpilledLogits); the reference model is freed before this returns."""
+    from quant.eval import SpilledLogits
 
     from ..model import reference_model
     from .stages import source_tensors
 
-    ck = st.checkpoint
-    if ck.tokenizer is None:
+    held = [reference_model(st.checkpoint.config, source_tensors(st), max_seq_len=ctx)]
+
+    def run(w):
+        return held[0](w)[0]
+
+    spilled = SpilledLogits(run if progress is None else counted(run, progress), ids, ctx,
+                            dir=st.workdir)
+    held.clear()
+    return_free_memory()
+    return spilled
+
+
+@torch.inference_mode()
+def stage_reference(st):
+    """The source's logits on the quality text, computed right after quantizing while its float
+    tensors are still resident; then they are dropped if every target lowers from the quantized
+    model (stages.release_source). The quality stage scores the artifacts against these logits
+    instead of reading the checkpoint again."""
+    from quant.eval import windows
+
+    from .stages import release_source
+
+    if st.checkpoint.tokenizer is not None and any(
+            targets.get(t).artifact_logits is not None for t in st.cfg.targets):
+        ids = _quality_ids(st)
+        bar = stage_bar("reference", len(windows(ids, QUALITY_CTX)), "window")
+        try:
+            st.reference_logits = _spill_reference(st, ids, QUALITY_CTX, bar)
+        finally:
+            bar.close()
+    release_source(st)
+    return st
+
+
+@torch.inference_mode()
+def stage_quality(st):
+    """PPL, mean KLD and same-top-token rate of every artifact against the source."""
+    from quant.eval import compare, windows
+
+    early, st.reference_logits = st.reference_logits, None
+    if st.checkpoint.tokenizer is None:
         st.report["quality"] = "skipped: the checkpoint has no tokenizer"
         return st
-    scored = {n: p for n, p in st.artifacts.items()
-              if targets.get(n).artifact_logits is not None}
+    scored = _scored(st)
     if not scored:
+        if early is not None:
+            early.close()
         return st
-    ids = ck.tokenizer.encode(read_text(QUALITY_TEXT))
+    ids = _quality_ids(st)
     # windows no longer than the shortest context an artifact was exported with
     ctx = min([QUALITY_CTX] + [st.report["artifacts"][n]["max_context"] for n in scored
                                if "max_context" in st.report["artifacts"][n]])
-    # The reference's logits go to a temporary file and the reference is freed before any
-    # artifact's runtime loads: the source's float weights (2.5 GB for a 1B model) and the
-    # artifact (plus its runtime's prompt temporaries) are never resident together.
-    ref = reference_model(ck.config, source_tensors(st), max_seq_len=ctx)
-    # one unit per window scored: the reference's, then each artifact's
-    bar = stage_bar("quality", len(windows(ids, ctx)) * (1 + len(scored)), "window")
+    if early is not None and early.wins.shape[1] != ctx:
+        early.close()
+        early = None
+    # one unit per window scored: the reference's (unless computed before), then each
+    # artifact's
+    n_win = len(windows(ids, ctx))
+    bar = stage_bar("quality", n_win * ((early is None) + len(scored)), "window")
     try:
-        with SpilledLogits(counted(lambda w: ref(w)[0], bar), ids, ctx,
-                           dir=st.workdir) as ref_logits:
-            del ref
-            return_free_memory()
+        # The reference's logits go to a temporary file and the reference is freed before any
+        # artifact's runtime loads: the source's float weights (2.5 GB for a 1B model) and the
+        # artifact (plus its runtime's prompt temporaries) are never resident together.
+        ref_logits = early if early is not None else _spill_reference(st, ids, ctx, bar)
+        with ref_logits:
             for name, path in scored.items():
                 bar.set_postfix_str(name)
                 run = targets.get(name).artifact_logits(path, ctx)

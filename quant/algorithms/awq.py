@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from ..native import fake_quantizer
+from ..native import fake_quantizer, scheme_args
+from ..native import kernels as _native
+from ..schemes import IntWeight
 
 GRID = 20  # alpha in {0, 1/20, ..., 1}
 # The search visits the grid coarse to fine: every COARSE-th point, then halving steps around
@@ -68,7 +70,8 @@ def search_scales(weights: list[torch.Tensor], x: torch.Tensor, quantize, act=No
             xs = act.fake_quantize(xs)
         err = 0.0
         for w, r in zip(weights, ref):
-            err += float(((xs @ quantize(w.float() * s).t() - r) ** 2).sum())
+            d = torch.addmm(r, xs, quantize(w.float() * s).t(), beta=-1).view(-1)  # out - ref
+            err += float(torch.dot(d, d))
         return err / norm
 
     errors: dict[int, float] = {}
@@ -87,33 +90,45 @@ CLIP_TOKENS = 512  # calibration tokens used by the clipping search
 CLIP_ROWS = 1024  # output rows processed at once (bounds the working copies of w)
 
 
+def clip_ratios() -> list[float]:
+    """The clipping search's candidate ratios of a group's max |w|, largest first."""
+    return [1.0 - i * (1.0 - CLIP_MIN) / CLIP_GRID for i in range(CLIP_GRID)]
+
+
 @torch.no_grad()
-def search_clip(w: torch.Tensor, x: torch.Tensor, scheme) -> torch.Tensor:
+def search_clip(w: torch.Tensor, x: torch.Tensor, scheme, use_native: bool = True) -> torch.Tensor:
     """Per (output row, group): the clipping ratio r of the group's max |w| that minimises the
     group's contribution to the output error on calibration inputs. Returns w clamped to
     +-r max|w| per group; quantizing it gives scales from the clipped range.
 
     A group's error over the tokens, sum_t (delta . x_t)^2, is delta G delta^T with G the
-    group's (g, g) Gram matrix of the inputs: computed once (float64), it replaces a pass over
-    every token for every candidate ratio."""
-    w = w.float()
+    group's (g, g) Gram matrix of the inputs: computed once, it replaces a pass over
+    every token for every candidate ratio. use_native=False runs the search in torch (the
+    C++ search's reference: the same candidates, its error sums in another order)."""
+    w = w.detach().float().contiguous()
     out, n = w.shape
     g = scheme.group_for(n)
     fq = fake_quantizer(scheme)  # clamp to the bound, then quantize-dequantize
     ng = n // g
-    xs = x[:CLIP_TOKENS].double().reshape(-1, ng, g).transpose(0, 1)  # (groups, t, g)
+    xs = x[:CLIP_TOKENS].float().reshape(-1, ng, g).transpose(0, 1)  # (groups, t, g)
     gram = xs.transpose(1, 2) @ xs  # (groups, g, g)
+    if use_native and _native is not None and isinstance(scheme, IntWeight):
+        bounds = torch.empty(out, ng)
+        ratios = torch.tensor(clip_ratios(), dtype=torch.float32)
+        _native.clip_search(w.numpy(), gram.contiguous().numpy(), ratios.numpy(), g,
+                            *scheme_args(scheme), bounds.numpy(), torch.get_num_threads())
+        b = bounds.unsqueeze(-1)
+        return torch.maximum(torch.minimum(w.reshape(out, ng, g), b), -b).reshape(out, n)
     result = w.clone()
     for r0 in range(0, out, CLIP_ROWS):
         wb = w[r0:r0 + CLIP_ROWS].reshape(-1, ng, g)  # (rows, groups, g)
         amax = wb.abs().amax(-1, keepdim=True)
-        best_err = torch.full(wb.shape[:2], float("inf"), dtype=torch.float64)
+        best_err = torch.full(wb.shape[:2], float("inf"))
         best_bound = amax  # per group: the clipping bound chosen so far
-        for i in range(CLIP_GRID):
-            r = 1.0 - i * (1.0 - CLIP_MIN) / CLIP_GRID
+        for r in clip_ratios():
             bound = amax * r
             deq = fq(wb.reshape(-1, n), bound.reshape(-1, ng)).reshape(wb.shape)
-            d = (deq - wb).double().transpose(0, 1)  # (groups, rows, g)
+            d = (deq - wb).transpose(0, 1)  # (groups, rows, g)
             err = ((d @ gram) * d).sum(-1).t()  # (rows, groups)
             better = err < best_err
             best_err = torch.where(better, err, best_err)

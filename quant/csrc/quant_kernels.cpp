@@ -1,13 +1,15 @@
 // The quantizer's inner loops for integer weight schemes, in C++: GPTQ's column loop over one
 // block of columns (quant/algorithms/gptq.py: the per-column rounding, its error pushed onto the
 // block's later columns, each group's scales and zero points chosen when its first column is
-// reached) and the fake quantization of the AWQ searches (IntWeight.fake_quantize in
-// quant/schemes/intx.py, optionally after clipping each group).
+// reached), the fake quantization of the AWQ searches (IntWeight.fake_quantize in
+// quant/schemes/intx.py, optionally after clipping each group) and AWQ's clipping search.
 //
 // Every value equals the one the torch code computes: the same IEEE operations on the same fp32
 // operands in the same order per element (this file is compiled without floating-point
-// contraction, so a * b - c is two roundings, as two torch ops are). Rows are independent in
-// both (GPTQ's rows share H, not values), so threads take disjoint rows.
+// contraction, so a * b - c is two roundings, as two torch ops are). The one exception is the
+// clipping search's error sums, added in another order than torch's batched product: it picks
+// the torch code's candidate except where two candidates' errors agree to rounding. Rows are
+// independent in all three (GPTQ's rows share H, not values), so threads take disjoint rows.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -318,6 +320,110 @@ void fake_quantize(py::array w, int64_t g, int bits, bool symmetric, int scale_k
   });
 }
 
+// e[i] = d_i G d_i^T for the nc rows d_i of D (nc a multiple of CLIP_CB, rows past the real
+// candidates zero). Four candidates and sixteen columns at a time: the accumulators stay in
+// registers and their sums are independent, so the products issue back to back.
+constexpr int64_t CLIP_CB = 4, CLIP_TW = 16;
+// sixteen fp32 lanes: one AVX-512 register, two AVX2 ones, four SSE ones (GCC / clang vectors)
+typedef float ClipLanes __attribute__((vector_size(CLIP_TW * sizeof(float))));
+
+__attribute__((always_inline)) inline void group_errors(const float* D, const float* G, int64_t nc, int64_t g, float* e) {
+  for (int64_t i = 0; i < nc; i++) e[i] = 0.0f;
+  if (g % CLIP_TW) {
+    for (int64_t i = 0; i < nc; i++)
+      for (int64_t u = 0; u < g; u++) {
+        float y = 0.0f;
+        for (int64_t t = 0; t < g; t++) y += G[u * g + t] * D[i * g + t];
+        e[i] += D[i * g + u] * y;
+      }
+    return;
+  }
+  for (int64_t i0 = 0; i0 < nc; i0 += CLIP_CB) {
+    const float* Di = D + i0 * g;
+    for (int64_t t0 = 0; t0 < g; t0 += CLIP_TW) {
+      ClipLanes acc[CLIP_CB] = {};
+      for (int64_t u = 0; u < g; u++) {
+        ClipLanes gu;
+        std::memcpy(&gu, G + u * g + t0, sizeof gu);
+        for (int64_t c = 0; c < CLIP_CB; c++) acc[c] += Di[c * g + u] * gu;
+      }
+      for (int64_t c = 0; c < CLIP_CB; c++) {
+        ClipLanes dc;
+        std::memcpy(&dc, Di + c * g + t0, sizeof dc);
+        const ClipLanes p = acc[c] * dc;
+        float part = 0.0f;
+        for (int64_t t = 0; t < CLIP_TW; t++) part += p[t];
+        e[i0 + c] += part;
+      }
+    }
+  }
+}
+
+// AWQ's clipping search (quant/algorithms/awq.py search_clip): for each row and group of w, the
+// bound amax * ratios[i] whose fake-quantized group has the smallest output error d G d^T on
+// the calibration inputs (d the group's dequantized minus original values, G the group's
+// (g, g) Gram matrix of the inputs); the first smallest in the order given. One pass over w,
+// each group's candidates worked in L1 instead of a tensor per candidate.
+EDGE_QUANT_CLONES
+void clip_rows(const float* w, const float* gram, const float* ratios, int64_t nr, float* bounds,
+               int64_t r0, int64_t r1, int64_t n, int64_t g, const Scheme& sc) {
+  const int64_t ng = n / g;
+  const int64_t nc = (nr + CLIP_CB - 1) / CLIP_CB * CLIP_CB;
+  const float qmin = (float)sc.qmin, qmax = (float)sc.qmax;
+  std::vector<float> buf(g + nc * g + nc, 0.0f);
+  float *v = buf.data(), *D = v + g, *e = D + nc * g;
+  for (int64_t r = r0; r < r1; r++) {
+    for (int64_t k = 0; k < ng; k++) {
+      const float* x = w + r * n + k * g;
+      float amax = 0.0f;
+      for (int64_t t = 0; t < g; t++) amax = std::max(amax, std::fabs(x[t]));
+      for (int64_t i = 0; i < nr; i++) {
+        const float b = amax * ratios[i], nb = -b;
+        for (int64_t t = 0; t < g; t++) {
+          const float c = x[t] < b ? x[t] : b;
+          v[t] = c > nb ? c : nb;
+        }
+        float s, z;
+        qparams([&](int64_t t) { return v[t]; }, g, sc, &s, &z);
+        float* d = D + i * g;
+        for (int64_t t = 0; t < g; t++) {
+          const float q = round_even(v[t] / s);
+          const float deq = sc.symmetric ? std::min(std::max(q, qmin), qmax) * s
+                                         : (std::min(std::max(q + z, qmin), qmax) - z) * s;
+          d[t] = deq - x[t];
+        }
+      }
+      group_errors(D, gram + k * g * g, nc, g, e);
+      float best_err = INFINITY, best = amax;
+      for (int64_t i = 0; i < nr; i++) {
+        if (e[i] < best_err) {
+          best_err = e[i];
+          best = amax * ratios[i];
+        }
+      }
+      bounds[r * ng + k] = best;
+    }
+  }
+}
+
+void clip_search(py::array w, py::array gram, py::array ratios, int64_t g, int bits,
+                 bool symmetric, int scale_kind, float scale_lo, float scale_hi,
+                 py::array bounds, int threads) {
+  if (w.ndim() != 2) throw py::value_error("clip_search: a 2-D weight expected");
+  const int64_t rows = w.shape(0), n = w.shape(1);
+  if (g <= 0 || n % g) throw py::value_error("clip_search: the group does not divide the row");
+  const int64_t ng = n / g, nr = ratios.size();
+  const float* src = f32(w, rows * n, "w");
+  const float* G = f32(gram, ng * g * g, "gram");
+  const float* rt = f32(ratios, nr, "ratios");
+  float* dst = f32(bounds, rows * ng, "bounds");
+  const Scheme sc = scheme_of(bits, symmetric, scale_kind, scale_lo, scale_hi);
+  py::gil_scoped_release nogil;
+  on_threads(rows, threads, [&](int64_t r0, int64_t r1) {
+    clip_rows(src, G, rt, nr, dst, r0, r1, n, g, sc);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, mod) {
@@ -330,4 +436,7 @@ PYBIND11_MODULE(_native, mod) {
   mod.def("fake_quantize", &fake_quantize, py::arg("w"), py::arg("g"), py::arg("bits"),
           py::arg("symmetric"), py::arg("scale_kind"), py::arg("scale_lo"),
           py::arg("scale_hi"), py::arg("bound"), py::arg("out"), py::arg("threads"));
+  mod.def("clip_search", &clip_search, py::arg("w"), py::arg("gram"), py::arg("ratios"),
+          py::arg("g"), py::arg("bits"), py::arg("symmetric"), py::arg("scale_kind"),
+          py::arg("scale_lo"), py::arg("scale_hi"), py::arg("bounds"), py::arg("threads"));
 }

@@ -80,3 +80,41 @@ def test_native_fake_quantize_equals_reference(scheme):
     want = scheme.fake_quantize(clipped.reshape(70, 384))
     assert torch.equal(fast(w, bound), want)
     assert not torch.equal(want, scheme.fake_quantize(w))
+
+
+# Two candidates' errors closer than this (relative, in float64) are a tie that the search's
+# float32 sums may order either way.
+CLIP_TIE_RTOL = 1e-5
+
+
+@pytest.mark.parametrize("scheme", [s for s in SCHEMES if s.bits == 4],
+                         ids=lambda s: f"{s.name}_{s.scale_dtype}")
+def test_native_clip_search_picks_the_torch_search_candidate(scheme):
+    """The C++ clipping search adds its error sums in another order than torch's batched
+    product: every group gets the same bound, or one whose error (float64) ties with it."""
+    from quant.algorithms.awq import CLIP_TOKENS, search_clip
+
+    w, _ = _problem(70, 384, seed=11)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(CLIP_TOKENS, 384, generator=gen) * torch.rand(384, generator=gen).add(0.05)
+    g = scheme.group_for(384)
+    a = search_clip(w, x, scheme, use_native=True)
+    b = search_clip(w, x, scheme, use_native=False)
+    ba, bb = (t.reshape(70, -1, g).abs().amax(-1) for t in (a, b))
+    amax = w.reshape(70, -1, g).abs().amax(-1)
+    assert (bb < amax).float().mean() > 0.3  # clipping won in many groups: not degenerate
+    xs = x.double().reshape(-1, 384 // g, g).transpose(0, 1)
+    gram = xs.transpose(1, 2) @ xs
+
+    def err(bound):
+        deq = native.fake_quantizer(scheme)(w, bound).double().reshape(70, -1, g)
+        d = (deq - w.double().reshape(70, -1, g)).transpose(0, 1)
+        return ((d @ gram) * d).sum(-1).t()
+
+    ea, eb = err(ba), err(bb)
+    differ = ba != bb
+    assert differ.float().mean() < 0.02
+    assert torch.allclose(ea[differ], eb[differ], rtol=CLIP_TIE_RTOL, atol=0)
+    # the clipped weights are w held to each group's bound
+    assert torch.equal(a, torch.maximum(torch.minimum(w.reshape(70, -1, g), ba.unsqueeze(-1)),
+                                        -ba.unsqueeze(-1)).reshape(70, 384))

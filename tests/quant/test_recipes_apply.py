@@ -99,6 +99,38 @@ def test_calibrated_algorithms_run_and_need_calibration():
         assert torch.isfinite(m(calib[:1])).all()
 
 
+@torch.inference_mode()
+@pytest.mark.parametrize("inputs", ["float", "quantized"])
+def test_calibration_inputs_float_or_quantized(inputs):
+    """calibration.inputs "float": every block is calibrated on the float model's activations,
+    so how block 0 is quantized leaves block 1's integers unchanged; "quantized": block 1 sees
+    block 0's quantized outputs, and they change with it."""
+    calib = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(1))
+
+    def block1(bits0: int) -> torch.Tensor:
+        rule = {"weight": {"type": "int", "bits": 4, "group_size": 32, "symmetric": True},
+                "algorithm": "awq+gptq"}
+        first = {**rule, "weight": {**rule["weight"], "bits": bits0}}
+        r = Recipe.from_dict({"name": "t", "rules": [
+            {"pattern": "model.layers.0.*", "config": first},
+            {"pattern": "model.layers.*", "config": rule}],
+            "calibration": {"windows": 4, "seq_len": 32, "inputs": inputs}})
+        assert r.to_dict()["calibration"]["inputs"] == inputs
+        m = tiny_model()
+        quantize(m, r, calib, blocks=m.model.layers, awq_map=AWQ_MAP)
+        return torch.cat([lin.qt.qdata.flatten() for lin in m.model.layers[1].modules()
+                          if isinstance(lin, QuantLinear)])
+
+    same = torch.equal(block1(4), block1(8))
+    assert same == (inputs == "float")
+
+
+def test_calibration_inputs_must_be_named():
+    with pytest.raises(RecipeError, match="calibration.inputs must be one of float, quantized"):
+        Recipe.from_dict({"rules": [], "calibration": {"inputs": "fp32"}})
+    assert Recipe.from_dict({"rules": []}).calib_inputs == "float"
+
+
 def test_gptq_beats_rtn_on_correlated_inputs():
     g = torch.Generator().manual_seed(0)
     n, o, t = 128, 64, 2048
