@@ -46,7 +46,7 @@ from edge.atomic import remove  # noqa: E402
 CASES = ("edge-8da4w", "xnnpack-mobile", "xnnpack-cached", "edge-int4-rtn")
 PEERS = ("executorch", "ortgenai")
 CTX = 512
-STAGES = ("load", "quantize", "lower", "verify", "quality")
+STAGES = ("load", "quantize", "reference", "lower", "verify", "quality")
 
 
 def measured(cmd: list[str], log: Path, env=None) -> dict:

@@ -134,7 +134,7 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportS
     inputs = (cfg.checkpoint,) if Path(cfg.checkpoint).exists() else ()
     # Objects alive before the export (imported modules, the caller's) are left out of the
     # collections between stages, which then scan only what the export made: each collection
-    # of an interpreter holding torch had taken about 0.2 s.
+    # of an interpreter holding torch had taken about 0.2 s. Not during lowering (below).
     gc.freeze()
     try:
         return _run_stages(cfg, st, stages, inputs)
@@ -153,8 +153,16 @@ def _run_stages(cfg: ExportConfig, st: ExportState, stages, inputs) -> ExportSta
         for name, fn in stages:
             reset_peak_rss()
             t0 = time.perf_counter()
+            # A lowering that traces the model makes millions of objects, and frozen objects
+            # do not count towards the collector's own thresholds: with them frozen it ran
+            # full collections so often that the 30-layer XNNPACK lowering took 14 % longer.
+            lowering = name.startswith("lower:")
+            if lowering:
+                gc.unfreeze()
             st = fn(st)
             return_free_memory()
+            if lowering:
+                gc.freeze()
             dt = time.perf_counter() - t0
             peak, now = peak_rss_mb(), rss_mb()
             overall = max(overall, peak)
