@@ -1,7 +1,8 @@
 """A validating, zero-copy safetensors reader.
 
-The header is checked completely before any tensor is touched (edge/safetensors.py). Tensors are then views into a private (copy-on-write)
-memory map of the file: nothing is read until used, and nothing is ever written back.
+The header is checked completely before any tensor is touched (edge/safetensors.py). Tensors are
+then views into a private (copy-on-write) memory map of the file: nothing is read until used, and
+nothing is ever written back.
 """
 
 from __future__ import annotations
