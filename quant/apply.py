@@ -312,7 +312,7 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
                 st = stats[c]
                 h = next((new for old, new in scaled if old is st["h"]), None)
                 if h is None:
-                    h = st["h"] / s.unsqueeze(0).double() / s.unsqueeze(1).double()
+                    h = st["h"] / s.unsqueeze(0) / s.unsqueeze(1)
                     scaled.append((st["h"], h))
                 st["h"] = h
                 st["sample"] = st["sample"] / s
@@ -410,10 +410,10 @@ GRAM_WINDOWS = 4
 
 
 def _collect(block, mine, xs, rest, outs=None):
-    """Per target linear: H = sum x x^T (float32 sums, handed on in float64) and a sample of its
-    inputs. Linears fed the same input tensor (q/k/v, gate/up) share one H: it is computed
-    once, and their entries hold the same tensor object. outs: a list to append the block's
-    output per window to (the block then runs to its end)."""
+    """Per target linear: H = sum x x^T (float32) and a sample of its inputs. Linears fed the
+    same input tensor (q/k/v, gate/up) share one H: it is computed once, and their entries hold
+    the same tensor object. outs: a list to append the block's output per window to (the block
+    then runs to its end)."""
     acc = {n: {"h": None, "rows": [], "pending": []} for n in mine}
     owner: dict[str, str] = {}  # linear -> the linear whose accumulator it shares
     seen: list[tuple[str, torch.Tensor]] = []  # inputs of the current call, by identity
@@ -474,7 +474,6 @@ def _collect(block, mine, xs, rest, outs=None):
         if src not in all_rows:
             all_rows[src] = torch.cat(acc[src].pop("rows"))
             flush(acc[src])
-            acc[src]["h"] = acc[src]["h"].double()
         rows = all_rows[src]
         if rows.shape[0] > AWQ_SAMPLE_TOKENS:
             rows = rows[torch.randperm(rows.shape[0], generator=g)[:AWQ_SAMPLE_TOKENS]]

@@ -29,25 +29,26 @@ BLOCK = 128
 
 
 def inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor of H^-1 (float32). H is shrunk and damped in float64; the
-    factorisations run in float32: the shrinkage bounds H's smallest eigenvalue by 0.3 of its
-    smallest diagonal entry, and on SmolLM2's Hessians the factor agrees with a float64 one to
-    about 2e-7 of its largest entry."""
-    h = h.double().clone()
+    """Upper triangular U with U^T U = H'^-1 (float32), H' the shrunk and damped H. With R the
+    reversal of the index order, the lower Cholesky factor L of R H' R gives H' = (R L R)
+    (R L R)^T with R L R upper triangular, so U = (R L R)^-1 = R L^-1 R: one factorisation and
+    one triangular solve (4.1 s at 8192 wide, against 5.2 s for factorising H', inverting it and
+    factorising the inverse). The shrinkage bounds H's smallest eigenvalue by 0.3 of its
+    smallest diagonal entry; on SmolLM2's and the 1B shape's Hessians U agrees with the float64
+    computation to about 3e-7 of its largest entry."""
+    h = h.float().clone()
+    n = h.shape[0]
     diag = h.diagonal()
     diag += SHRINK * diag
     dead = diag == 0
     h[dead, dead] = 1.0
-    damp = DAMP * torch.median(diag)
+    base = diag.clone()
+    damp = DAMP * torch.median(base)
     for attempt in range(6):
-        try:
-            hd = h.float()
-            hd.diagonal().copy_(diag + damp * (10 ** attempt))
-            l = torch.linalg.cholesky(hd)
-            hinv = torch.cholesky_inverse(l)
-            return torch.linalg.cholesky(hinv, upper=True)
-        except RuntimeError:
-            continue
+        diag.copy_(base + damp * (10 ** attempt))
+        l, info = torch.linalg.cholesky_ex(h.flip(0, 1))
+        if int(info) == 0:
+            return torch.linalg.solve_triangular(l, torch.eye(n), upper=False).flip(0, 1)
     raise QuantError("GPTQ: the calibration Hessian is not positive definite even with "
                      "strong dampening; use more or more varied calibration text")
 
