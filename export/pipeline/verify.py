@@ -118,12 +118,6 @@ def stage_verify(st):
     return st
 
 
-def _scored(st) -> dict:
-    """The artifacts the quality stage scores (their targets run them for logits)."""
-    return {n: p for n, p in st.artifacts.items()
-            if targets.get(n).artifact_logits is not None}
-
-
 def _quality_ids(st) -> list[int]:
     return st.checkpoint.tokenizer.encode(read_text(QUALITY_TEXT))
 
@@ -179,7 +173,8 @@ def stage_quality(st):
     if st.checkpoint.tokenizer is None:
         st.report["quality"] = "skipped: the checkpoint has no tokenizer"
         return st
-    scored = _scored(st)
+    scored = {n: p for n, p in st.artifacts.items()
+              if targets.get(n).artifact_logits is not None}
     if not scored:
         if early is not None:
             early.close()

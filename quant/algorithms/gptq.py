@@ -76,7 +76,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weigh
         scale_all, zp_all = scheme.choose_qparams(w, name)
         w, h = w[:, perm], h[perm][:, perm]
     if u is None or perm is not None:
-        u = inverse_cholesky(h).float()
+        u = inverse_cholesky(h)
     q_cols = torch.zeros_like(w)
     scales, zps = [], []
     scale = zp = None

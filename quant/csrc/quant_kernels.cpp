@@ -260,41 +260,45 @@ void gptq_block(py::array wt, py::array ub, py::array w, int64_t b0, int64_t g, 
 #define EDGE_QUANT_CLONES
 #endif
 
+// One group of g values x, clamped to +-*bound first when bound is given (v: g floats of
+// scratch), quantized with its own scale and dequantized into y: IntWeight.fake_quantize's
+// operations per element. Inlined into each target clone.
+__attribute__((always_inline)) inline void fq_group(const float* x, const float* bound, int64_t g,
+                                                    const Scheme& sc, float* v, float* y) {
+  const float qmin = (float)sc.qmin, qmax = (float)sc.qmax;
+  if (bound) {
+    const float b = *bound, nb = -b;
+    for (int64_t t = 0; t < g; t++) {
+      const float c = x[t] < b ? x[t] : b;
+      v[t] = c > nb ? c : nb;
+    }
+  } else {
+    std::memcpy(v, x, g * sizeof(float));
+  }
+  float s, z;
+  qparams([&](int64_t t) { return v[t]; }, g, sc, &s, &z);
+  if (sc.symmetric) {
+    for (int64_t t = 0; t < g; t++) {
+      const float q = round_even(v[t] / s);
+      y[t] = std::min(std::max(q, qmin), qmax) * s;
+    }
+  } else {
+    for (int64_t t = 0; t < g; t++) {
+      const float q = round_even(v[t] / s);
+      y[t] = (std::min(std::max(q + z, qmin), qmax) - z) * s;
+    }
+  }
+}
+
 EDGE_QUANT_CLONES
 void fq_rows(const float* src, float* dst, const float* bnd, int64_t r0, int64_t r1, int64_t n,
              int64_t g, const Scheme& sc) {
   const int64_t ng = n / g;
-  const float qmin = (float)sc.qmin, qmax = (float)sc.qmax;
-  std::vector<float> buf(g);
-  float* v = buf.data();
-  for (int64_t r = r0; r < r1; r++) {
-    for (int64_t k = 0; k < ng; k++) {
-      const float* x = src + r * n + k * g;
-      float* y = dst + r * n + k * g;
-      if (bnd) {
-        const float b = bnd[r * ng + k], nb = -b;
-        for (int64_t t = 0; t < g; t++) {
-          const float c = x[t] < b ? x[t] : b;
-          v[t] = c > nb ? c : nb;
-        }
-      } else {
-        std::memcpy(v, x, g * sizeof(float));
-      }
-      float s, z;
-      qparams([&](int64_t t) { return v[t]; }, g, sc, &s, &z);
-      if (sc.symmetric) {
-        for (int64_t t = 0; t < g; t++) {
-          const float q = round_even(v[t] / s);
-          y[t] = std::min(std::max(q, qmin), qmax) * s;
-        }
-      } else {
-        for (int64_t t = 0; t < g; t++) {
-          const float q = round_even(v[t] / s);
-          y[t] = (std::min(std::max(q + z, qmin), qmax) - z) * s;
-        }
-      }
-    }
-  }
+  std::vector<float> v(g);
+  for (int64_t r = r0; r < r1; r++)
+    for (int64_t k = 0; k < ng; k++)
+      fq_group(src + r * n + k * g, bnd ? bnd + r * ng + k : nullptr, g, sc, v.data(),
+               dst + r * n + k * g);
 }
 
 // IntWeight.fake_quantize of w (rows, n) into out, value for value; with `bound` (rows,
@@ -327,7 +331,8 @@ constexpr int64_t CLIP_CB = 4, CLIP_TW = 16;
 // sixteen fp32 lanes: one AVX-512 register, two AVX2 ones, four SSE ones (GCC / clang vectors)
 typedef float ClipLanes __attribute__((vector_size(CLIP_TW * sizeof(float))));
 
-__attribute__((always_inline)) inline void group_errors(const float* D, const float* G, int64_t nc, int64_t g, float* e) {
+__attribute__((always_inline)) inline void group_errors(const float* D, const float* G, int64_t nc,
+                                                        int64_t g, float* e) {
   for (int64_t i = 0; i < nc; i++) e[i] = 0.0f;
   if (g % CLIP_TW) {
     for (int64_t i = 0; i < nc; i++)
@@ -369,7 +374,6 @@ void clip_rows(const float* w, const float* gram, const float* ratios, int64_t n
                int64_t r0, int64_t r1, int64_t n, int64_t g, const Scheme& sc) {
   const int64_t ng = n / g;
   const int64_t nc = (nr + CLIP_CB - 1) / CLIP_CB * CLIP_CB;
-  const float qmin = (float)sc.qmin, qmax = (float)sc.qmax;
   std::vector<float> buf(g + nc * g + nc, 0.0f);
   float *v = buf.data(), *D = v + g, *e = D + nc * g;
   for (int64_t r = r0; r < r1; r++) {
@@ -378,20 +382,10 @@ void clip_rows(const float* w, const float* gram, const float* ratios, int64_t n
       float amax = 0.0f;
       for (int64_t t = 0; t < g; t++) amax = std::max(amax, std::fabs(x[t]));
       for (int64_t i = 0; i < nr; i++) {
-        const float b = amax * ratios[i], nb = -b;
-        for (int64_t t = 0; t < g; t++) {
-          const float c = x[t] < b ? x[t] : b;
-          v[t] = c > nb ? c : nb;
-        }
-        float s, z;
-        qparams([&](int64_t t) { return v[t]; }, g, sc, &s, &z);
+        const float b = amax * ratios[i];
         float* d = D + i * g;
-        for (int64_t t = 0; t < g; t++) {
-          const float q = round_even(v[t] / s);
-          const float deq = sc.symmetric ? std::min(std::max(q, qmin), qmax) * s
-                                         : (std::min(std::max(q + z, qmin), qmax) - z) * s;
-          d[t] = deq - x[t];
-        }
+        fq_group(x, &b, g, sc, v, d);
+        for (int64_t t = 0; t < g; t++) d[t] -= x[t];
       }
       group_errors(D, gram + k * g * g, nc, g, e);
       float best_err = INFINITY, best = amax;
