@@ -286,10 +286,11 @@ def runner_metadata(model: LlamaModel, tokenizer, max_context: int, max_seq_len:
 
 
 def lower_to_pte(model: LlamaModel, tokenizer, max_context: int, path: Path,
-                 max_seq_len: int = MAX_SEQ_LEN, step=None) -> dict:
+                 max_seq_len: int = MAX_SEQ_LEN, step=None, shortcuts: bool = True) -> dict:
     """Write the .pte of `model` (fp32 activations, XNNPACK-delegated linears) to `path`,
     streamed from the serialized pieces (no contiguous copy of the program in memory); returns
-    how much of it runs in XNNPACK (delegated_share)."""
+    how much of it runs in XNNPACK (delegated_share). shortcuts=False lowers without
+    _lowering_shortcuts (the same bytes, slower)."""
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 (registers ops)
     import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401
 
@@ -297,7 +298,7 @@ def lower_to_pte(model: LlamaModel, tokenizer, max_context: int, path: Path,
         for category, message in LOWERING_NOTICES:
             warnings.filterwarnings("ignore", message, category)
         return _lower(model, tokenizer, max_context, path, max_seq_len,
-                      step or (lambda what: None))
+                      step or (lambda what: None), shortcuts)
 
 
 # What torch.export and ExecuTorch's passes warn about on every lowering of this graph: their
@@ -389,7 +390,7 @@ def _legalize_in_place(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """torch.fx's legalize_graph (the topological order ExecuTorch restores after moving each
     partition into its own submodule): the same order from the same queue discipline, with the
     graph's nodes relinked in place instead of copied into a new graph, and the module's Python
-    code regenerated once when the partition step ends (_sorting_in_place) instead of after
+    code regenerated once when the partition step ends (_lowering_shortcuts) instead of after
     every partition. ExecuTorch calls it once per partition on the whole program; regenerating
     the whole program's code each time made the step quadratic (70 s of SmolLM2's lowering).
     The programs are byte for byte the same."""
@@ -434,23 +435,69 @@ def _legalize_in_place(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
+# Operators of the float partitions of the runner's program (RMSNorm's steps, the rotary
+# embedding, SiLU times up, residual adds) on which none of XNNPACK's graph passes acts: they
+# rewrite convolutions, batch norms, pads, upsampling, concatenations of more than five inputs,
+# clones and copies, activations following a convolution or linear, matmul and SDPA patterns,
+# quantize / dequantize pairs, and fold operators whose inputs are all constants.
+PASSLESS_OPS = frozenset({"aten.add.Tensor", "aten.mul.Tensor", "aten.pow.Tensor_Scalar",
+                          "aten.rsqrt.default", "aten.neg.default", "aten.sigmoid.default",
+                          "aten.cat.default"})
+MAX_PASSLESS_CAT = 5  # inputs of a concatenation XNNPACK takes whole
+
+
+def _passless(ep) -> bool:
+    """Whether XNNPACK's graph passes leave a partition as it is: every operator in
+    PASSLESS_OPS, no concatenation longer than XNNPACK takes whole, and every operator with an
+    input computed at run time (so nothing to fold into a constant)."""
+    constant = set(ep.graph_signature.inputs_to_parameters) | \
+        set(ep.graph_signature.inputs_to_buffers) | \
+        set(ep.graph_signature.inputs_to_lifted_tensor_constants)
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", None)
+        if name not in PASSLESS_OPS:
+            return False
+        if name == "aten.cat.default" and len(node.args[0]) > MAX_PASSLESS_CAT:
+            return False
+        if all(n.op == "placeholder" and n.name in constant for n in node.all_input_nodes):
+            return False
+    return True
+
+
 @contextlib.contextmanager
-def _sorting_in_place():
-    """ExecuTorch's lowering with _legalize_in_place as its topological sort."""
+def _lowering_shortcuts():
+    """ExecuTorch's lowering with two shortcuts that leave the program byte for byte the same
+    (tested): _legalize_in_place as its topological sort, and no XNNPACK graph passes on the
+    partitions they would leave unchanged (_passless). Each of those passes retraces the
+    partition with fake tensors; the float partitions (seven a layer) went through seventeen
+    of them, most of a 30-layer lowering's delegate preprocessing."""
+    import executorch.backends.xnnpack.xnnpack_preprocess as xp
     import executorch.exir.lowered_backend_module as lbm
+
+    base = xp.XNNPACKPassManager
+
+    class PassManager(base):
+        def __init__(self, exported_program, passes=None):
+            super().__init__(exported_program, passes)
+            if _passless(exported_program):
+                self.passes = []
 
     saved = lbm.legalize_graph
     lbm.legalize_graph = _legalize_in_place
+    xp.XNNPACKPassManager = PassManager
     try:
         yield
     finally:
         lbm.legalize_graph = saved
+        xp.XNNPACKPassManager = base
         for gm in _stale.values():
             gm.recompile()
         _stale.clear()
 
 
-def _lower(model, tokenizer, max_context, path, max_seq_len, step) -> dict:
+def _lower(model, tokenizer, max_context, path, max_seq_len, step, shortcuts=True) -> dict:
     from executorch.exir import (EdgeCompileConfig, ExecutorchBackendConfig,
                                  to_edge_transform_and_lower)
     from executorch.exir.passes import MemoryPlanningPass
@@ -467,7 +514,7 @@ def _lower(model, tokenizer, max_context, path, max_seq_len, step) -> dict:
                                  strict=False)
     del pte
     step(LOWER_STEPS[1])
-    with _sorting_in_place():
+    with _lowering_shortcuts() if shortcuts else contextlib.nullcontext():
         edge = to_edge_transform_and_lower(
             ep, partitioner=[runner_partitioner()],
             constant_methods=runner_metadata(model, tokenizer, max_context, max_seq_len),

@@ -343,3 +343,58 @@ def test_lowering_leaves_no_reference_to_the_weights(tmp_path):
     del m
     gc.collect()
     assert alive() is None
+
+
+def test_lowering_shortcuts_leave_the_program_byte_for_byte_the_same(tmp_path, monkeypatch):
+    """The in-place topological sort and the partitions lowered without XNNPACK's graph passes
+    (export/targets/xnnpack.py _lowering_shortcuts) write the same program as ExecuTorch's own
+    lowering; the pass-free partitions are most of the float ones."""
+    from export.targets import xnnpack as X
+
+    verdicts = []
+    passless = X._passless
+    monkeypatch.setattr(X, "_passless", lambda ep: verdicts.append(passless(ep)) or verdicts[-1])
+    m = mobile_rtn(CFG.replace(num_layers=2))
+    X.lower_to_pte(m, tiny_tokenizer(), CTX, tmp_path / "fast.pte")
+    X.lower_to_pte(m, tiny_tokenizer(), CTX, tmp_path / "plain.pte", shortcuts=False)
+    assert (tmp_path / "fast.pte").read_bytes() == (tmp_path / "plain.pte").read_bytes()
+    # seven float partitions a layer, the final norm's two; linears keep their own pass
+    assert verdicts.count(True) >= 2 * 7
+
+
+def test_partitions_the_passes_would_change_are_not_passless():
+    """Operators outside the known set, long concatenations and operators on constants alone
+    (which the constant-folding pass would fold) keep XNNPACK's passes."""
+    from export.targets.xnnpack import MAX_PASSLESS_CAT, _passless
+
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return torch.cat([torch.rsqrt(x.pow(2) + 1.0) * self.w, -x], dim=-1)
+
+    class Long(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([x] * (MAX_PASSLESS_CAT + 1), dim=-1)
+
+    class Folds(Plain):
+        def forward(self, x):
+            return x * (self.w * 2.0)
+
+    class Other(torch.nn.Module):
+        def forward(self, x):
+            return torch.tanh(x)
+
+    from executorch.exir import EdgeCompileConfig, to_edge
+
+    def edge(mod):
+        ep = torch.export.export(mod, (torch.ones(2, 4),))
+        return to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False)) \
+            .exported_program()
+
+    assert _passless(edge(Plain()))
+    assert not _passless(edge(Long()))
+    assert not _passless(edge(Folds()))
+    assert not _passless(edge(Other()))
