@@ -32,12 +32,12 @@ def inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
     """Upper triangular U with U^T U = H'^-1 (float32), H' the shrunk and damped H. With R the
     reversal of the index order, the lower Cholesky factor L of R H' R gives H' = (R L R)
     (R L R)^T with R L R upper triangular, so U = (R L R)^-1 = R L^-1 R: one factorisation and
-    one triangular solve (4.1 s at 8192 wide, against 5.2 s for factorising H', inverting it and
-    factorising the inverse). The shrinkage bounds H's smallest eigenvalue by 0.3 of its
-    smallest diagonal entry; on SmolLM2's and the 1B shape's Hessians U agrees with the float64
-    computation to about 3e-7 of its largest entry."""
+    one triangular inverse (lower_inverse; 4.1 s at 8192 wide with a triangular solve, against
+    5.2 s for factorising H', inverting it and factorising the inverse). The shrinkage bounds
+    H's smallest eigenvalue by 0.3 of its smallest diagonal entry; on SmolLM2's and the 1B
+    shape's Hessians U agrees with the float64 computation to about 3e-7 of its largest
+    entry."""
     h = h.float().clone()
-    n = h.shape[0]
     diag = h.diagonal()
     diag += SHRINK * diag
     dead = diag == 0
@@ -48,9 +48,32 @@ def inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
         diag.copy_(base + damp * (10 ** attempt))
         l, info = torch.linalg.cholesky_ex(h.flip(0, 1))
         if int(info) == 0:
-            return torch.linalg.solve_triangular(l, torch.eye(n), upper=False).flip(0, 1)
+            return lower_inverse(l).flip(0, 1)
     raise QuantError("GPTQ: the calibration Hessian is not positive definite even with "
                      "strong dampening; use more or more varied calibration text")
+
+
+# Lower triangular matrices wider than this are inverted by halves: [[A, 0], [B, C]]^-1 =
+# [[A^-1, 0], [-C^-1 B A^-1, C^-1]], two half-width inverses and two matrix products, about
+# two thirds of the work of a triangular solve against the identity and at the speed of matrix
+# products (8192 wide: 1.4 s instead of 2.2). Narrower ones take LAPACK's triangular solve,
+# which is as fast there.
+TRI_INV_SPLIT = 2048
+
+
+def lower_inverse(l: torch.Tensor) -> torch.Tensor:
+    """The inverse of a lower triangular float32 matrix."""
+    n = l.shape[0]
+    if n <= TRI_INV_SPLIT:
+        return torch.linalg.solve_triangular(l, torch.eye(n, dtype=l.dtype), upper=False)
+    k = n // 2
+    a = lower_inverse(l[:k, :k])
+    c = lower_inverse(l[k:, k:])
+    out = torch.zeros(n, n, dtype=l.dtype)
+    out[:k, :k] = a
+    out[k:, k:] = c
+    out[k:, :k] = (c @ (l[k:, :k] @ a)).neg_()
+    return out
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: IntWeight | FP8Weight,
