@@ -307,8 +307,21 @@ def lower_to_pte(model: LlamaModel, tokenizer, max_context: int, path: Path,
 LOWERING_NOTICES = ((FutureWarning, ""), (UserWarning, "Mutation on a buffer"))
 
 
-# The steps of a lowering, as reported to `step` when each one starts.
+# The steps of a lowering, as reported to `step` when each one starts, and each one's share of
+# the lowering's time in percent (SmolLM2's 30 layers: 6, 69, 15 and 0.6 s of 91), by which the
+# stage's bar advances so that its estimate of the time left holds from the first step on.
 LOWER_STEPS = ("torch.export", "partition (XNNPACK)", "to_executorch", "serialize")
+LOWER_SHARES = (7, 76, 16, 1)
+
+
+def lowering_progress(bar):
+    """step(name) for lower_to_pte that advances `bar` (of sum(LOWER_SHARES) units) by the share
+    of each step done and names the step under way."""
+    def step(what):
+        bar.update(sum(LOWER_SHARES[:LOWER_STEPS.index(what)]) - bar.n)
+        bar.set_postfix_str(what)
+
+    return step
 
 
 def runner_partitioner():
@@ -621,14 +634,9 @@ def stage(st):
     dest = st.workdir / NAME
     from ..pipeline.progress import stage_bar
 
-    with stage_bar("lower:xnnpack", len(LOWER_STEPS), "step") as bar:
-        def step(what):
-            if what != LOWER_STEPS[0]:
-                bar.update(1)
-            bar.set_postfix_str(what)
-
+    with stage_bar("lower:xnnpack", sum(LOWER_SHARES), "%") as bar:
         summary = write_xnnpack(model, ck.tokenizer, dest, max_ctx, chat_template(ck),
-                                st.recipe.label, step=step)
+                                st.recipe.label, step=lowering_progress(bar))
     quantized = any(isinstance(m, QuantLinear) for m in model.modules())
     kinds = sorted({m.qt.scheme for m in model.modules()
                     if isinstance(m, (QuantLinear, QuantEmbedding))} or {"f32"})

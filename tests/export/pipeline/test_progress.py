@@ -61,3 +61,25 @@ def test_verify_draws_its_bar_on_a_terminal(monkeypatch):
     stage_verify(_state(ref))
     assert "verify" in term.getvalue()
     assert [(b.n, b.total) for b in bars] == [(1, 1)]
+
+
+def test_the_lowering_bar_advances_by_each_steps_share_of_the_time(monkeypatch):
+    """The xnnpack lowering's bar counts percent of the lowering's time: a step's start moves it
+    to the shares of the steps before it, and the time left is estimated from there."""
+    import time
+
+    from export.targets.xnnpack import LOWER_SHARES, LOWER_STEPS, lowering_progress
+
+    assert sum(LOWER_SHARES) == 100 and len(LOWER_SHARES) == len(LOWER_STEPS)
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    with stage_bar("lower:xnnpack", sum(LOWER_SHARES), "%") as bar:
+        step = lowering_progress(bar)
+        seen = []
+        for name in LOWER_STEPS:
+            step(name)
+            seen.append(bar.n)
+            time.sleep(0.01)
+        assert seen == [sum(LOWER_SHARES[:i]) for i in range(len(LOWER_STEPS))]
+    out = term.getvalue()
+    assert "partition (XNNPACK)" in out and f"{LOWER_SHARES[0]}/100" in out
