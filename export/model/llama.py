@@ -18,6 +18,7 @@ the call convention of its runtime.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 
@@ -211,6 +212,36 @@ class LlamaModel(nn.Module):
 
     def hidden_states(self, tokens: torch.Tensor, input_pos: int = 0) -> torch.Tensor:
         """Final-normed hidden states (B, T, hidden)."""
+        x, step = self._embedded(tokens, input_pos)
+        return self.model.norm(run_layers(self.model.layers, x, step))
+
+    def logits_by_layer(self, batches: list[torch.Tensor], progress=None):
+        """forward(tokens) of each (B, T) tensor of `batches` from position 0 without a cache,
+        bit for bit, yielded in order; the decoder layers run one at a time over all of them,
+        with their float weights upcast once (held_fp32) instead of once per batch. progress(f)
+        is called with the fraction of the work done so far after each layer and each batch's
+        logits."""
+        if self.cache_len:
+            raise ValueError("logits_by_layer runs without a KV cache")
+        started = [self._embedded(t, 0) for t in batches]
+        xs = [x for x, _ in started]
+        units = len(self.model.layers) + 1  # per batch: every layer, then the output layer
+        for i, layer in enumerate(self.model.layers):
+            with held_fp32(layer):
+                for j, (_, step) in enumerate(started):
+                    step.layer = i
+                    xs[j] = layer(xs[j], step)
+            if progress:
+                progress((i + 1) / units)
+        del started
+        for j in range(len(xs)):
+            x, xs[j] = xs[j], None
+            yield self.lm_head(self.model.norm(x))
+            if progress:
+                progress((units - 1 + (j + 1) / len(batches)) / units)
+
+    def _embedded(self, tokens: torch.Tensor, input_pos: int):
+        """The embedded tokens and the Step every layer of their forward call shares."""
         b, t = tokens.shape
         pos = int(input_pos)
         cached = self.cache_len > 0
@@ -225,7 +256,7 @@ class LlamaModel(nn.Module):
         q_abs = torch.arange(pos, pos + t).unsqueeze(1)
         k_abs = torch.arange(kv_len).unsqueeze(0) + (0 if cached else pos)
         mask = k_abs <= q_abs  # (t, kv_len) bool
-        return self.model.norm(run_layers(self.model.layers, x, Step(pos, cos, sin, mask)))
+        return x, Step(pos, cos, sin, mask)
 
     # ------------------------------------------------------------------ weights
     @classmethod
@@ -272,18 +303,34 @@ UPCAST_CHUNK_ROWS = 8192
 
 class Fp32Linear(nn.Module):
     """A linear computing in fp32 from a weight kept in the checkpoint's precision (shared, not
-    copied), upcast UPCAST_CHUNK_ROWS rows at a time: the numbers of an fp32 copy."""
+    copied), upcast UPCAST_CHUNK_ROWS rows at a time: the numbers of an fp32 copy. Inside
+    held_fp32 the upcast copy is made once and kept (the same numbers)."""
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
+        self.held: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from quant.apply import linear_by_rows
 
-        w = self.weight
+        w = self.weight if self.held is None else self.held
         return linear_by_rows(x.float(), lambda r: (w if r is None else w[r]).float(),
                               w.shape[0], UPCAST_CHUNK_ROWS)
+
+
+@contextlib.contextmanager
+def held_fp32(module: nn.Module):
+    """The Fp32Linear modules of `module` keep their upcast weights while inside (for running
+    many inputs through one layer)."""
+    lins = [m for m in module.modules() if isinstance(m, Fp32Linear)]
+    for m in lins:
+        m.held = m.weight.float()
+    try:
+        yield
+    finally:
+        for m in lins:
+            m.held = None
 
 
 class Fp32Embedding(nn.Module):

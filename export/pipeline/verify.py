@@ -122,22 +122,30 @@ def _quality_ids(st) -> list[int]:
     return st.checkpoint.tokenizer.encode(read_text(QUALITY_TEXT))
 
 
-def _spill_reference(st, ids: list[int], ctx: int, progress=None):
+def _spill_reference(st, ids: list[int], ctx: int, bar=None):
     """The unquantized source's logits on every window of the quality text, in a temporary
-    file (quant.eval.SpilledLogits); the reference model is freed before this returns."""
-    from quant.eval import SpilledLogits
+    file (quant.eval.SpilledLogits); the reference model is freed before this returns. The
+    windows go through the model layer by layer (LlamaModel.logits_by_layer: each layer's
+    weights upcast once, not once per window; the same logits); `bar` advances by one unit per
+    window's share of the work."""
+    from quant.eval import SpilledLogits, windows
 
     from ..model import reference_model
     from .stages import source_tensors
 
-    held = [reference_model(st.checkpoint.config, source_tensors(st), max_seq_len=ctx)]
+    wins = windows(ids, ctx)
+    start = bar.n if bar is not None else 0
 
-    def run(w):
-        return held[0](w)[0]
+    def progress(f):
+        bar.update(start + f * len(wins) - bar.n)
 
-    spilled = SpilledLogits(run if progress is None else counted(run, progress), ids, ctx,
-                            dir=st.workdir)
-    held.clear()
+    model = reference_model(st.checkpoint.config, source_tensors(st), max_seq_len=ctx)
+    logits = model.logits_by_layer([w.unsqueeze(0) for w in wins],
+                                   progress if bar is not None else None)
+    del model
+    # SpilledLogits asks for the windows of (ids, ctx) in order, as they were given above
+    spilled = SpilledLogits(lambda w: next(logits)[0], ids, ctx, dir=st.workdir)
+    logits.close()  # frees the generator's frame, and with it the model
     return_free_memory()
     return spilled
 

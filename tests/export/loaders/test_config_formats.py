@@ -112,6 +112,29 @@ def test_interrupted_write_leaves_previous_output(tmp_path, monkeypatch):
 
 
 @torch.inference_mode()
+@pytest.mark.parametrize("chunk", [7, 8192])
+def test_logits_by_layer_are_the_forward_calls_logits_bit_for_bit(monkeypatch, chunk):
+    """The reference run layer by layer over several windows (each layer's weights upcast once)
+    gives each window's forward logits exactly, with the output layer in row chunks or whole,
+    and reports its progress up to all of the work."""
+    import export.model as em
+    import export.model.llama as llama
+
+    monkeypatch.setattr(llama, "UPCAST_CHUNK_ROWS", chunk)
+    sd = random_state_dict(TINY, 5, torch.bfloat16)
+    ref = em.reference_model(TINY, sd, max_seq_len=32)
+    g = torch.Generator().manual_seed(5)
+    wins = [torch.randint(0, TINY.vocab_size, (1, 24), generator=g) for _ in range(3)]
+    want = [ref(w) for w in wins]
+    done = []
+    got = list(ref.logits_by_layer(wins, done.append))
+    assert all(torch.equal(a, b) for a, b in zip(got, want)) and len(got) == len(want)
+    assert done == sorted(done) and done[-1] == pytest.approx(1.0)
+    assert len(done) == TINY.num_layers + len(wins)
+    assert all(m.held is None for m in ref.modules() if isinstance(m, llama.Fp32Linear))
+
+
+@torch.inference_mode()
 def test_reference_model_shares_bf16_weights_and_computes_fp32(monkeypatch):
     """The scoring reference holds the checkpoint's bf16 tensors (no fp32 copy) and gives the
     logits of an fp32 copy, also with the output layer upcast in small row chunks."""
