@@ -34,7 +34,7 @@ import numpy as np
 
 from .config import LlamaConfig
 from .errors import ArtifactError, CheckpointError, ConfigError, EdgeError, TokenizerError
-from .packing import KINDS, Packed
+from .packing import KINDS, LOW_BIT_KINDS, RUN_BYTES, Packed
 from .safetensors import ITEMSIZE, loads_strict, read_header
 from .sampling import checked_sampling_defaults
 
@@ -59,9 +59,12 @@ _DTYPES = {
     "q8": {"data": "I8", "scale": "F16", "rowsum": "F32"},
     "q8u": {"data": "U8", "scale": "F16", "zp": "U8", "rowsum": "F32"},
     "q4": {"data": "U8", "scale": "F16", "zp": "U8", "rowsum": "F32"},
+    "q5": {"data": "U8", "scale": "F16", "zp": "U8", "rowsum": "F32"},
+    "q6": {"data": "U8", "scale": "F16", "zp": "U8", "rowsum": "F32"},
     "f8": {"data": "U8", "scale": "F16"},
 }
-QUANT_KINDS = ("q8", "q8u", "q4", "f8")
+QUANT_KINDS = ("q8", "q8u", "q4", "q5", "q6", "f8")
+INT_KINDS = ("q8", "q8u", "q4", "q5", "q6")
 _NP = {"F32": np.float32, "F16": np.float16, "U16": np.uint16, "I8": np.int8, "U8": np.uint8}
 
 
@@ -497,23 +500,24 @@ def _tensors(mpath, wpath, entries, infos, mm, config):
             if not isinstance(group, int) or isinstance(group, bool) or group <= 0 or k % group:
                 raise ArtifactError(mpath, f"{where}: group size {group!r} does not divide the "
                                     f"input dimension {k}")
-            if kind == "q4" and (k % 64 or group % 32):
-                raise ArtifactError(mpath, f"{where}: 4-bit weights need rows of a multiple of 64 "
-                                    f"and groups of a multiple of 32 (rows {k}, group {group})")
+            low = LOW_BIT_KINDS.get(kind)
+            if low and (k % 64 or group % 32):
+                raise ArtifactError(mpath, f"{where}: {low}-bit weights need rows of a multiple of "
+                                    f"64 and groups of a multiple of 32 (rows {k}, group {group})")
             has_zp = e.get("zero_points")
-            if has_zp is not (kind == "q8u") and not (kind == "q4" and isinstance(has_zp, bool)):
+            if has_zp is not (kind == "q8u") and not (low and isinstance(has_zp, bool)):
                 raise ArtifactError(mpath, f"{where}: 'zero_points' = {has_zp!r} is not valid for "
-                                    f"kind {kind} (q8u: true, q4: true or false, otherwise false); "
-                                    "export again")
+                                    f"kind {kind} (q8u: true, q4 / q5 / q6: true or false, "
+                                    "otherwise false); export again")
         else:
             group, has_zp = k, False
-        if act is not None and kind not in ("q8", "q8u", "q4"):
+        if act is not None and kind not in INT_KINDS:
             raise ArtifactError(mpath, f"{where}: int8 activations need integer weights, not {kind}")
         if act == ACT_INT8_BLOCKS and (k % 32 or group % 32):
             raise ArtifactError(mpath, f"{where}: int8 activation blocks of 32 need inputs and weight "
                                 f"groups that are multiples of 32 (inputs {k}, group {group})")
         dts = _DTYPES[kind]
-        data_shape = (n, k // 2) if kind == "q4" else (n, k)
+        data_shape = (n, k // 64 * RUN_BYTES[LOW_BIT_KINDS[kind]]) if kind in LOW_BIT_KINDS else (n, k)
         data = _array(wpath, infos, mm, f"{name}.data", dts["data"], data_shape)
         used.add(f"{name}.data")
         p = Packed(kind, (n, k), group, data)
@@ -526,9 +530,10 @@ def _tensors(mpath, wpath, entries, infos, mm, config):
             if has_zp:
                 p.zp = _array(wpath, infos, mm, f"{name}.zp", "U8", (n, k // group))
                 used.add(f"{name}.zp")
-                if kind == "q4" and p.zp.size and int(p.zp.max()) > 15:
-                    raise ArtifactError(wpath, f"tensor '{name}.zp': 4-bit zero points must be "
-                                        f"<= 15, found {int(p.zp.max())}")
+                zmax = (1 << LOW_BIT_KINDS[kind]) - 1 if kind in LOW_BIT_KINDS else 255
+                if p.zp.size and int(p.zp.max()) > zmax:
+                    raise ArtifactError(wpath, f"tensor '{name}.zp': {LOW_BIT_KINDS[kind]}-bit zero "
+                                        f"points must be <= {zmax}, found {int(p.zp.max())}")
         weights[name] = p
     # row sums: every per-token int8-activation use needs them on the stored weight
     for name, act in acts.items():

@@ -7,11 +7,17 @@ Kinds and their stored tensors (all row-major, one row per output feature):
     q8                 data int8 (n, k), scale fp16 (n, k/g)                 symmetric int8
     q8u                data uint8 (n, k), scale, zp uint8 (n, k/g)           asymmetric int8
     q4                 data uint8 (n, k/2), scale [, zp uint8 (n, k/g)]      4-bit, u in [0, 15]
+    q5                 data uint8 (n, 5k/8), scale [, zp]                    5-bit, u in [0, 31]
+    q6                 data uint8 (n, 3k/4), scale [, zp]                    6-bit, u in [0, 63]
     f8                 data uint8 (n, k) e4m3fn bits, scale                  fp8
 
 q4 holds u = q + 8 for symmetric weights (q in [-8, 7], no zero point stored) and u = q for
 asymmetric ones (with zero points). 64 values pack into 32 bytes: byte j carries value j in its
 low nibble and value j + 32 in its high nibble, so one 32-byte load yields two runs of 32.
+q5 / q6 hold u = q + 16 / q + 32 (symmetric) the same way: per run of 64 values, the 32 bytes
+of their low nibbles as q4's, then their high bits: q6, 16 bytes, bits 4-5 of value i + 16 c
+in bits 2c, 2c + 1 of byte i; q5, 8 bytes, bit 4 of value i + 8 c in bit c of byte i (c, i
+from 0). 48 / 40 bytes per 64 values.
 
 Linears whose activations the runtime quantizes to int8 also store `rowsum` float32 (n): the sum
 of each row's dequantized weights, which turns the activation zero point into one multiply per
@@ -24,8 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = {"f32": 0, "f16": 1, "bf16": 2, "q8": 3, "q8u": 4, "q4": 5, "f8": 6}
-Q4_BLOCK = 64  # values per 32-byte packed block
+KINDS = {"f32": 0, "f16": 1, "bf16": 2, "q8": 3, "q8u": 4, "q4": 5, "f8": 6, "q5": 7, "q6": 8}
+Q4_BLOCK = 64  # values per run of a 4- to 6-bit row (32 bytes of low nibbles + high bits)
+LOW_BIT_KINDS = {"q4": 4, "q5": 5, "q6": 6}  # kind -> bits
+RUN_BYTES = {4: 32, 5: 40, 6: 48}  # bytes per run of 64 values, by bits
 
 
 @dataclass
@@ -67,6 +75,45 @@ def unpack_q4(p: np.ndarray) -> np.ndarray:
     return np.stack([b & 0x0F, b >> 4], axis=2).reshape(n, half * 2)
 
 
+def pack_low_bit(u: np.ndarray, bits: int) -> np.ndarray:
+    """(n, k) values in [0, 2^bits) -> (n, k * bits / 8) bytes in the run layout (bits 4-6)."""
+    if bits == 4:
+        return pack_q4(u)
+    n, k = u.shape
+    if k % Q4_BLOCK:
+        raise ValueError(f"{bits}-bit rows need a multiple of {Q4_BLOCK} values, got {k}")
+    u = u.astype(np.uint8).reshape(n, k // Q4_BLOCK, Q4_BLOCK)
+    lo = pack_q4((u & 0x0F).reshape(n, k)).reshape(n, k // Q4_BLOCK, 32)
+    hi = u >> 4
+    if bits == 6:  # (n, runs, 4, 16): value i + 16 c -> bits 2c of byte i
+        h = hi.reshape(n, k // Q4_BLOCK, 4, 16)
+        plane = h[:, :, 0] | (h[:, :, 1] << 2) | (h[:, :, 2] << 4) | (h[:, :, 3] << 6)
+    elif bits == 5:  # (n, runs, 8, 8): value i + 8 c -> bit c of byte i
+        h = hi.reshape(n, k // Q4_BLOCK, 8, 8)
+        plane = np.zeros((n, k // Q4_BLOCK, 8), np.uint8)
+        for c in range(8):
+            plane |= h[:, :, c] << c
+    else:
+        raise ValueError(f"no run layout for {bits}-bit values")
+    return np.concatenate([lo, plane.astype(np.uint8)], axis=2).reshape(n, -1)
+
+
+def unpack_low_bit(p: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of pack_low_bit: (n, k * bits / 8) bytes -> (n, k) values in [0, 2^bits)."""
+    if bits == 4:
+        return unpack_q4(p)
+    n = p.shape[0]
+    rb = RUN_BYTES[bits]
+    runs = p.reshape(n, -1, rb)
+    lo = unpack_q4(np.ascontiguousarray(runs[:, :, :32]).reshape(n, -1)).reshape(n, -1, 64)
+    plane = runs[:, :, 32:]
+    if bits == 6:
+        hi = np.stack([(plane >> (2 * c)) & 3 for c in range(4)], axis=2)
+    else:
+        hi = np.stack([(plane >> c) & 1 for c in range(8)], axis=2)
+    return (lo | (hi.reshape(n, -1, 64) << 4)).reshape(n, -1).astype(np.uint8)
+
+
 def fp8_e4m3_to_f32(bits: np.ndarray) -> np.ndarray:
     """float8 e4m3fn bit patterns -> float32 (NaN for the 0x7f / 0xff pattern)."""
     b = bits.astype(np.int32)
@@ -87,9 +134,11 @@ def dequantize(p: Packed) -> np.ndarray:
     if p.kind == "bf16":
         return (p.data.astype(np.uint32) << 16).view(np.float32)
     g = p.group
-    if p.kind == "q4":
-        q = unpack_q4(p.data).astype(np.float32)
-        z = p.zp.astype(np.float32) if p.zp is not None else np.full((n, k // g), 8.0, np.float32)
+    if p.kind in LOW_BIT_KINDS:
+        bits = LOW_BIT_KINDS[p.kind]
+        q = unpack_low_bit(p.data, bits).astype(np.float32)
+        z = (p.zp.astype(np.float32) if p.zp is not None
+             else np.full((n, k // g), float(1 << (bits - 1)), np.float32))
     elif p.kind == "q8":
         q, z = p.data.astype(np.float32), np.zeros((n, k // g), np.float32)
     elif p.kind == "q8u":
@@ -127,16 +176,16 @@ def from_canonical(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray
         else:
             p = Packed("q8u", (n, k), group, values.astype(np.uint8), s16,
                        zero_point.astype(np.uint8))
-    elif bits == 4:
+    elif bits in RUN_BYTES:
         if zero_point is None:
-            u = values.astype(np.int16) + 8
+            u = values.astype(np.int16) + (1 << (bits - 1))
             zp = None
         else:
             u = values.astype(np.int16)
             zp = zero_point.astype(np.uint8)
-        if u.min(initial=0) < 0 or u.max(initial=0) > 15:
-            raise ValueError("4-bit values out of range")
-        p = Packed("q4", (n, k), group, pack_q4(u.astype(np.uint8)), s16, zp)
+        if u.min(initial=0) < 0 or u.max(initial=0) >= 1 << bits:
+            raise ValueError(f"{bits}-bit values out of range")
+        p = Packed(f"q{bits}", (n, k), group, pack_low_bit(u.astype(np.uint8), bits), s16, zp)
     else:
         raise ValueError(f"unsupported bit width {bits}")
     if act_int8:

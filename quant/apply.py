@@ -321,7 +321,7 @@ def _calibrated(model, blocks, block_names, targets, calib, awq_map, done, rep, 
         weights = {}
         for n, c in mine.items():
             w = block.get_submodule(n).weight
-            if "awq" in c.algorithm and isinstance(c.weight, IntWeight) and c.weight.bits == 4:
+            if "awq" in c.algorithm and isinstance(c.weight, IntWeight) and c.weight.bits < 8:
                 w = search_clip(w, stats[n]["sample"], c.weight)
             weights[n] = w
         qts = {}

@@ -125,6 +125,10 @@ def check_recipe(recipe) -> None:
         if w.group_size is not None and w.group_size % QK:
             raise EdgeError(f"{where} ({w.name}): groups of {w.group_size} are not a multiple "
                             f"of GGUF's {QK}-value blocks; {fix}")
+        if w.bits not in (4, 8):
+            raise EdgeError(f"{where} ({w.name}): {w.bits}-bit weights in groups have no GGUF "
+                            f"type holding the same bytes (Q5_0 / Q6_K lay out and scale their "
+                            f"blocks differently); {fix}")
 
 
 def pack_quantized(qt, name: str, rows_perm: Callable | None = None) -> tuple[str, np.ndarray]:

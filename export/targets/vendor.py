@@ -124,6 +124,10 @@ def check_recipe(target: str, cfg, choice) -> None:
             raise EdgeError(f"--target {target}: recipe {recipe.name!r} rule {r.pattern!r} "
                             f"uses {w.name}; the vendor quantizer has integer weights only "
                             "(int4 / int8)")
+        if w.bits not in (4, 8):
+            raise EdgeError(f"--target {target}: recipe {recipe.name!r} rule {r.pattern!r} "
+                            f"uses {w.name}; the vendor quantizers take 4- or 8-bit weights only "
+                            "(5- and 6-bit weights run on --target edge)")
         if w.group_size is not None and (w.group_size < 16 or w.group_size & (w.group_size - 1)):
             raise EdgeError(f"--target {target}: recipe {recipe.name!r} rule {r.pattern!r} "
                             f"has groups of {w.group_size}; vendor weight blocks are powers of "

@@ -72,6 +72,8 @@ def _check_config(pattern: str, qc, embedding: bool) -> None:
         raise EdgeError(_refusal(pattern, f"{w.name} weights"))
     if not w.symmetric:
         raise EdgeError(_refusal(pattern, f"asymmetric weights ({w.name})"))
+    if w.bits not in (4, 8):
+        raise EdgeError(_refusal(pattern, f"{w.bits}-bit weights ({w.name})"))
     if embedding:
         return
     if qc.act is None:

@@ -1,10 +1,11 @@
-"""Integer weight schemes: int8 and int4, per output channel or groupwise along the input
+"""Integer weight schemes: int8, int6, int5 and int4, per output channel or groupwise along the input
 dimension, symmetric or asymmetric. The readable reference every kernel is tested against.
 
 symmetric:  q = clamp(round(w / s), -2^(b-1), 2^(b-1) - 1)
             int8: s = max|w| / 127 (as Q8_0)
             int4: s = max|w| / 8 when the group's largest-magnitude value is negative (it lands
-                  on -8, all 16 levels used, as Q4_0), max|w| / 7 otherwise (nothing clipped)
+                  on -8, all 16 levels used, as Q4_0), max|w| / 7 otherwise (nothing clipped);
+                  int5 / int6 the same with 16 / 15 and 32 / 31
 asymmetric: q = clamp(round(w / s) + z, 0, 2^b - 1),  s = (max - min) / (2^b - 1),
             z = round(-min / s)   (min <= 0 <= max, so zero is exact)
 Scales are rounded to fp16 (scale_dtype "fp16"), or to bf16 values inside fp16's range
@@ -22,7 +23,7 @@ from .base import SCALE_ROUNDING, QuantizedTensor, grouped
 
 @dataclass(frozen=True)
 class IntWeight:
-    bits: int = 4  # 4 or 8
+    bits: int = 4  # 4, 5, 6 or 8
     group_size: int | None = 32  # None: one group per output row (per channel)
     symmetric: bool = True
     scale_dtype: str = "fp16"  # "fp16" or "bf16" (see the module docstring)
@@ -31,8 +32,8 @@ class IntWeight:
         if self.scale_dtype not in SCALE_ROUNDING:
             raise ValueError(f"IntWeight.scale_dtype must be one of {', '.join(SCALE_ROUNDING)}, "
                              f"got {self.scale_dtype!r}")
-        if self.bits not in (4, 8):
-            raise ValueError(f"IntWeight.bits must be 4 or 8, got {self.bits}")
+        if self.bits not in (4, 5, 6, 8):
+            raise ValueError(f"IntWeight.bits must be 4, 5, 6 or 8, got {self.bits}")
         if self.group_size is not None and self.group_size <= 0:
             raise ValueError(f"IntWeight.group_size must be positive, got {self.group_size}")
 
@@ -58,8 +59,8 @@ class IntWeight:
         if self.symmetric:
             if self.bits == 8:  # max|w| -> 127, as Q8_0 (an extra level is worth ~nothing)
                 return rounded(g.abs().amax(-1) / qmax), None
-            # 4-bit: the group's largest-magnitude value lands exactly on a grid end: on -8
-            # when it is negative (all 16 levels used, as Q4_0 does), on 7 otherwise, so
+            # 4- to 6-bit: the group's largest-magnitude value lands exactly on a grid end: on
+            # -8 when it is negative (all 16 levels used, as Q4_0 does), on 7 otherwise, so
             # nothing is clipped and no scale is negative.
             # The extreme is the largest value or the smallest, whichever has the larger
             # magnitude; only when both magnitudes are equal does the first one in the group

@@ -167,8 +167,13 @@ LAYOUT_SCHEMES = [
     IntWeight(4, None, False),
     IntWeight(8, 32), IntWeight(8, None), IntWeight(8, 32, False), IntWeight(8, None, False),
     FP8Weight(None), FP8Weight(32),
+    IntWeight(5, 32), IntWeight(5, 64, False), IntWeight(5, None), IntWeight(6, 32),
+    IntWeight(6, 128), IntWeight(6, 32, False), IntWeight(6, None, False),
 ]
-EXPECTED_KIND = {(4, True): "q4", (4, False): "q4", (8, True): "q8", (8, False): "q8u"}
+EXPECTED_KIND = {(4, True): "q4", (4, False): "q4", (8, True): "q8", (8, False): "q8u",
+                 (5, True): "q5", (5, False): "q5", (6, True): "q6", (6, False): "q6"}
+# bytes per row of k values of the packed kinds
+ROW_BYTES = {"q4": lambda k: k // 2, "q5": lambda k: k * 5 // 8, "q6": lambda k: k * 3 // 4}
 
 
 def scheme_id(s) -> str:
@@ -191,7 +196,7 @@ def test_layout_dequantizes_to_the_scheme_exactly(scheme):
     g = qt.group_size
 
     assert p.kind == (EXPECTED_KIND[(scheme.bits, scheme.symmetric)] if is_int else "f8")
-    assert p.data.shape == ((n, k // 2) if p.kind == "q4" else (n, k))
+    assert p.data.shape == (n, ROW_BYTES.get(p.kind, lambda k: k)(k))
     assert p.scale.dtype == np.float16 and p.scale.shape == (n, k // g)
     assert (p.zp is not None) == (qt.zero_point is not None)
     assert ulp_distance(packing.dequantize(p), ref) <= LAYOUT_MAX_ULP
@@ -235,6 +240,26 @@ def test_pack_q4_byte_layout():
             byte = packed[blk * 32 + j]
             assert byte & 0x0F == u[0, blk * 64 + j]
             assert byte >> 4 == u[0, blk * 64 + j + 32]
+
+
+@pytest.mark.parametrize("bits", [5, 6])
+def test_pack_low_bit_round_trip_and_byte_layout(bits):
+    rng = np.random.default_rng(3)
+    u = rng.integers(0, 1 << bits, (3, 192), dtype=np.uint8)
+    packed = packing.pack_low_bit(u, bits)
+    assert packed.shape == (3, 192 * bits // 8) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(packing.unpack_low_bit(packed, bits), u)
+    run_bytes = 64 * bits // 8
+    for r in range(3):
+        for blk in range(3):
+            run, vals = packed[r, blk * run_bytes:(blk + 1) * run_bytes], u[r, blk * 64:][:64]
+            for j in range(64):  # the documented layout (edge/packing.py), value by value
+                lo = run[j % 32] & 0x0F if j < 32 else run[j % 32] >> 4
+                if bits == 6:
+                    hi = (run[32 + j % 16] >> (2 * (j // 16))) & 3
+                else:
+                    hi = (run[32 + j % 8] >> (j // 8)) & 1
+                assert lo | (hi << 4) == vals[j], (r, blk, j)
 
 
 def test_pack_q4_rejects_partial_blocks():
@@ -403,6 +428,12 @@ SIMD_CONFIGS = {
     "q4-asym-pc": (IntWeight(4, None, False), Q4_K),
     "f8-pc": (FP8Weight(None), PC_K),
     "f8-g32": (FP8Weight(32), Q4_K),
+    "q5-sym-g32": (IntWeight(5, 32), Q4_K),
+    "q5-asym-g96": (IntWeight(5, 96, False), (192, 576)),
+    "q6-sym-g32": (IntWeight(6, 32), Q4_K),
+    "q6-sym-g64": (IntWeight(6, 64), Q4_K),
+    "q6-asym-g32": (IntWeight(6, 32, False), Q4_K),
+    "q6-sym-pc": (IntWeight(6, None), Q4_K),
 }
 
 
@@ -689,10 +720,10 @@ BAD_VIEWS = {
                    "group size 0 does not divide 64"),
     "q4-partial-block": (lambda: K.WeightView(K.W_Q4, 2, 96, 32, np.zeros((2, 48), np.uint8),
                                               np.ones((2, 3), np.float16)),
-                         "4-bit rows need a multiple of 64 inputs"),
+                         "4- to 6-bit rows need a multiple of 64 inputs"),
     "q4-group-16": (lambda: K.WeightView(K.W_Q4, 2, 64, 16, np.zeros((2, 32), np.uint8),
                                          np.ones((2, 4), np.float16)),
-                    "4-bit groups must be multiples of 32"),
+                    "4- to 6-bit groups must be multiples of 32"),
     "q8-without-scales": (lambda: K.WeightView(K.W_Q8, 2, 64, 32, q8_arrays()[0]),
                           "quantized weight without scales"),
     "f8-without-scales": (lambda: K.WeightView(K.W_F8, 2, 64, 64, np.zeros((2, 64), np.uint8)),
@@ -700,8 +731,8 @@ BAD_VIEWS = {
     "q8u-without-zero-points": (lambda: K.WeightView(K.W_Q8U, 2, 64, 32,
                                                      q8_arrays()[0].view(np.uint8), q8_arrays()[1]),
                                 "asymmetric 8-bit weight without zero points"),
-    "unknown-kind": (lambda: K.WeightView(7, 2, 8, 8, np.zeros((2, 8), np.float32)),
-                     "unknown weight kind 7"),
+    "unknown-kind": (lambda: K.WeightView(9, 2, 8, 8, np.zeros((2, 8), np.float32)),
+                     "unknown weight kind 9"),
     "empty": (lambda: K.WeightView(K.W_F32, 0, 8, 8, np.zeros((0, 8), np.float32)),
               "weight shape must be positive"),
 }

@@ -10,6 +10,12 @@
 //                      j in its low nibble and value j + 32 in its high nibble, so one 32-byte
 //                      load gives two whole runs of 32 (K must be a multiple of 64).
 //   F8                 float8 e4m3fn values times scale[group]
+//   Q5, Q6             5- / 6-bit values u in [0, 2^b), value = (u - zp) * scale; zp = 16 / 32
+//                      for symmetric weights. Each run of 64 values takes 32 bytes of low
+//                      nibbles laid out as Q4's, then the high bits: Q6, 16 bytes where byte i
+//                      holds bits 4-5 of values i, i + 16, i + 32, i + 48 (bits 0-1, 2-3, 4-5,
+//                      6-7); Q5, 8 bytes where bit b of byte i is bit 4 of value i + 8 b. 48 /
+//                      40 bytes per 64 values; K must be a multiple of 64, groups of 32.
 // Scales are fp16, one per group of `group` consecutive inputs of a row (group == K: per
 // channel). Linears whose activations are quantized carry `rowsum`: the sum of each row's
 // dequantized weights, which turns the activation zero point into one multiply per row.
@@ -20,7 +26,19 @@
 
 namespace edge {
 
-enum WKind : int { W_F32 = 0, W_F16 = 1, W_BF16 = 2, W_Q8 = 3, W_Q8U = 4, W_Q4 = 5, W_F8 = 6 };
+enum WKind : int {
+  W_F32 = 0, W_F16 = 1, W_BF16 = 2, W_Q8 = 3, W_Q8U = 4, W_Q4 = 5, W_F8 = 6, W_Q5 = 7, W_Q6 = 8
+};
+constexpr int W_LAST = W_Q6;
+
+// Kinds of 4 to 6 bits: a run of 64 values is 32 bytes of low nibbles [+ a high-bit plane].
+inline bool low_bit(int kind) { return kind == W_Q4 || kind == W_Q5 || kind == W_Q6; }
+inline int kind_bits(int kind) { return kind == W_Q4 ? 4 : kind == W_Q5 ? 5 : kind == W_Q6 ? 6 : 8; }
+// Bytes per run of 64 values of a low-bit kind, and the implicit zero point of symmetric rows.
+inline int64_t run64_bytes(int kind) { return kind == W_Q4 ? 32 : kind == W_Q5 ? 40 : 48; }
+inline int low_bit_zero(int kind) { return 1 << (kind_bits(kind) - 1); }
+// Integer kinds the int8-activation products take.
+inline bool int_kind(int kind) { return low_bit(kind) || kind == W_Q8 || kind == W_Q8U; }
 
 struct WeightView {
   int kind = W_F32;
@@ -35,7 +53,7 @@ struct WeightView {
       case W_F32: return k * 4;
       case W_F16: case W_BF16: return k * 2;
       case W_Q8: case W_Q8U: case W_F8: return k;
-      case W_Q4: return k / 2;
+      case W_Q4: case W_Q5: case W_Q6: return k / 64 * run64_bytes(kind);
     }
     return 0;
   }

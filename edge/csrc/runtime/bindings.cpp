@@ -52,13 +52,13 @@ View make_view(int kind, int64_t n, int64_t k, int64_t group, py::object data, p
   w.n = n;
   w.k = k;
   w.group = group;
-  if (kind < W_F32 || kind > W_F8) throw py::value_error("unknown weight kind " + std::to_string(kind));
+  if (kind < W_F32 || kind > W_LAST) throw py::value_error("unknown weight kind " + std::to_string(kind));
   if (n <= 0 || k <= 0) throw py::value_error("weight shape must be positive");
   const bool quant = kind >= W_Q8;
   if (quant && (group <= 0 || k % group))
     throw py::value_error("group size " + std::to_string(group) + " does not divide " + std::to_string(k));
-  if (kind == W_Q4 && k % 64) throw py::value_error("4-bit rows need a multiple of 64 inputs");
-  static const char* data_format[] = {"f", "e", "H", "b", "B", "B", "B"};
+  if (low_bit(kind) && k % 64) throw py::value_error("4- to 6-bit rows need a multiple of 64 inputs");
+  static const char* data_format[] = {"f", "e", "H", "b", "B", "B", "B", "B", "B"};
   w.data = buffer_ptr(data, n * w.row_bytes(), "weight data", data_format[kind]);
   out.keep[0] = data;
   if (quant) {
@@ -112,6 +112,8 @@ PYBIND11_MODULE(_kernels, mod) {
   mod.attr("W_Q8U") = (int)W_Q8U;
   mod.attr("W_Q4") = (int)W_Q4;
   mod.attr("W_F8") = (int)W_F8;
+  mod.attr("W_Q5") = (int)W_Q5;
+  mod.attr("W_Q6") = (int)W_Q6;
   mod.attr("ACT_NONE") = (int)ACT_NONE;
   mod.attr("ACT_TOKEN") = (int)ACT_TOKEN;
   mod.attr("ACT_BLOCKS") = (int)ACT_BLOCKS;
@@ -158,7 +160,7 @@ PYBIND11_MODULE(_kernels, mod) {
         py::array_t<float> y({m, n});
         std::vector<float> scratch(scratch_floats(k));
         if (act_blocks) {
-          if (v.v.kind != W_Q4 && v.v.kind != W_Q8 && v.v.kind != W_Q8U)
+          if (!int_kind(v.v.kind))
             throw py::value_error("int8 activations need integer weights");
           if (k % ACT_BLOCK || v.v.group % ACT_BLOCK)
             throw py::value_error("activation blocks need inputs and groups that are multiples of 32");
@@ -167,7 +169,7 @@ PYBIND11_MODULE(_kernels, mod) {
           acts.quantize_blocks(quantize_acts_blocks, x.data(), k, m, k, 0, m);
           K.matmul_qb(v.v, acts.blocks(m, k), y.mutable_data(), n, 0, n, scratch.data());
         } else if (act_int8) {
-          if (v.v.kind != W_Q4 && v.v.kind != W_Q8 && v.v.kind != W_Q8U)
+          if (!int_kind(v.v.kind))
             throw py::value_error("int8 activations need integer weights");
           if (!v.v.rowsum) throw py::value_error("int8 activations need row sums");
           ActBuffers acts;

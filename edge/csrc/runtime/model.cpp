@@ -112,7 +112,7 @@ static void check_linear(const Linear& l, int64_t n, int64_t k, const std::strin
                                 std::to_string(n) + ", " + std::to_string(k) + ")");
   if (l.act < ACT_NONE || l.act > ACT_BLOCKS)
     throw std::invalid_argument(name + ": unknown activation handling");
-  if (l.act != ACT_NONE && l.w.kind != W_Q4 && l.w.kind != W_Q8 && l.w.kind != W_Q8U)
+  if (l.act != ACT_NONE && !int_kind(l.w.kind))
     throw std::invalid_argument(name + ": int8 activations need integer weights");
   if (l.act == ACT_TOKEN && !l.w.rowsum) throw std::invalid_argument(name + ": missing row sums");
   if (l.act == ACT_BLOCKS && (l.w.k % ACT_BLOCK || l.w.group % ACT_BLOCK))

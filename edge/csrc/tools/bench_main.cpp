@@ -156,7 +156,7 @@ struct Bundle {
     w.scale = static_cast<const uint16_t*>(at(t.scale));
     w.zp = static_cast<const uint8_t*>(at(t.zp));
     w.rowsum = static_cast<const float*>(at(t.rowsum));
-    if (t.kind < W_F32 || t.kind > W_F8) throw Fail(path + ": tensor " + name + ": unknown kind");
+    if (t.kind < W_F32 || t.kind > W_LAST) throw Fail(path + ": tensor " + name + ": unknown kind");
     if (t.data.bytes != w.n * w.row_bytes())
       throw Fail(path + ": tensor " + name + ": data size does not match its shape");
     if (const char* e = check_view(w)) throw Fail(path + ": tensor " + name + ": " + e);

@@ -73,10 +73,11 @@ struct Variant {
 const Variant VARIANTS[] = {
     {"f32", W_F32, false}, {"f16", W_F16, false}, {"bf16", W_BF16, false},
     {"q8", W_Q8, false},   {"q8u", W_Q8U, true},  {"q4_sym", W_Q4, false},
-    {"q4_asym", W_Q4, true}, {"f8", W_F8, false},
+    {"q4_asym", W_Q4, true}, {"f8", W_F8, false}, {"q5_sym", W_Q5, false},
+    {"q5_asym", W_Q5, true},  {"q6_sym", W_Q6, false}, {"q6_asym", W_Q6, true},
 };
 bool is_float_kind(int kind) { return kind <= W_BF16; }
-bool has_int8_path(int kind) { return kind == W_Q4 || kind == W_Q8 || kind == W_Q8U; }
+bool has_int8_path(int kind) { return int_kind(kind); }
 
 // Positive normal fp16 between 2^-8 and 2^-1 (the range of weight scales).
 uint16_t random_scale(Rng& g) { return (uint16_t)((g.range(7, 13) << 10) | g.range(0, 1023)); }
@@ -87,7 +88,7 @@ struct Weight {
   std::vector<uint8_t> data, zp;
   std::vector<uint16_t> scale;
   std::vector<float> rowsum, deq;
-  std::vector<uint8_t> q4_values;  // unpacked 4-bit values (u), for the layout check
+  std::vector<uint8_t> q4_values;  // unpacked 4- to 6-bit values (u), for the layout check
 };
 
 Weight make_weight(Rng& g, const Variant& var, int64_t n, int64_t k, int64_t group) {
@@ -129,16 +130,30 @@ Weight make_weight(Rng& g, const Variant& var, int64_t n, int64_t k, int64_t gro
         do b = (uint8_t)g.range(0, 255); while ((b & 0x7f) == 0x7f);  // skip the NaN patterns
       }
       break;
-    case W_Q4: {
+    case W_Q4: case W_Q5: case W_Q6: {
+      const int bits = kind_bits(kind);
+      const int64_t rb = run64_bytes(kind);
       w.q4_values.resize((size_t)cells);
-      for (auto& u : w.q4_values) u = (uint8_t)g.range(0, 15);
-      // 64 values -> 32 bytes: byte j = value j (low nibble) | value j + 32 (high nibble)
+      for (auto& u : w.q4_values) u = (uint8_t)g.range(0, (1 << bits) - 1);
+      // 64 values -> 32 bytes: byte j = value j (low nibble) | value j + 32 (high nibble); then
+      // the high bits: 6-bit, byte i bits 2c, 2c + 1 = bits 4, 5 of value i + 16 c; 5-bit, byte
+      // i bit c = bit 4 of value i + 8 c
       for (int64_t r = 0; r < n; r++)
-        for (int64_t b = 0; b < k / 64; b++)
-          for (int j = 0; j < 32; j++) {
-            const uint8_t* u = &w.q4_values[r * k + b * 64];
-            w.data[r * (k / 2) + b * 32 + j] = (uint8_t)(u[j] | (u[j + 32] << 4));
-          }
+        for (int64_t b = 0; b < k / 64; b++) {
+          const uint8_t* u = &w.q4_values[r * k + b * 64];
+          uint8_t* run = &w.data[r * (k / 64) * rb + b * rb];
+          for (int j = 0; j < 32; j++) run[j] = (uint8_t)((u[j] & 15) | ((u[j + 32] & 15) << 4));
+          if (bits == 6)
+            for (int i = 0; i < 16; i++)
+              run[32 + i] = (uint8_t)((u[i] >> 4) | ((u[i + 16] >> 4) << 2) |
+                                      ((u[i + 32] >> 4) << 4) | ((u[i + 48] >> 4) << 6));
+          if (bits == 5)
+            for (int i = 0; i < 8; i++) {
+              uint8_t h = 0;
+              for (int c = 0; c < 8; c++) h |= (uint8_t)((u[i + 8 * c] >> 4) << c);
+              run[32 + i] = h;
+            }
+        }
       break;
     }
   }
@@ -150,7 +165,8 @@ Weight make_weight(Rng& g, const Variant& var, int64_t n, int64_t k, int64_t gro
     v.scale = w.scale.data();
     if (var.zp) {
       w.zp.resize((size_t)ng);
-      for (auto& z : w.zp) z = (uint8_t)(kind == W_Q4 ? g.range(0, 15) : g.range(0, 255));
+      for (auto& z : w.zp)
+        z = (uint8_t)(low_bit(kind) ? g.range(0, (1 << kind_bits(kind)) - 1) : g.range(0, 255));
       v.zp = w.zp.data();
     }
   }
@@ -592,7 +608,7 @@ void check_quantize_blocks(const std::vector<const Kernels*>& sets, Rng& g) {
 // The scalar dequant_row against the documented layouts, element by element.
 void check_definitions(Rng& g) {
   for (const Variant& var : VARIANTS) {
-    if (var.kind != W_Q4) continue;
+    if (!low_bit(var.kind)) continue;
     const int64_t n = 3, k = 192, group = 64;
     Weight w = make_weight(g, var, n, k, group);
     std::vector<float> row((size_t)k);
@@ -602,7 +618,7 @@ void check_definitions(Rng& g) {
       maybe_inject(row.data(), 1.0);
       for (int64_t j = 0; j < k; j++) {
         const int64_t gi = r * (k / group) + j / group;
-        const int z = var.zp ? w.zp[gi] : 8;
+        const int z = var.zp ? w.zp[gi] : low_bit_zero(var.kind);
         const double want = (double)((int)w.q4_values[r * k + j] - z) * fp16_to_f32(w.scale[gi]);
         err = std::max(err, std::fabs(row[j] - want));
       }
@@ -662,7 +678,7 @@ int main(int argc, char** argv) {
       for (int64_t k : quant_ks)
         for (int64_t group : {(int64_t)16, (int64_t)32, (int64_t)64, (int64_t)128, k}) {
           if (k % group || (group == k && k <= 128)) continue;  // k <= 128: already listed
-          if (group == 16 && (var.kind == W_Q4 || k > 192)) continue;  // 8-bit kinds, short rows
+          if (group == 16 && (low_bit(var.kind) || k > 192)) continue;  // 8-bit kinds, short rows
           shapes(k, group);
         }
     }

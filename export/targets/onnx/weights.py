@@ -47,6 +47,9 @@ def check_recipe(recipe) -> None:
         if isinstance(w, FP8Weight):
             raise EdgeError(f"{where} ({w.name}): MatMulNBits has no FP8 weights, so the ONNX "
                             f"target cannot hold them; {FIX} for --target onnx")
+        if w.bits not in (4, 8):
+            raise EdgeError(f"{where} ({w.name}): the ONNX target lowers 4- and 8-bit weights "
+                            f"only; {FIX} for --target onnx")
         if w.group_size is not None and block_for(w.group_size) is None:
             raise EdgeError(f"{where} ({w.name}): groups of {w.group_size} are not a multiple of "
                             f"MatMulNBits' {MIN_BLOCK}-value blocks; {FIX} for --target onnx")

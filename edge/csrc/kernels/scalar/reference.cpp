@@ -8,7 +8,7 @@
 namespace edge {
 
 const char* check_view(const WeightView& w) {
-  if (w.kind < W_F32 || w.kind > W_F8) return "unknown weight kind";
+  if (w.kind < W_F32 || w.kind > W_LAST) return "unknown weight kind";
   if (w.n <= 0 || w.k <= 0) return "empty weight";
   if (!w.data) return "missing data";
   bool quant = w.kind >= W_Q8;
@@ -17,18 +17,22 @@ const char* check_view(const WeightView& w) {
     if (!w.scale) return "missing scales";
     if (w.kind == W_Q8U && !w.zp) return "missing zero points";
   }
-  if (w.kind == W_Q4) {
-    if (w.k % 64) return "4-bit rows must hold a multiple of 64 values";
-    if (w.group % 32) return "4-bit groups must be multiples of 32";
+  if (low_bit(w.kind)) {
+    if (w.k % 64) return "4- to 6-bit rows must hold a multiple of 64 values";
+    if (w.group % 32) return "4- to 6-bit groups must be multiples of 32";
   }
   return nullptr;
 }
 
-// Unpacked integer value (before zero point) of element j of a Q4 row.
-static inline int q4_at(const uint8_t* row, int64_t j) {
-  int64_t blk = j / 64, off = j % 64;
-  uint8_t b = row[blk * 32 + (off % 32)];
-  return off < 32 ? (b & 0x0f) : (b >> 4);
+// Unpacked integer value (before zero point) of element j of a Q4, Q5 or Q6 row.
+static inline int low_bit_at(int kind, const uint8_t* row, int64_t j) {
+  const int64_t off = j % 64;
+  const uint8_t* run = row + j / 64 * run64_bytes(kind);
+  const uint8_t b = run[off % 32];
+  const int lo = off < 32 ? (b & 0x0f) : (b >> 4);
+  if (kind == W_Q6) return lo | (((run[32 + off % 16] >> (2 * (off / 16))) & 3) << 4);
+  if (kind == W_Q5) return lo | (((run[32 + off % 8] >> (off / 8)) & 1) << 4);
+  return lo;
 }
 
 // Integer value of element j (group gi) of an integer row, zero point removed.
@@ -37,7 +41,7 @@ static inline int32_t centered_at(const WeightView& w, const uint8_t* row, const
   switch (w.kind) {
     case W_Q8: return reinterpret_cast<const int8_t*>(row)[j];
     case W_Q8U: return (int32_t)row[j] - zp[gi];
-    default: return q4_at(row, j) - (zp ? zp[gi] : 8);
+    default: return low_bit_at(w.kind, row, j) - (zp ? zp[gi] : low_bit_zero(w.kind));
   }
 }
 
@@ -67,10 +71,10 @@ void dequant_row(const WeightView& w, int64_t r, float* out) {
       for (int64_t j = 0; j < k; j++)
         out[j] = (float)((int)row[j] - (int)zp[j / g]) * fp16_to_f32(sc[j / g]);
       return;
-    case W_Q4:
+    case W_Q4: case W_Q5: case W_Q6:
       for (int64_t j = 0; j < k; j++) {
-        int z = zp ? zp[j / g] : 8;
-        out[j] = (float)(q4_at(row, j) - z) * fp16_to_f32(sc[j / g]);
+        int z = zp ? zp[j / g] : low_bit_zero(w.kind);
+        out[j] = (float)(low_bit_at(w.kind, row, j) - z) * fp16_to_f32(sc[j / g]);
       }
       return;
     case W_F8:

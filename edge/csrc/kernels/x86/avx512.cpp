@@ -55,8 +55,9 @@ static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
 // ---------------------------------------------------------------- prompt panels
 constexpr int PANEL = 16;
 constexpr int TILE_TOKENS = 8;
-// 8-bit rows as u = w + 128 are exact in the 32-bit VNNI sums: both kinds take panels.
-static inline bool panel_handles(int kind) { return true; }
+// 8-bit rows as u = w + 128 are exact in the 32-bit VNNI sums: 4- and 8-bit rows take panels
+// (5- and 6-bit rows are widened row by row instead).
+static inline bool panel_handles(int kind) { return kind == W_Q4 || kind == W_Q8; }
 using PanelTail = __mmask16;  // the panel's rows that exist
 static inline PanelTail panel_tail(int nr) { return (__mmask16)((1u << nr) - 1); }
 

@@ -12,6 +12,44 @@ static inline float hsum8(__m256 v) {
 
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
+// The unsigned values of one run of 64 of a low-bit row (kernels.h): values 0-31 into u0,
+// 32-63 into u1, one per byte. The high-bit plane is broadcast to every lane and each lane
+// shifts it by its own count, so that bit 0 (Q5) or bits 0-1 (Q6) of each byte are the bits of
+// the value in that byte's place.
+static inline void unpack_run64(int kind, const uint8_t* run, __m256i& u0, __m256i& u1) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const __m256i p = _mm256_loadu_si256((const __m256i*)run);
+  u0 = _mm256_and_si256(p, m4);
+  u1 = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+  if (kind == W_Q6) {
+    const __m256i h = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(run + 32)));
+    const __m256i m3 = _mm256_set1_epi8(0x03);
+    const __m256i h0 = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), m3);
+    const __m256i h1 = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), m3);
+    u0 = _mm256_or_si256(u0, _mm256_slli_epi16(h0, 4));
+    u1 = _mm256_or_si256(u1, _mm256_slli_epi16(h1, 4));
+  } else if (kind == W_Q5) {
+    int64_t bits;
+    std::memcpy(&bits, run + 32, 8);
+    const __m256i h = _mm256_set1_epi64x(bits);
+    const __m256i m1 = _mm256_set1_epi8(0x01);
+    const __m256i h0 = _mm256_and_si256(_mm256_srlv_epi64(h, _mm256_setr_epi64x(0, 1, 2, 3)), m1);
+    const __m256i h1 = _mm256_and_si256(_mm256_srlv_epi64(h, _mm256_setr_epi64x(4, 5, 6, 7)), m1);
+    u0 = _mm256_or_si256(u0, _mm256_slli_epi16(h0, 4));
+    u1 = _mm256_or_si256(u1, _mm256_slli_epi16(h1, 4));
+  }
+}
+
+// One run of 64 of a 5- or 6-bit row as signed bytes (u - zw): values 0-31 into c0, 32-63 into
+// c1 (zero points z0, z1 of the two halves; groups are multiples of 32).
+static inline void centered_run64(int kind, const uint8_t* run, int z0, int z1, __m256i& c0,
+                                  __m256i& c1) {
+  __m256i u0, u1;
+  unpack_run64(kind, run, u0, u1);
+  c0 = _mm256_sub_epi8(u0, _mm256_set1_epi8((char)z0));
+  c1 = _mm256_sub_epi8(u1, _mm256_set1_epi8((char)z1));
+}
+
 // ---------------------------------------------------------------- dequantization to fp32
 static void dequant_row_simd(const WeightView& w, int64_t r, float* out) {
   const int64_t k = w.k, g = w.group;
@@ -56,6 +94,25 @@ static void dequant_row_simd(const WeightView& w, int64_t r, float* out) {
             _mm256_storeu_ps(out + j0, _mm256_mul_ps(_mm256_cvtepi32_ps(a), s));
             _mm256_storeu_ps(out + j0 + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(c), s));
           }
+        }
+      }
+      return;
+    }
+    case W_Q5: case W_Q6: {
+      const int64_t ng = k / g, rb = run64_bytes(w.kind);
+      const uint16_t* sc = w.scale + r * ng;
+      const uint8_t* zp = w.zp ? w.zp + r * ng : nullptr;
+      alignas(32) uint8_t u[64];
+      for (int64_t c = 0; c < k / 64; c++) {
+        __m256i u0, u1;
+        unpack_run64(w.kind, row + c * rb, u0, u1);
+        _mm256_store_si256((__m256i*)u, u0);
+        _mm256_store_si256((__m256i*)(u + 32), u1);
+        for (int64_t o = 0; o < 64; o += 8) {
+          const int64_t gi = (c * 64 + o) / g;
+          const __m256i z = _mm256_set1_epi32(zp ? zp[gi] : low_bit_zero(w.kind));
+          const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(u + o))), z);
+          _mm256_storeu_ps(out + c * 64 + o, _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(h2f(sc[gi]))));
         }
       }
       return;
@@ -182,7 +239,7 @@ static void q8_rows_1tok_float(const WeightView& w, const float* x, float* y, in
 // Int8-activation products (per-token form) take integer weights whose groups are whole runs of
 // 32 inputs and that carry row sums; anything else goes to the scalar reference.
 static inline bool token_acts_fit(const WeightView& w) {
-  return w.rowsum && (w.kind == W_Q4 || w.kind == W_Q8) && w.group % 32 == 0;
+  return w.rowsum && (low_bit(w.kind) || w.kind == W_Q8) && w.group % 32 == 0;
 }
 
 // Widen one row of weights to signed bytes (w - zw) in scratch; true when handled.
@@ -193,8 +250,20 @@ static inline bool centered_row(const WeightView& w, int64_t r, int8_t* out) {
     std::memcpy(out, row, k);
     return true;
   }
-  if (w.kind != W_Q4) return false;
+  if (!low_bit(w.kind)) return false;
   const uint8_t* zp = w.zp ? w.zp + r * ng : nullptr;
+  if (w.kind != W_Q4) {
+    const int64_t rb = run64_bytes(w.kind);
+    const int zs = low_bit_zero(w.kind);
+    for (int64_t b = 0; b < k / 64; b++) {
+      __m256i c0, c1;
+      centered_run64(w.kind, row + b * rb, zp ? zp[(b * 64) / g] : zs,
+                     zp ? zp[(b * 64 + 32) / g] : zs, c0, c1);
+      _mm256_storeu_si256((__m256i*)(out + b * 64), c0);
+      _mm256_storeu_si256((__m256i*)(out + b * 64 + 32), c1);
+    }
+    return true;
+  }
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   for (int64_t b = 0; b < k / 64; b++) {
     __m256i p = _mm256_loadu_si256((const __m256i*)(row + b * 32));
@@ -209,8 +278,8 @@ static inline bool centered_row(const WeightView& w, int64_t r, int8_t* out) {
 
 constexpr int64_t MAX_ROW_BLOCKS = 512;  // inputs per row of the fast paths: 512 * ACT_BLOCK
 
-// f[b] = s_w(b) * s_x[b] for one row and one token; returns sum_b zw(b) s_w(b) cx[b] (0 for
-// 8-bit rows).
+// f[b] = s_w(b) * s_x[b] for one row and one token; returns sum_b zw(b) s_w(b) cx[b] for 4-bit
+// rows, whose products meet the activations unsigned (0 for the kinds that meet them centered).
 static inline float row_block_scales(const WeightView& w, int64_t r, const float* sx,
                                      const float* cx, float* f) {
   const int64_t k = w.k, g = w.group, ng = k / g, nb = k / ACT_BLOCK;

@@ -178,6 +178,45 @@ static void q8_rows_1tok_blocks(const WeightView& w, const QActs& a, float* y, i
   }
 }
 
+// 5- and 6-bit rows: each run of 64 unpacked and centered in registers, then multiplied as the
+// 8-bit rows are (|w| x sign(q, w): exact, and no zero-point correction to cancel), two runs
+// per step.
+static void qhi_rows_1tok_blocks(const WeightView& w, const QActs& a, float* y, int64_t r0,
+                                 int64_t r1) {
+  const int64_t k = w.k, g = w.group, ng = k / g, nsc = k / 64, rb = run64_bytes(w.kind);
+  const int kind = w.kind, zs = low_bit_zero(w.kind);
+  alignas(32) float f[MAX_ROW_BLOCKS];
+  for (int64_t r = r0; r < r1; r++) {
+    const uint8_t* row = w.row(r);
+    const uint8_t* zp = w.zp ? w.zp + r * ng : nullptr;
+    row_block_scales(w, r, a.scale, a.bcorr, f);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 2 <= nsc; c += 2) {
+      __m256i c0, c1, c2, c3;
+      centered_run64(kind, row + c * rb, zp ? zp[c * 64 / g] : zs, zp ? zp[(c * 64 + 32) / g] : zs,
+                     c0, c1);
+      centered_run64(kind, row + (c + 1) * rb, zp ? zp[(c * 64 + 64) / g] : zs,
+                     zp ? zp[(c * 64 + 96) / g] : zs, c2, c3);
+      const int8_t* q = a.q + c * 64;
+      acc0 = block_dot_signed(c0, q, f[2 * c], acc0);
+      acc1 = block_dot_signed(c1, q + 32, f[2 * c + 1], acc1);
+      acc2 = block_dot_signed(c2, q + 64, f[2 * c + 2], acc2);
+      acc3 = block_dot_signed(c3, q + 96, f[2 * c + 3], acc3);
+    }
+    if (c < nsc) {
+      __m256i c0, c1;
+      centered_run64(kind, row + c * rb, zp ? zp[c * 64 / g] : zs, zp ? zp[(c * 64 + 32) / g] : zs,
+                     c0, c1);
+      const int8_t* q = a.q + c * 64;
+      acc0 = block_dot_signed(c0, q, f[2 * c], acc0);
+      acc1 = block_dot_signed(c1, q + 32, f[2 * c + 1], acc1);
+    }
+    y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+  }
+}
+
 // ---------------------------------------------------------------- prompt tiles
 // Prompt chunks reuse every weight across many tokens. Rows are taken PANEL rows at a time (8
 // with 256-bit vectors, 16 with 512-bit ones) and laid out as a panel in scratch: for each 4
@@ -264,20 +303,21 @@ static void panel_rows(const WeightView& w, const QActs& a, float* y, int64_t ld
 static void matmul_qb(const WeightView& w, const QActs& a, float* y, int64_t ldy,
                           int64_t r0, int64_t r1, float* scratch) {
   const int64_t k = w.k, g = w.group, nb = k / ACT_BLOCK;
-  if ((w.kind != W_Q4 && w.kind != W_Q8) || g % ACT_BLOCK || nb > MAX_ROW_BLOCKS || !a.bcorr) {
+  if ((!low_bit(w.kind) && w.kind != W_Q8) || g % ACT_BLOCK || nb > MAX_ROW_BLOCKS || !a.bcorr) {
     SCALAR_KERNELS.matmul_qb(w, a, y, ldy, r0, r1, scratch);
     return;
   }
   if (a.m == 1) {
-    (w.kind == W_Q4 ? q4_rows_1tok_blocks : q8_rows_1tok_blocks)(w, a, y, r0, r1);
+    (w.kind == W_Q4 ? q4_rows_1tok_blocks
+                    : w.kind == W_Q8 ? q8_rows_1tok_blocks : qhi_rows_1tok_blocks)(w, a, y, r0, r1);
     return;
   }
   if (a.m >= PROMPT_MIN_TOKENS && a.qt && panel_handles(w.kind)) {
     panel_rows(w, a, y, ldy, r0, r1, scratch);
     return;
   }
-  // Prompt chunks: each row's values are widened once to bytes (4-bit: u; 8-bit: |w| beside
-  // the signed values) and reused by every token, four tokens at a time.
+  // Prompt chunks: each row's values are widened once to bytes (4-bit: u; 5- to 8-bit: |w|
+  // beside the signed values) and reused by every token, four tokens at a time.
   uint8_t* wu = reinterpret_cast<uint8_t*>(scratch);
   int8_t* ws = reinterpret_cast<int8_t*>(scratch) + k;
   const bool q4 = w.kind == W_Q4;
@@ -291,6 +331,11 @@ static void matmul_qb(const WeightView& w, const QActs& a, float* y, int64_t ldy
         _mm256_storeu_si256((__m256i*)(wu + c * 64), _mm256_and_si256(p, m4));
         _mm256_storeu_si256((__m256i*)(wu + c * 64 + 32), _mm256_and_si256(_mm256_srli_epi16(p, 4), m4));
       }
+    } else if (w.kind != W_Q8) {  // 5- and 6-bit: centered, then as 8-bit rows
+      centered_row(w, r, ws);
+      for (int64_t j = 0; j < k; j += 32)
+        _mm256_storeu_si256((__m256i*)(wu + j),
+                            _mm256_abs_epi8(_mm256_loadu_si256((const __m256i*)(ws + j))));
     } else {
       for (int64_t j = 0; j < k; j += 32) {
         const __m256i v = _mm256_loadu_si256((const __m256i*)(row + j));
