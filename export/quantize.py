@@ -57,6 +57,9 @@ class RecipeChoice:
     recipe: Recipe | None = None  # the fixed recipe
     auto_bits: float | None = None  # auto:BITS
     auto_megabytes: float | None = None  # auto:SIZEMB
+    # weight bit widths auto may choose: 5- and 6-bit weights only where every target holds
+    # them (the edge runtime; build_stages narrows this for the others)
+    auto_widths: tuple[int, ...] = (4, 5, 6, 8)
 
     @property
     def quantized(self) -> bool:
@@ -140,7 +143,7 @@ def quantized_model(ck: Checkpoint, recipe: RecipeChoice | Recipe | str,
         target = choice.target_bpw(ck.config.num_parameters())
         calib_ids = [calibration_ids(ck.tokenizer, calib, AUTO_MEASURE_WINDOWS, 512),
                      calibration_ids(ck.tokenizer, calib, 16, 512)]
-        recipe_key = {"auto": target}
+        recipe_key = {"auto": target, "widths": list(choice.auto_widths)}
     else:
         r = choice.recipe
         calib_ids = [calibration_ids(ck.tokenizer, calib, r.calib_windows, r.calib_seq_len)] \
@@ -170,7 +173,8 @@ def quantized_model(ck: Checkpoint, recipe: RecipeChoice | Recipe | str,
             return m, m.model.layers
 
         model, auto_report, rep = auto_quantize(factory, calib_ids[0], calib_ids[1], target,
-                                                LLAMA_AWQ_MAP, progress=progress)
+                                                LLAMA_AWQ_MAP, progress=progress,
+                                                widths=choice.auto_widths)
         rep.recipe = f"auto:{target:g}"
         rep.notes.append(f"auto: {auto_report}")
         rep.auto = auto_report

@@ -22,15 +22,19 @@ from torch import nn
 from .recipes import QuantConfig, Recipe, RecipeError, Rule
 from .schemes import DynamicInt8Act, IntWeight
 
-# Candidate schemes, cheapest first. 4-bit candidates use AWQ in the final recipe (the best
-# 4-bit algorithm measured); 8-bit ones are near-lossless with RTN.
+# Candidate schemes, cheapest first (bits per weight: 4.125, 4.25, 4.5, 5.5, 6.25, 8 + one
+# scale per row). 4- to 6-bit candidates use AWQ in the final recipe (the best low-bit
+# algorithm measured); 8-bit ones are near-lossless with RTN. 5- and 6-bit weights are the edge
+# runtime's (other targets refuse them).
 def default_candidates(act: DynamicInt8Act | None = None) -> list[QuantConfig]:
     return [QuantConfig(IntWeight(4, 128), act, "awq"), QuantConfig(IntWeight(4, 64), act, "awq"),
-            QuantConfig(IntWeight(4, 32), act, "awq"), QuantConfig(IntWeight(8, None), act)]
+            QuantConfig(IntWeight(4, 32), act, "awq"), QuantConfig(IntWeight(5, 32), act, "awq"),
+            QuantConfig(IntWeight(6, 64), act, "awq"), QuantConfig(IntWeight(8, None), act)]
 
 
 def embedding_candidates() -> list[QuantConfig]:
-    return [QuantConfig(IntWeight(4, 32)), QuantConfig(IntWeight(8, None))]
+    return [QuantConfig(IntWeight(4, 32)), QuantConfig(IntWeight(5, 32)),
+            QuantConfig(IntWeight(6, 64)), QuantConfig(IntWeight(8, None))]
 
 
 @dataclass
@@ -182,15 +186,16 @@ def auto_recipe(model: nn.Module, calib: torch.Tensor, target_bpw: float,
 @torch.no_grad()
 def auto_quantize(factory, calib_measure: torch.Tensor, calib_algo: torch.Tensor,
                   target_bpw: float, awq_map: list, act: DynamicInt8Act | None = None,
-                  progress=None):
+                  progress=None, widths: tuple[int, ...] = (4, 5, 6, 8)):
     """Like `auto_recipe`, but each candidate is measured as it will finally be quantized.
 
     factory() -> (fresh float model, its blocks). For every linear candidate the whole model
-    is quantized once with the candidate's algorithm (AWQ for 4-bit, which folds scales into
+    is quantized once with the candidate's algorithm (AWQ below 8 bits, which folds scales into
     norms inside the same unit); a unit's sensitivity to a candidate is then measured by
     swapping that unit's quantized weights (and folded norms) into the float model, so the
     measured KLD is the one the final model gets, not RTN's. The final model is assembled
-    from the chosen units. Returns (model, QuantReport-like dict).
+    from the chosen units. `widths`: the weight bit widths the candidates may have.
+    Returns (model, QuantReport-like dict).
     """
     from .apply import QuantLinear, quantize
 
@@ -198,8 +203,8 @@ def auto_quantize(factory, calib_measure: torch.Tensor, calib_algo: torch.Tensor
     units = units_of(base)
     mods = dict(base.named_modules())
     ins = {mods[n].weight.shape[1] for u in units if u.name != "embedding" for n in u.modules}
-    lin_cands = [c for c in default_candidates(act)
-                 if all(i % c.weight.group_for(i) == 0 for i in ins)]
+    lin_cands = [c for c in default_candidates(act) if c.weight.bits in widths
+                 and all(i % c.weight.group_for(i) == 0 for i in ins)]
     params = dict(base.named_parameters())
     unit_of_module = {n: u.name for u in units for n in u.modules}
     # snapshots: candidate index -> unit -> {"linears": {name: (qt, cfg)}, "params": {...}}
@@ -224,7 +229,8 @@ def auto_quantize(factory, calib_measure: torch.Tensor, calib_algo: torch.Tensor
         if progress:
             progress(ci + 1, len(lin_cands) + 1)
     emb_dim = mods[next(u for u in units if u.name == "embedding").modules[0]].weight.shape[1]
-    emb_cands = [c for c in embedding_candidates() if emb_dim % c.weight.group_for(emb_dim) == 0]
+    emb_cands = [c for c in embedding_candidates() if c.weight.bits in widths
+                 and emb_dim % c.weight.group_for(emb_dim) == 0]
     ref = _log_probs(base, calib_measure)
 
     def kld():

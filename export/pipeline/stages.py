@@ -8,6 +8,7 @@ request is checked whole before any work: targets, recipe (parsed once), pruning
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import time
@@ -112,6 +113,9 @@ def build_stages(cfg: ExportConfig) -> tuple[ExportState, list[tuple[str, Stage]
         raise EdgeError(f"no target given; available: {', '.join(targets.TARGETS)}")
     chosen = [targets.get(t) for t in cfg.targets]
     st = ExportState(cfg, recipe=parse_recipe(cfg.recipe))
+    if st.recipe.is_auto and any(t.name != "edge" for t in chosen):
+        # 5- and 6-bit weights run on the edge runtime only
+        st.recipe = dataclasses.replace(st.recipe, auto_widths=(4, 8))
     for t in chosen:
         t.check_request(cfg, st.recipe)
     stages: list[tuple[str, Stage]] = [("load", stage_load)]

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(native.kernels is None, reason="quant._native is
 
 SCHEMES = [IntWeight(4, 32), IntWeight(4, 64, symmetric=False), IntWeight(8, 32),
            IntWeight(8, None), IntWeight(4, None), IntWeight(8, 128, symmetric=False),
-           IntWeight(4, 32, scale_dtype="bf16"), IntWeight(4, 128, scale_dtype="bf16")]
+           IntWeight(4, 32, scale_dtype="bf16"), IntWeight(4, 128, scale_dtype="bf16"),
+           IntWeight(5, 32), IntWeight(6, 64), IntWeight(6, 32, symmetric=False)]
 
 
 def _problem(out: int, n: int, seed: int):

@@ -25,11 +25,13 @@ def llama_cpp_error(a, b):
 # Gaussian weights (std 1): relative RMSE bounds from the step size (range/levels/sqrt(12)).
 REL_RMSE = {"int8_pc_sym": 0.012, "int8_g32_sym": 0.006, "int4_g32_sym": 0.11,
             "int4_g32_asym": 0.10, "int4_g128_sym": 0.14, "int4_g256_sym": 0.15,
-            "int4_g64_sym": 0.12, "fp8_e4m3_pc": 0.04, "fp8_e4m3_g32": 0.035}
+            "int4_g64_sym": 0.12, "fp8_e4m3_pc": 0.04, "fp8_e4m3_g32": 0.035,
+            # each extra bit halves the step (and the bound)
+            "int5_g32_sym": 0.055, "int6_g32_sym": 0.028, "int6_g64_sym": 0.03}
 
 SCHEMES = [IntWeight(8, None), IntWeight(8, 32), IntWeight(4, 32), IntWeight(4, 32, False),
            IntWeight(4, 64), IntWeight(4, 128), IntWeight(4, 256), FP8Weight(None),
-           FP8Weight(32)]
+           FP8Weight(32), IntWeight(5, 32), IntWeight(6, 32), IntWeight(6, 64)]
 
 
 def rmse(a, b):
@@ -65,14 +67,19 @@ def test_int_values_stay_in_range_and_scales_positive():
     assert int(qt.zero_point.max()) <= 15
 
 
-def test_int4_extreme_is_exact():
-    """The largest-magnitude value of a group is reproduced exactly (no clipping)."""
+@pytest.mark.parametrize("bits", [4, 5, 6])
+def test_low_bit_extreme_is_exact(bits):
+    """The largest-magnitude value of a group is reproduced exactly (no clipping): a negative
+    one on the grid's lowest level, a positive one on its highest."""
     w = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
-    w[:, 5] = -4.0  # negative extreme -> -8 * scale
-    w[:, 40] = 5.0  # positive extreme -> 7 * scale
-    deq = IntWeight(4, 32).quantize_tensor(w).dequantize()
+    w[:, 5] = -4.0  # negative extreme -> -2^(bits-1) * scale
+    w[:, 40] = 5.0  # positive extreme -> (2^(bits-1) - 1) * scale
+    qt = IntWeight(bits, 32).quantize_tensor(w)
+    deq = qt.dequantize()
     assert torch.allclose(deq[:, 5], w[:, 5], rtol=1e-3)
     assert torch.allclose(deq[:, 40], w[:, 40], rtol=1e-3)
+    assert bool((qt.qdata[:, 5] == -(1 << (bits - 1))).all())
+    assert bool((qt.qdata[:, 40] == (1 << (bits - 1)) - 1).all())
 
 
 DEGENERATE = {
