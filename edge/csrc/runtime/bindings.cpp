@@ -258,6 +258,49 @@ PYBIND11_MODULE(_kernels, mod) {
       py::arg("nbytes") = (int64_t)1 << 30, py::arg("threads") = 2, py::arg("repeats") = 5,
       py::arg("huge_pages") = false);
 
+  // Decode products alone: one token's per-block int8 activations times each of `views` in
+  // turn (a model's matrices in the order a step reads them), rows split across `threads` as
+  // the runtime splits them. Returns the median seconds of `repeats` passes over all the views
+  // after a warm-up pass (benchmarks/kernel_speed.py turns them into bytes per second).
+  mod.def(
+      "decode_products_seconds",
+      [](const std::vector<const View*>& views, int threads, int repeats, const std::string& isa) {
+        if (views.empty() || threads < 1 || repeats < 1) throw py::value_error("bad arguments");
+        const Kernels& K = kernels_named(isa);
+        int64_t kmax = 0, nmax = 0;
+        for (const View* v : views) {
+          if (!int_kind(v->v.kind) || v->v.k % ACT_BLOCK || v->v.group % ACT_BLOCK)
+            throw py::value_error("decode products need integer weights in groups of 32s");
+          kmax = std::max(kmax, v->v.k);
+          nmax = std::max(nmax, v->v.n);
+        }
+        std::vector<float> x(kmax), y(nmax);
+        for (int64_t j = 0; j < kmax; j++) x[j] = std::sin(0.37f * (float)j);
+        ActBuffers acts;
+        acts.reserve(1, kmax);
+        std::vector<std::vector<float>> scratch(threads, std::vector<float>(scratch_floats(kmax)));
+        ThreadPool pool(threads);
+        std::vector<double> secs;
+        py::gil_scoped_release nogil;
+        for (int r = 0; r <= repeats; r++) {
+          auto t0 = std::chrono::steady_clock::now();
+          for (const View* v : views) {
+            const WeightView& w = v->v;
+            acts.quantize_blocks(quantize_acts_blocks, x.data(), w.k, 1, w.k, 0, 1);
+            const QActs a = acts.blocks(1, w.k);
+            pool.run([&](int tid) {
+              const int64_t r0 = w.n * tid / threads, r1 = w.n * (tid + 1) / threads;
+              K.matmul_qb(w, a, y.data(), w.n, r0, r1, scratch[tid].data());
+            });
+          }
+          double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          if (r > 0) secs.push_back(sec);
+        }
+        std::sort(secs.begin(), secs.end());
+        return secs[secs.size() / 2];
+      },
+      py::arg("views"), py::arg("threads") = 1, py::arg("repeats") = 5, py::arg("isa") = "auto");
+
   py::class_<PyModel>(mod, "Model")
       .def(py::init([](int64_t hidden, int64_t layers, int64_t heads, int64_t kv_heads,
                        int64_t head_dim, int64_t vocab, float eps, int64_t max_ctx, int threads,

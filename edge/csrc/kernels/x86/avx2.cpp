@@ -10,6 +10,11 @@
 namespace edge {
 namespace avx2 {
 
+// a | (b & m)
+static inline __m256i or_masked(__m256i a, __m256i b, __m256i m) {
+  return _mm256_or_si256(a, _mm256_and_si256(b, m));
+}
+
 #include "kernels/x86/x86_helpers.h"
 
 // ---------------------------------------------------------------- steps, float activations

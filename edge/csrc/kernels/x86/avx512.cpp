@@ -11,6 +11,11 @@
 namespace edge {
 namespace avx512 {
 
+// a | (b & m), one ternary-logic instruction
+static inline __m256i or_masked(__m256i a, __m256i b, __m256i m) {
+  return _mm256_ternarylogic_epi32(a, b, m, 0xF8);
+}
+
 #include "kernels/x86/x86_helpers.h"
 
 // ---------------------------------------------------------------- steps, float activations

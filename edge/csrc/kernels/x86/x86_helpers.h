@@ -14,29 +14,25 @@ static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
 // The unsigned values of one run of 64 of a low-bit row (kernels.h): values 0-31 into u0,
 // 32-63 into u1, one per byte. The high-bit plane is broadcast to every lane and each lane
-// shifts it by its own count, so that bit 0 (Q5) or bits 0-1 (Q6) of each byte are the bits of
-// the value in that byte's place.
+// shifts it by its own count, so that the bit(s) of the value in each byte's place land on bit
+// 4 (Q5) or bits 4-5 (Q6) of that byte, which a mask then merges under the low nibble.
 static inline void unpack_run64(int kind, const uint8_t* run, __m256i& u0, __m256i& u1) {
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const __m256i p = _mm256_loadu_si256((const __m256i*)run);
   u0 = _mm256_and_si256(p, m4);
   u1 = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
-  if (kind == W_Q6) {
+  if (kind == W_Q6) {  // byte i: bits 2c, 2c + 1 = bits 4, 5 of value i + 16 c
     const __m256i h = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(run + 32)));
-    const __m256i m3 = _mm256_set1_epi8(0x03);
-    const __m256i h0 = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), m3);
-    const __m256i h1 = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), m3);
-    u0 = _mm256_or_si256(u0, _mm256_slli_epi16(h0, 4));
-    u1 = _mm256_or_si256(u1, _mm256_slli_epi16(h1, 4));
-  } else if (kind == W_Q5) {
+    const __m256i m = _mm256_set1_epi8(0x30);
+    u0 = or_masked(u0, _mm256_sllv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2)), m);
+    u1 = or_masked(u1, _mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), m);
+  } else if (kind == W_Q5) {  // byte i: bit c = bit 4 of value i + 8 c
     int64_t bits;
     std::memcpy(&bits, run + 32, 8);
     const __m256i h = _mm256_set1_epi64x(bits);
-    const __m256i m1 = _mm256_set1_epi8(0x01);
-    const __m256i h0 = _mm256_and_si256(_mm256_srlv_epi64(h, _mm256_setr_epi64x(0, 1, 2, 3)), m1);
-    const __m256i h1 = _mm256_and_si256(_mm256_srlv_epi64(h, _mm256_setr_epi64x(4, 5, 6, 7)), m1);
-    u0 = _mm256_or_si256(u0, _mm256_slli_epi16(h0, 4));
-    u1 = _mm256_or_si256(u1, _mm256_slli_epi16(h1, 4));
+    const __m256i m = _mm256_set1_epi8(0x10);
+    u0 = or_masked(u0, _mm256_sllv_epi64(h, _mm256_setr_epi64x(4, 3, 2, 1)), m);
+    u1 = or_masked(u1, _mm256_srlv_epi64(h, _mm256_setr_epi64x(0, 1, 2, 3)), m);
   }
 }
 
@@ -303,6 +299,28 @@ static inline float row_block_scales(const WeightView& w, int64_t r, const float
     return q4 ? 8.0f * c : 0.0f;
   }
   float c = 0.f;
+  const int64_t per = g / ACT_BLOCK;  // blocks per group (groups are whole blocks here)
+  if ((per == 2 || per == 4) && !q4) {  // no zero-point term: 8 / per scales, each per times
+    const __m256i idx = per == 2 ? _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)
+                                 : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+      const __m256 s = _mm256_permutevar8x32_ps(
+          _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i*)(sc + b / per)))), idx);
+      _mm256_storeu_ps(f + b, _mm256_mul_ps(s, _mm256_loadu_ps(sx + b)));
+    }
+    for (; b < nb; b++) f[b] = h2f(sc[b / per]) * sx[b];
+    return 0.0f;
+  }
+  if (g % ACT_BLOCK == 0 && !q4) {  // no zero-point term: the scales, group by group
+    for (int64_t gi = 0, b = 0; gi < ng; gi++) {
+      const __m256 s = _mm256_set1_ps(h2f(sc[gi]));
+      int64_t e = b + per;
+      for (; b + 8 <= e; b += 8) _mm256_storeu_ps(f + b, _mm256_mul_ps(s, _mm256_loadu_ps(sx + b)));
+      for (; b < e; b++) f[b] = _mm256_cvtss_f32(s) * sx[b];
+    }
+    return 0.0f;
+  }
   for (int64_t b = 0; b < nb; b++) {
     const int64_t gi = b * ACT_BLOCK / g;
     const float s = h2f(sc[gi]);

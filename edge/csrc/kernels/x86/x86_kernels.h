@@ -178,40 +178,51 @@ static void q8_rows_1tok_blocks(const WeightView& w, const QActs& a, float* y, i
   }
 }
 
-// 5- and 6-bit rows: each run of 64 unpacked and centered in registers, then multiplied as the
-// 8-bit rows are (|w| x sign(q, w): exact, and no zero-point correction to cancel), two runs
-// per step.
+// 5- and 6-bit rows: each run of 64 unpacked in registers and met unsigned, as 4-bit ones
+// (u <= 63 keeps maddubs' pairs in int16: 2 * 63 * 127), two runs per step. The zero point comes
+// off each block exactly, in its int32 sum: the sum starts at -zw * (sum of the block's q).
+static inline __m256 block_dot_offset(__m256i u, const int8_t* q, int32_t start, float f,
+                                      __m256 acc) {
+  const __m256i d = dot_u8s8(_mm256_zextsi128_si256(_mm_cvtsi32_si128(start)), u,
+                             _mm256_loadu_si256((const __m256i*)q));
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(f), acc);
+}
+
 static void qhi_rows_1tok_blocks(const WeightView& w, const QActs& a, float* y, int64_t r0,
                                  int64_t r1) {
-  const int64_t k = w.k, g = w.group, ng = k / g, nsc = k / 64, rb = run64_bytes(w.kind);
-  const int kind = w.kind, zs = low_bit_zero(w.kind);
+  const int64_t k = w.k, g = w.group, ng = k / g, nsc = k / 64, nb = k / ACT_BLOCK;
+  const int64_t rb = run64_bytes(w.kind);
+  const int kind = w.kind;
   alignas(32) float f[MAX_ROW_BLOCKS];
+  alignas(32) int32_t start[MAX_ROW_BLOCKS];
+  if (!w.zp)
+    for (int64_t b = 0; b < nb; b++) start[b] = -low_bit_zero(kind) * a.bsum[b];
   for (int64_t r = r0; r < r1; r++) {
     const uint8_t* row = w.row(r);
-    const uint8_t* zp = w.zp ? w.zp + r * ng : nullptr;
+    if (w.zp) {
+      const uint8_t* zp = w.zp + r * ng;
+      for (int64_t b = 0; b < nb; b++) start[b] = -(int32_t)zp[b * ACT_BLOCK / g] * a.bsum[b];
+    }
     row_block_scales(w, r, a.scale, a.bcorr, f);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
     int64_t c = 0;
     for (; c + 2 <= nsc; c += 2) {
-      __m256i c0, c1, c2, c3;
-      centered_run64(kind, row + c * rb, zp ? zp[c * 64 / g] : zs, zp ? zp[(c * 64 + 32) / g] : zs,
-                     c0, c1);
-      centered_run64(kind, row + (c + 1) * rb, zp ? zp[(c * 64 + 64) / g] : zs,
-                     zp ? zp[(c * 64 + 96) / g] : zs, c2, c3);
+      __m256i u0, u1, u2, u3;
+      unpack_run64(kind, row + c * rb, u0, u1);
+      unpack_run64(kind, row + (c + 1) * rb, u2, u3);
       const int8_t* q = a.q + c * 64;
-      acc0 = block_dot_signed(c0, q, f[2 * c], acc0);
-      acc1 = block_dot_signed(c1, q + 32, f[2 * c + 1], acc1);
-      acc2 = block_dot_signed(c2, q + 64, f[2 * c + 2], acc2);
-      acc3 = block_dot_signed(c3, q + 96, f[2 * c + 3], acc3);
+      acc0 = block_dot_offset(u0, q, start[2 * c], f[2 * c], acc0);
+      acc1 = block_dot_offset(u1, q + 32, start[2 * c + 1], f[2 * c + 1], acc1);
+      acc2 = block_dot_offset(u2, q + 64, start[2 * c + 2], f[2 * c + 2], acc2);
+      acc3 = block_dot_offset(u3, q + 96, start[2 * c + 3], f[2 * c + 3], acc3);
     }
     if (c < nsc) {
-      __m256i c0, c1;
-      centered_run64(kind, row + c * rb, zp ? zp[c * 64 / g] : zs, zp ? zp[(c * 64 + 32) / g] : zs,
-                     c0, c1);
+      __m256i u0, u1;
+      unpack_run64(kind, row + c * rb, u0, u1);
       const int8_t* q = a.q + c * 64;
-      acc0 = block_dot_signed(c0, q, f[2 * c], acc0);
-      acc1 = block_dot_signed(c1, q + 32, f[2 * c + 1], acc1);
+      acc0 = block_dot_offset(u0, q, start[2 * c], f[2 * c], acc0);
+      acc1 = block_dot_offset(u1, q + 32, start[2 * c + 1], f[2 * c + 1], acc1);
     }
     y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
   }
@@ -303,7 +314,8 @@ static void panel_rows(const WeightView& w, const QActs& a, float* y, int64_t ld
 static void matmul_qb(const WeightView& w, const QActs& a, float* y, int64_t ldy,
                           int64_t r0, int64_t r1, float* scratch) {
   const int64_t k = w.k, g = w.group, nb = k / ACT_BLOCK;
-  if ((!low_bit(w.kind) && w.kind != W_Q8) || g % ACT_BLOCK || nb > MAX_ROW_BLOCKS || !a.bcorr) {
+  if ((!low_bit(w.kind) && w.kind != W_Q8) || g % ACT_BLOCK || nb > MAX_ROW_BLOCKS || !a.bcorr ||
+      (!a.bsum && w.kind != W_Q4 && w.kind != W_Q8)) {
     SCALAR_KERNELS.matmul_qb(w, a, y, ldy, r0, r1, scratch);
     return;
   }
