@@ -101,7 +101,8 @@ def main():
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     lines = [f"Decode products alone, {res['isa']}, {a.threads} threads, median of {a.rounds} "
              f"alternated rounds x {a.repeats} repeats.", "",
-             "| shape | kind | weights MB | ms per pass | GB/s | bytes/s vs q4 |", "|---|---|---|---|---|---|"]
+             "| shape | kind | weights MB | ms per pass | GB/s | bytes/s vs q4 |",
+             "|---|---|---|---|---|---|"]
     for shape, d in res["shapes"].items():
         for kd, r in d["rows"].items():
             lines.append(f"| {shape} | {kd} g{r['group']} | {r['mbytes']} | {r['ms_per_pass']} | "

@@ -65,12 +65,6 @@ RECIPES = {
         {"pattern": "*", "config": {
             "weight": {"type": "int", "bits": 6, "group_size": 64, "symmetric": True},
             "act": {"symmetric": True, "group_size": 32}}}]},
-    # 5-bit weight-only linears (asymmetric, groups of 32) beside a 5-bit symmetric embedding
-    "int5": {"name": "int5", "rules": [
-        {"pattern": "model.embed_tokens", "config": {
-            "weight": {"type": "int", "bits": 5, "group_size": 32, "symmetric": True}}},
-        {"pattern": "*", "config": {
-            "weight": {"type": "int", "bits": 5, "group_size": 32, "symmetric": False}}}]},
     # the same with per-token asymmetric activations (the XNNPACK form of 8da4w)
     "8da4w-token-rtn": {"name": "8da4w-token-rtn", "rules": [
         {"pattern": "model.embed_tokens", "config": {

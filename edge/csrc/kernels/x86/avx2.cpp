@@ -71,8 +71,8 @@ static inline __m256i dot_u8s8_wide(__m256i acc, __m256i u, __m256i s) {
 // ---------------------------------------------------------------- prompt panels
 constexpr int PANEL = 8;
 constexpr int TILE_TOKENS = 4;
-// 8-bit rows as u = w + 128 would overflow maddubs' 16-bit pair sums: 4-bit rows only.
-static inline bool panel_handles(int kind) { return kind == W_Q4; }
+// 8-bit rows as u = w + 128 would overflow maddubs' 16-bit pair sums: 4- to 6-bit rows only.
+static inline bool panel_handles(int kind) { return low_bit(kind); }
 using PanelTail = int;  // the number of the panel's rows that exist
 static inline PanelTail panel_tail(int nr) { return nr; }
 
@@ -95,20 +95,19 @@ static inline void transpose8_epi32(__m256i* rows) {
   }
 }
 
-// Inputs [64 c, 64 c + 64) of the panel's 4-bit rows into the panel, transposed in registers.
-static inline void pack_panel_inputs64(const uint8_t* const* rowp, int nr, bool, int64_t c,
+// Inputs [64 c, 64 c + 64) of the panel's 4- to 6-bit rows into the panel, transposed in
+// registers.
+static inline void pack_panel_inputs64(const uint8_t* const* rowp, int nr, int kind, int64_t c,
                                        uint8_t* u) {
-  const __m256i m4 = _mm256_set1_epi8(0x0f);
-  // 4-bit rows only (the 256-bit tiles): low nibbles are words 0-7, high nibbles 8-15
+  // low-bit rows only (the 256-bit tiles): values 0-31 are words 0-7, values 32-63 words 8-15
+  const int64_t rb = run64_bytes(kind);
   __m256i lo[8], hi[8];
   for (int rr = 0; rr < PANEL; rr++) {
     if (rr >= nr) {
       lo[rr] = hi[rr] = _mm256_setzero_si256();
       continue;
     }
-    const __m256i v = _mm256_loadu_si256((const __m256i*)(rowp[rr] + c * 32));
-    lo[rr] = _mm256_and_si256(v, m4);
-    hi[rr] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    unpack_run64(kind, rowp[rr] + c * rb, lo[rr], hi[rr]);
   }
   transpose8_epi32(lo);
   transpose8_epi32(hi);
@@ -118,12 +117,13 @@ static inline void pack_panel_inputs64(const uint8_t* const* rowp, int nr, bool,
   }
 }
 
-// T tokens (from slot t0 of token group g) x the panel's 8 rows (4-bit weights only: u <= 15
-// keeps maddubs' pairs in int16).
+// T tokens (from slot t0 of token group g) x the panel's 8 rows (4- to 6-bit weights only:
+// u <= 63 keeps maddubs' pairs, and two steps' pairs added, in int16).
 template <int T>
 static inline void panel_tile(const Panel& p, const QActs& a, int64_t g, int t0, float* y,
                               int64_t ldy, int nr) {
   const int64_t nb = a.k / ACT_BLOCK;
+  const int shift = __builtin_ctz((unsigned)p.off);  // offsets are powers of two
   const int8_t* xg = a.qt + g * nb * ACT_BLOCK * TOKEN_GROUP + t0 * 4;
   const int32_t* nbs = a.tnbsum + g * nb * TOKEN_GROUP + t0;
   const float* ts = a.tscale + g * nb * TOKEN_GROUP + t0;
@@ -136,12 +136,12 @@ static inline void panel_tile(const Panel& p, const QActs& a, int64_t g, int t0,
       const __m256i z = _mm256_loadu_si256((const __m256i*)(p.zo + b * PANEL));
       for (int t = 0; t < T; t++) acc[t] = _mm256_mullo_epi32(z, _mm256_set1_epi32(nbs[b * TOKEN_GROUP + t]));
     } else {
-      for (int t = 0; t < T; t++) acc[t] = _mm256_slli_epi32(_mm256_set1_epi32(nbs[b * TOKEN_GROUP + t]), 3);
+      for (int t = 0; t < T; t++) acc[t] = _mm256_slli_epi32(_mm256_set1_epi32(nbs[b * TOKEN_GROUP + t]), shift);
     }
     const uint8_t* ub = p.u + b * ACT_BLOCK * PANEL;
     const int8_t* xb = xg + b * ACT_BLOCK * TOKEN_GROUP;
     for (int s = 0; s < ACT_BLOCK / 4; s += 2) {
-      // two steps' 16-bit pair sums added before widening (|sum| <= 4 * 15 * 127)
+      // two steps' 16-bit pair sums added before widening (|sum| <= 4 * 63 * 127 < 2^15)
       const __m256i w0 = _mm256_loadu_si256((const __m256i*)(ub + s * PANEL * 4));
       const __m256i w1 = _mm256_loadu_si256((const __m256i*)(ub + (s + 1) * PANEL * 4));
       for (int t = 0; t < T; t++) {

@@ -60,9 +60,8 @@ static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
 // ---------------------------------------------------------------- prompt panels
 constexpr int PANEL = 16;
 constexpr int TILE_TOKENS = 8;
-// 8-bit rows as u = w + 128 are exact in the 32-bit VNNI sums: 4- and 8-bit rows take panels
-// (5- and 6-bit rows are widened row by row instead).
-static inline bool panel_handles(int kind) { return kind == W_Q4 || kind == W_Q8; }
+// 8-bit rows as u = w + 128 are exact in the 32-bit VNNI sums: 4- to 8-bit rows take panels.
+static inline bool panel_handles(int kind) { return low_bit(kind) || kind == W_Q8; }
 using PanelTail = __mmask16;  // the panel's rows that exist
 static inline PanelTail panel_tail(int nr) { return (__mmask16)((1u << nr) - 1); }
 
@@ -93,19 +92,20 @@ static inline void transpose16_epi32(__m512i* rows) {
   for (int i = 0; i < 16; i++) rows[i] = u[i];
 }
 
-// Inputs [64 c, 64 c + 64) of the panel's rows (16 words each, 4-bit rows as nibble values,
-// 8-bit rows as w + 128) into the panel, transposed in registers.
-static inline void pack_panel_inputs64(const uint8_t* const* rowp, int nr, bool q4, int64_t c,
+// Inputs [64 c, 64 c + 64) of the panel's rows (16 words each, 4- to 6-bit rows as their
+// unsigned values, 8-bit rows as w + 128) into the panel, transposed in registers.
+static inline void pack_panel_inputs64(const uint8_t* const* rowp, int nr, int kind, int64_t c,
                                        uint8_t* u) {
-  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const bool low = low_bit(kind);
+  const int64_t rb = low ? run64_bytes(kind) : 64;
   __m512i rows[16];
   for (int rr = 0; rr < PANEL; rr++) {
     if (rr >= nr) {
       rows[rr] = _mm512_setzero_si512();
-    } else if (q4) {
-      const __m256i v = _mm256_loadu_si256((const __m256i*)(rowp[rr] + c * 32));
-      rows[rr] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
-                                    _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+    } else if (low) {
+      __m256i u0, u1;
+      unpack_run64(kind, rowp[rr] + c * rb, u0, u1);
+      rows[rr] = _mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1);
     } else {
       rows[rr] = _mm512_xor_si512(_mm512_loadu_si512((const void*)(rowp[rr] + c * 64)),
                                   _mm512_set1_epi8((char)0x80));
@@ -124,7 +124,7 @@ static inline void panel_tile(const Panel& p, const QActs& a, int64_t g, int, fl
   const int8_t* xg = a.qt + g * nb * ACT_BLOCK * TOKEN_GROUP;
   const int32_t* nbs = a.tnbsum + g * nb * TOKEN_GROUP;
   const float* ts = a.tscale + g * nb * TOKEN_GROUP;
-  const int shift = p.off == 8 ? 3 : 7;
+  const int shift = __builtin_ctz((unsigned)p.off);  // offsets are powers of two
   __m512 accf[T];
   for (int t = 0; t < T; t++) accf[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {

@@ -232,7 +232,7 @@ static void qhi_rows_1tok_blocks(const WeightView& w, const QActs& a, float* y, 
 // Prompt chunks reuse every weight across many tokens. Rows are taken PANEL rows at a time (8
 // with 256-bit vectors, 16 with 512-bit ones) and laid out as a panel in scratch: for each 4
 // consecutive inputs, 4 unsigned bytes of every row in turn, so that one vector holds 4 inputs
-// of all the panel's rows as u = w + offset (4-bit: the stored value, offset = its zero point;
+// of all the panel's rows as u = w + offset (4- to 6-bit: the stored value, offset = its zero point;
 // 8-bit: w + 128). A token's 4 activation bytes, broadcast, meet that vector in one u8 x s8 dot
 // product that advances all the panel's row sums at once. A block's int32 sums start at
 // -offset x (sum of the token's q over the block), which removes the offset exactly, and are
@@ -244,16 +244,16 @@ static inline int64_t panel_floats(int64_t k) {
 
 static Panel pack_panel(const WeightView& w, int64_t r, int nr, float* scratch) {
   const int64_t k = w.k, g = w.group, ng = k / g, nb = k / ACT_BLOCK, n4 = k / 4;
-  const bool q4 = w.kind == W_Q4;
+  const bool q4 = low_bit(w.kind);  // 4- to 6-bit: unsigned values, offset = the zero point
   Panel p;
   p.u = reinterpret_cast<uint8_t*>(scratch);
   p.sw = scratch + PANEL * n4;
   p.zo = (q4 && w.zp) ? reinterpret_cast<int32_t*>(p.sw + PANEL * nb) : nullptr;
-  p.off = q4 ? 8 : 128;
+  p.off = q4 ? low_bit_zero(w.kind) : 128;
   const uint8_t* rowp[PANEL];
   for (int rr = 0; rr < PANEL; rr++) rowp[rr] = rr < nr ? w.row(r + rr) : nullptr;
   // 64 inputs (16 words) of all the panel's rows at a time, transposed in registers
-  for (int64_t c = 0; c < k / 64; c++) pack_panel_inputs64(rowp, nr, q4, c, p.u);
+  for (int64_t c = 0; c < k / 64; c++) pack_panel_inputs64(rowp, nr, w.kind, c, p.u);
   if (k % 64) {  // 8-bit rows: a last run of 32 inputs
     for (int rr = 0; rr < PANEL; rr++)
       for (int64_t c = k / 64 * 16; c < n4; c++) {
