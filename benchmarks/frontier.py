@@ -56,7 +56,7 @@ def run(cmd: list, log: Path) -> None:
 def build_ours(model: str, recipes: list[str], work: Path, log: Path) -> dict[str, Path]:
     out = {}
     for r in recipes:
-        dst = work / f"edge-{r}"
+        dst = work / f"edge-{r.replace(':', '-')}"
         if not (dst / "edge").is_dir():
             t0 = time.perf_counter()
             run([sys.executable, "-m", "export.cli", "export", model, "--recipe", r, "--target",
@@ -115,7 +115,9 @@ def edge_logits(path: Path, ctx: int):
 
 
 def quality(points: dict[str, Path], texts: list[str], model: str, ctx: int,
-            threads: int) -> dict[str, dict]:
+            threads: int, work: Path) -> dict[str, dict]:
+    """Scores per point and text, each kept in `work` (keyed by the file's size and time, the
+    text and ctx) so that a run adding points scores only those."""
     from export.evaluate import read_text
     from export.loaders import load_checkpoint
     from export.model import LlamaModel
@@ -124,13 +126,23 @@ def quality(points: dict[str, Path], texts: list[str], model: str, ctx: int,
     ck = load_checkpoint(model)
     ref_model = LlamaModel.from_state_dict(ck.config, ck.tensors, max_seq_len=ctx)
     out: dict[str, dict] = {k: {} for k in points}
+    cache = work / "quality.json"
+    saved = json.loads(cache.read_text()) if cache.exists() else {}
     for text in texts:
-        ref = RefCache(ref_model, windows(ck.tokenizer.encode(read_text(text)), ctx))
+        ref = None
         for label, path in points.items():
+            st = (path / "weights.safetensors" if path.is_dir() else path).stat()
+            key = f"{label}|{st.st_size}|{st.st_mtime_ns}|{text}|{ctx}"
+            if key in saved:
+                out[label][Path(text).name] = saved[key]
+                continue
+            if ref is None:
+                ref = RefCache(ref_model, windows(ck.tokenizer.encode(read_text(text)), ctx))
             keep, fn = (llama_logits(path, ctx, threads) if label.startswith("llama.cpp")
                         else edge_logits(path, ctx))
             r = score(fn, ref)
-            out[label][Path(text).name] = {k: round(v, 6) for k, v in r.items()}
+            out[label][Path(text).name] = saved[key] = {k: round(v, 6) for k, v in r.items()}
+            cache.write_text(json.dumps(saved, indent=1))
             print(f"{label:28} {Path(text).name:14} KLD {r['kld_mean']:.5f} "
                   f"top1 {100 * r['top1_agreement']:.2f}%", file=sys.stderr)
             del keep
@@ -152,13 +164,15 @@ def weight_mb(label: str, path: Path) -> float:
         return sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors) / 1e6
     from edge.artifact import load_artifact
 
-    a = load_artifact(path, verify=False)
-    return sum(p.nbytes() for p in a.weights.values()) / 1e6
+    a = load_artifact(path, verify=False)  # a tied output layer is the embedding's bytes
+    return sum(p.nbytes() for n, p in a.weights.items() if n not in a.tied) / 1e6
 
 
 def speeds(points: dict[str, Path], rounds: int, threads: int, ctx: int) -> dict[str, dict]:
-    samples: dict[str, dict[str, list]] = {k: {s: [] for s in SPEED_KEYS} for k in points}
-    labels = list(points)
+    """Medians per point; a file made with an importance matrix has the same types and bytes as
+    the one made without, so it takes that one's figures."""
+    labels = [k for k in points if not k.endswith(" imatrix")]
+    samples: dict[str, dict[str, list]] = {k: {s: [] for s in SPEED_KEYS} for k in labels}
     for rnd in range(rounds):
         order = labels[rnd % len(labels):] + labels[:rnd % len(labels)]
         for label in order:
@@ -166,20 +180,21 @@ def speeds(points: dict[str, Path], rounds: int, threads: int, ctx: int) -> dict
             for s in SPEED_KEYS:
                 samples[label][s].append(m[s])
         print(f"speed round {rnd + 1}/{rounds} done", file=sys.stderr)
-    return {k: {s: round(statistics.median(v), 2) for s, v in d.items()} for k, d in
-            samples.items()}
+    med = {k: {s: round(statistics.median(v), 2) for s, v in d.items()} for k, d in
+           samples.items()}
+    return {k: med[k.removesuffix(" imatrix")] for k in points}
 
 
 def dominated(rows: dict[str, dict], key: str) -> dict[str, list[str]]:
-    """For each llama.cpp point, our points that are no larger and better on `key` (KLD:
-    lower; speed: higher)."""
+    """For each llama.cpp point, our points whose files are no larger and that are better on
+    `key` (KLD: lower; speed: higher)."""
     out = {}
     for lbl, r in rows.items():
         if not lbl.startswith("llama.cpp"):
             continue
         better = []
         for o, q in rows.items():
-            if o.startswith("llama.cpp") or q["weight_mb"] > r["weight_mb"]:
+            if o.startswith("llama.cpp") or q["file_mb"] > r["file_mb"]:
                 continue
             if key == "kld" and q["kld"] < r["kld"] or key != "kld" and q[key] > r[key]:
                 better.append(o)
@@ -198,17 +213,17 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
         ours = not lbl.startswith("llama.cpp")
         style = dict(marker="o" if ours else ("s" if "imatrix" in lbl else "^"),
                      color="tab:blue" if ours else ("tab:red" if "imatrix" in lbl else "tab:orange"))
-        a1.scatter(r["weight_mb"], r["kld"], **style)
-        a1.annotate(lbl.replace("llama.cpp ", ""), (r["weight_mb"], r["kld"]), fontsize=7,
+        a1.scatter(r["file_mb"], r["kld"], **style)
+        a1.annotate(lbl.replace("llama.cpp ", ""), (r["file_mb"], r["kld"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
         if "tg128_tok_s" in r:
-            a2.scatter(r["weight_mb"], r["tg128_tok_s"], **style)
-            a2.annotate(lbl.replace("llama.cpp ", ""), (r["weight_mb"], r["tg128_tok_s"]),
+            a2.scatter(r["file_mb"], r["tg128_tok_s"], **style)
+            a2.annotate(lbl.replace("llama.cpp ", ""), (r["file_mb"], r["tg128_tok_s"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
     a1.set_yscale("log")
-    a1.set_xlabel("weights (MB)")
+    a1.set_xlabel("file (MB)")
     a1.set_ylabel("mean KLD to the unquantized model (log)")
-    a2.set_xlabel("weights (MB)")
+    a2.set_xlabel("file (MB)")
     a2.set_ylabel("decode tokens / s (tg128)")
     a1.set_title("size vs quality (blue: edge; orange: llama.cpp; red: llama.cpp + imatrix)",
                  fontsize=9)
@@ -223,12 +238,16 @@ def markdown(res: dict) -> str:
     head = ["point", "weights MB", "file MB"] + [f"KLD {t}" for t in texts] + \
         [f"same top {t}" for t in texts] + ["KLD mean", "tg128 tok/s", "pp512 tok/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for lbl, r in sorted(res["rows"].items(), key=lambda kv: kv[1]["weight_mb"]):
+    for lbl, r in sorted(res["rows"].items(), key=lambda kv: kv[1]["file_mb"]):
         cells = [lbl, f"{r['weight_mb']:.1f}", f"{r['file_mb']:.1f}"]
         cells += [f"{r['quality'][t]['kld_mean']:.4f}" for t in texts]
         cells += [f"{100 * r['quality'][t]['top1_agreement']:.1f} %" for t in texts]
         cells += [f"{r['kld']:.4f}", str(r.get("tg128_tok_s", "-")), str(r.get("pp512_tok_s", "-"))]
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("edge points with a llama.cpp point no larger and with lower mean KLD:")
+    for lbl, peers in res["beaten"].items():
+        lines.append(f"- {lbl}: {', '.join(peers) if peers else 'none'}")
     lines.append("")
     for key, what in (("kld", "lower mean KLD"), ("tg128_tok_s", "faster decode")):
         lines.append(f"llama.cpp points with an edge point no larger and with {what}:")
@@ -262,7 +281,7 @@ def main():
     points = build_ours(a.model, [r for r in a.recipes.split(",") if r], a.work, log)
     points.update(build_llama(resolve_model(a.model), [t for t in a.types.split(",") if t],
                               a.llama_bin, a.work, log, a.threads))
-    q = quality(points, a.text, a.model, a.ctx, a.threads)
+    q = quality(points, a.text, a.model, a.ctx, a.threads, a.work)
     sp = speeds(points, a.rounds, a.threads, a.bench_ctx) if a.rounds else {}
     texts = [Path(t).name for t in a.text]
     rows = {}
@@ -278,6 +297,9 @@ def main():
            "rounds": a.rounds, "llama_bin": str(a.llama_bin) if a.llama_bin else None,
            "rows": rows}
     res["dominated"] = {"kld": dominated(rows, "kld")}
+    res["beaten"] = {o: [lbl for lbl, r in rows.items() if lbl.startswith("llama.cpp")
+                         and r["file_mb"] <= q["file_mb"] and r["kld"] < q["kld"]]
+                     for o, q in rows.items() if not o.startswith("llama.cpp")}
     if sp:
         res["dominated"]["tg128_tok_s"] = dominated(rows, "tg128_tok_s")
     else:

@@ -60,6 +60,10 @@ class RecipeChoice:
     # weight bit widths auto may choose: 5- and 6-bit weights only where every target holds
     # them (the edge runtime; build_stages narrows this for the others)
     auto_widths: tuple[int, ...] = (4, 5, 6, 8)
+    # auto's activation handling: weight-only (None), or 8-bit dynamic activations for every
+    # linear, the output layer included (build_stages: blocks of 32, the edge runtime's form,
+    # when the edge runtime is the only target)
+    auto_act: object = None
 
     @property
     def quantized(self) -> bool:
@@ -143,7 +147,8 @@ def quantized_model(ck: Checkpoint, recipe: RecipeChoice | Recipe | str,
         target = choice.target_bpw(ck.config.num_parameters())
         calib_ids = [calibration_ids(ck.tokenizer, calib, AUTO_MEASURE_WINDOWS, 512),
                      calibration_ids(ck.tokenizer, calib, 16, 512)]
-        recipe_key = {"auto": target, "widths": list(choice.auto_widths)}
+        recipe_key = {"auto": target, "widths": list(choice.auto_widths),
+                      "act": choice.auto_act.name if choice.auto_act is not None else None}
     else:
         r = choice.recipe
         calib_ids = [calibration_ids(ck.tokenizer, calib, r.calib_windows, r.calib_seq_len)] \
@@ -173,8 +178,8 @@ def quantized_model(ck: Checkpoint, recipe: RecipeChoice | Recipe | str,
             return m, m.model.layers
 
         model, auto_report, rep = auto_quantize(factory, calib_ids[0], calib_ids[1], target,
-                                                LLAMA_AWQ_MAP, progress=progress,
-                                                widths=choice.auto_widths)
+                                                LLAMA_AWQ_MAP, act=choice.auto_act,
+                                                progress=progress, widths=choice.auto_widths)
         rep.recipe = f"auto:{target:g}"
         rep.notes.append(f"auto: {auto_report}")
         rep.auto = auto_report

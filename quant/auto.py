@@ -291,8 +291,11 @@ def auto_quantize(factory, calib_measure: torch.Tensor, calib_algo: torch.Tensor
         for pn, v in s["params"].items():
             fparams[pn].data.copy_(v)
     emb_unit = next(u for u in units if u.name == "embedding")
-    rep = quantize(final, Recipe("auto-embedding", tuple(Rule(n, emb_cfg)
-                                                         for n in emb_unit.modules)))
+    # an output layer in the embedding's unit (tied) takes the linears' activation handling
+    emb_mods = {n: m for n, m in base.named_modules() if n in emb_unit.modules}
+    rep = quantize(final, Recipe("auto-embedding", tuple(
+        Rule(n, emb_cfg if act is None or isinstance(emb_mods[n], nn.Embedding)
+             else QuantConfig(emb_cfg.weight, act)) for n in emb_unit.modules)))
     report["predicted_kld_sum"] = round(sum(table[(u.name, cands[u.name][choice[u.name]])]
                                             for u in units), 6)
     if progress:

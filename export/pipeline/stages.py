@@ -76,6 +76,10 @@ def stage_quantize(st: ExportState) -> ExportState:
                f"{rep.cache['quantize_seconds']:.1f} s; --no-cache to quantize again)")
     st.report["quantization"] = {"recipe": rep.recipe, "seconds": round(rep.seconds, 2),
                                  **rep.totals(), "notes": rep.notes, "cache": rep.cache}
+    if rep.auto:  # what auto chose per unit, and each tensor's scheme as applied
+        st.report["quantization"]["auto"] = rep.auto
+        st.report["quantization"]["schemes"] = {
+            r.pattern: r.config.name for r in rep.applied.rules if r.config is not None}
     return st
 
 
@@ -113,9 +117,14 @@ def build_stages(cfg: ExportConfig) -> tuple[ExportState, list[tuple[str, Stage]
         raise EdgeError(f"no target given; available: {', '.join(targets.TARGETS)}")
     chosen = [targets.get(t) for t in cfg.targets]
     st = ExportState(cfg, recipe=parse_recipe(cfg.recipe))
-    if st.recipe.is_auto and any(t.name != "edge" for t in chosen):
-        # 5- and 6-bit weights run on the edge runtime only
-        st.recipe = dataclasses.replace(st.recipe, auto_widths=(4, 8))
+    if st.recipe.is_auto:
+        from quant.schemes import DynamicInt8Act
+
+        if any(t.name != "edge" for t in chosen):  # 5- and 6-bit weights run on edge only
+            st.recipe = dataclasses.replace(st.recipe, auto_widths=(4, 8))
+        else:  # the edge runtime's fast products: 8-bit activations in blocks of 32
+            st.recipe = dataclasses.replace(
+                st.recipe, auto_act=DynamicInt8Act(symmetric=True, group_size=32))
     for t in chosen:
         t.check_request(cfg, st.recipe)
     stages: list[tuple[str, Stage]] = [("load", stage_load)]
