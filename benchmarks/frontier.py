@@ -220,6 +220,9 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
             a2.scatter(r["file_mb"], r["tg128_tok_s"], **style)
             a2.annotate(lbl.replace("llama.cpp ", ""), (r["file_mb"], r["tg128_tok_s"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if not any("tg128_tok_s" in r for r in rows.values()):
+        a2.text(0.5, 0.5, "not measured in this run (--rounds 0)", ha="center", va="center",
+                transform=a2.transAxes)
     a1.set_yscale("log")
     a1.set_xlabel("file (MB)")
     a1.set_ylabel("mean KLD to the unquantized model (log)")
