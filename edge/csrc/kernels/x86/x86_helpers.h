@@ -305,8 +305,15 @@ static inline float row_block_scales(const WeightView& w, int64_t r, const float
                                  : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     int64_t b = 0;
     for (; b + 8 <= nb; b += 8) {
-      const __m256 s = _mm256_permutevar8x32_ps(
-          _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i*)(sc + b / per)))), idx);
+      __m128i raw;  // the 8 / per scales of these 8 blocks, nothing past them
+      if (per == 2) {
+        raw = _mm_loadl_epi64((const __m128i*)(sc + b / per));
+      } else {
+        int32_t two;
+        std::memcpy(&two, sc + b / per, 4);
+        raw = _mm_cvtsi32_si128(two);
+      }
+      const __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(raw)), idx);
       _mm256_storeu_ps(f + b, _mm256_mul_ps(s, _mm256_loadu_ps(sx + b)));
     }
     for (; b < nb; b++) f[b] = h2f(sc[b / per]) * sx[b];
