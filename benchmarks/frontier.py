@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 
 from edge_speed import edge_bytes_per_token, gguf_bytes_per_token, measure  # noqa: E402
 from make_gguf import requantize  # noqa: E402
-from quant_quality import RefCache, score  # noqa: E402
+from quant_quality import RefCache, llama_logits, score  # noqa: E402
 
 CALIB = REPO / "quant" / "data" / "calibration.txt"
 # llama-imatrix's windows: the context our calibration and scoring use
@@ -92,19 +92,6 @@ def build_llama(src_gguf: Path, types: list[str], bin_dir: Path | None, work: Pa
                     requantize(f16, dst, t, threads)
             out[label] = dst
     return out
-
-
-def llama_logits(path: Path, ctx: int, threads: int):
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
-                          n_threads=threads, verbose=False)
-
-    def logits(w):
-        llm.reset()
-        llm.eval(w.tolist())
-        return torch.from_numpy(llm.scores[: len(w)].copy())
-    return llm, logits
 
 
 def edge_logits(path: Path, ctx: int):

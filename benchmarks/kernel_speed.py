@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from edge import _kernels as K  # noqa: E402
 from edge.config import PRESETS  # noqa: E402
-from edge.packing import KINDS, RUN_BYTES, Packed, view  # noqa: E402
+from edge.packing import KINDS, Packed, low_bit_row_bytes, view  # noqa: E402
 
 SHAPE_PRESETS = {"smollm2": "smollm2-135m", "llama3.2-1b": "llama3.2-1b",
                  "llama3.2-3b": "llama3.2-3b"}
@@ -49,7 +49,7 @@ def matrices(preset: str) -> list[tuple[int, int]]:
 
 def random_weight(rng, kind: str, n: int, k: int) -> Packed:
     bits, g = KIND_GROUPS[kind]
-    row_bytes = k // 64 * RUN_BYTES[bits] if bits in RUN_BYTES else k
+    row_bytes = k if kind == "q8" else low_bit_row_bytes(bits, k)
     data = rng.integers(0, 256, (n, row_bytes), dtype=np.uint8)
     if kind == "q8":
         data = data.view(np.int8)

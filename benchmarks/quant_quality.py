@@ -95,9 +95,24 @@ def score(logits_fn, ref: RefCache) -> dict:
             "top1_agreement": agree / n, "tokens": n}
 
 
+def llama_logits(path: Path, ctx: int, threads: int):
+    """(the loaded llama.cpp model, to keep alive; window ids -> llama.cpp's logits of every
+    position)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
+                          n_threads=threads, verbose=False)
+
+    def logits(w):
+        llm.reset()
+        llm.eval(w.tolist())
+        return torch.from_numpy(llm.scores[: len(w)].copy())
+    return llm, logits
+
+
 def llama_cpp_rows(gguf_path: Path, types: list[str], ref: RefCache, threads: int) -> dict:
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401  (the availability check)
     except ImportError:
         print("llama-cpp-python not installed: skipping llama.cpp rows", file=sys.stderr)
         return {}
@@ -111,14 +126,7 @@ def llama_cpp_rows(gguf_path: Path, types: list[str], ref: RefCache, threads: in
         except (ValueError, RuntimeError) as e:
             print(e, file=sys.stderr)
             continue
-        llm = llama_cpp.Llama(str(out), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
-                              n_threads=threads, verbose=False)
-
-        def logits(w, llm=llm):
-            llm.reset()
-            llm.eval(w.tolist())
-            return torch.from_numpy(llm.scores[: len(w)].copy())
-
+        llm, logits = llama_logits(out, ctx, threads)
         r = score(logits, ref)
         r["file_mb"] = round(out.stat().st_size / 1e6, 2)
         rows[f"llama.cpp {t}"] = r

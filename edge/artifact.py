@@ -34,7 +34,7 @@ import numpy as np
 
 from .config import LlamaConfig
 from .errors import ArtifactError, CheckpointError, ConfigError, EdgeError, TokenizerError
-from .packing import KINDS, LOW_BIT_KINDS, RUN_BYTES, Packed
+from .packing import KINDS, LOW_BIT_KINDS, Packed, low_bit_row_bytes
 from .safetensors import ITEMSIZE, loads_strict, read_header
 from .sampling import checked_sampling_defaults
 
@@ -517,7 +517,7 @@ def _tensors(mpath, wpath, entries, infos, mm, config):
             raise ArtifactError(mpath, f"{where}: int8 activation blocks of 32 need inputs and weight "
                                 f"groups that are multiples of 32 (inputs {k}, group {group})")
         dts = _DTYPES[kind]
-        data_shape = (n, k // 64 * RUN_BYTES[LOW_BIT_KINDS[kind]]) if kind in LOW_BIT_KINDS else (n, k)
+        data_shape = (n, low_bit_row_bytes(LOW_BIT_KINDS[kind], k)) if kind in LOW_BIT_KINDS else (n, k)
         data = _array(wpath, infos, mm, f"{name}.data", dts["data"], data_shape)
         used.add(f"{name}.data")
         p = Packed(kind, (n, k), group, data)

@@ -33,7 +33,11 @@ import numpy as np
 KINDS = {"f32": 0, "f16": 1, "bf16": 2, "q8": 3, "q8u": 4, "q4": 5, "f8": 6, "q5": 7, "q6": 8}
 Q4_BLOCK = 64  # values per run of a 4- to 6-bit row (32 bytes of low nibbles + high bits)
 LOW_BIT_KINDS = {"q4": 4, "q5": 5, "q6": 6}  # kind -> bits
-RUN_BYTES = {4: 32, 5: 40, 6: 48}  # bytes per run of 64 values, by bits
+
+
+def low_bit_row_bytes(bits: int, k: int) -> int:
+    """Bytes of a packed 4- to 6-bit row of k values: 8 bytes per bit of width per run of 64."""
+    return k // Q4_BLOCK * 8 * bits
 
 
 @dataclass
@@ -103,7 +107,7 @@ def unpack_low_bit(p: np.ndarray, bits: int) -> np.ndarray:
     if bits == 4:
         return unpack_q4(p)
     n = p.shape[0]
-    rb = RUN_BYTES[bits]
+    rb = low_bit_row_bytes(bits, Q4_BLOCK)
     runs = p.reshape(n, -1, rb)
     lo = unpack_q4(np.ascontiguousarray(runs[:, :, :32]).reshape(n, -1)).reshape(n, -1, 64)
     plane = runs[:, :, 32:]
@@ -176,7 +180,7 @@ def from_canonical(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray
         else:
             p = Packed("q8u", (n, k), group, values.astype(np.uint8), s16,
                        zero_point.astype(np.uint8))
-    elif bits in RUN_BYTES:
+    elif f"q{bits}" in LOW_BIT_KINDS:
         if zero_point is None:
             u = values.astype(np.int16) + (1 << (bits - 1))
             zp = None

@@ -36,16 +36,6 @@ static inline void unpack_run64(int kind, const uint8_t* run, __m256i& u0, __m25
   }
 }
 
-// One run of 64 of a 5- or 6-bit row as signed bytes (u - zw): values 0-31 into c0, 32-63 into
-// c1 (zero points z0, z1 of the two halves; groups are multiples of 32).
-static inline void centered_run64(int kind, const uint8_t* run, int z0, int z1, __m256i& c0,
-                                  __m256i& c1) {
-  __m256i u0, u1;
-  unpack_run64(kind, run, u0, u1);
-  c0 = _mm256_sub_epi8(u0, _mm256_set1_epi8((char)z0));
-  c1 = _mm256_sub_epi8(u1, _mm256_set1_epi8((char)z1));
-}
-
 // ---------------------------------------------------------------- dequantization to fp32
 static void dequant_row_simd(const WeightView& w, int64_t r, float* out) {
   const int64_t k = w.k, g = w.group;
@@ -252,11 +242,11 @@ static inline bool centered_row(const WeightView& w, int64_t r, int8_t* out) {
     const int64_t rb = run64_bytes(w.kind);
     const int zs = low_bit_zero(w.kind);
     for (int64_t b = 0; b < k / 64; b++) {
-      __m256i c0, c1;
-      centered_run64(w.kind, row + b * rb, zp ? zp[(b * 64) / g] : zs,
-                     zp ? zp[(b * 64 + 32) / g] : zs, c0, c1);
-      _mm256_storeu_si256((__m256i*)(out + b * 64), c0);
-      _mm256_storeu_si256((__m256i*)(out + b * 64 + 32), c1);
+      __m256i u0, u1;
+      unpack_run64(w.kind, row + b * rb, u0, u1);
+      const int z0 = zp ? zp[(b * 64) / g] : zs, z1 = zp ? zp[(b * 64 + 32) / g] : zs;
+      _mm256_storeu_si256((__m256i*)(out + b * 64), _mm256_sub_epi8(u0, _mm256_set1_epi8((char)z0)));
+      _mm256_storeu_si256((__m256i*)(out + b * 64 + 32), _mm256_sub_epi8(u1, _mm256_set1_epi8((char)z1)));
     }
     return true;
   }
